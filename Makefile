@@ -1,0 +1,63 @@
+# awsrun: run a CSV of jobs on EC2, one instance per row.   `make help` lists the targets.
+#
+#   make create dispatch JOBS=awsjobs/x.csv [JOB=name] [AMI=ami-...] [CODE=dir] [ARGS="..."]
+#   make status [JOB=name]
+#   make fetch BUCKET=name OUT=dir
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+JOBS   ?= awsjobs/demo.csv
+JOB    ?= $(shell $(PY) cloud_setup.py job-name $(JOBS))
+AMI    ?= auto
+BUCKET ?= $(JOB)
+OUT    ?= results/$(BUCKET)
+CODE   ?=
+ARGS   ?=
+TIMEOUT ?= 86400
+
+DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)) $(ARGS)
+# `make status` alone counts every instance; with JOB= given, one line per tag of that job.
+STATUS_JOB = $(if $(filter command line environment,$(origin JOB)),$(JOB))
+SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-server
+
+.PHONY: help create dispatch status wait fetch demo _demo test venv
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+venv: $(PY)  ## create .venv from the pinned requirements (done on first use)
+
+$(PY): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	touch $(PY)
+
+create: $(PY)  ## launch and prepare one machine per row of JOBS
+	$(DISPATCH) -c
+
+dispatch: $(PY)  ## start every row's command on its machine
+	$(DISPATCH) -d
+
+status: $(PY)  ## instance counts by state; with JOB=, one line per tag
+	$(PY) cloud_setup.py status $(STATUS_JOB)
+
+wait: $(PY)  ## wait until every machine of JOB has finished and terminated itself
+	$(PY) cloud_setup.py wait $(JOB) --timeout $(TIMEOUT)
+
+fetch: $(PY)  ## download every result of BUCKET into OUT/TAG/...
+	$(PY) get_s3_files.py $(BUCKET) $(OUT)
+
+demo: $(PY)  ## the whole workflow in a local sandbox, no AWS account needed
+	@command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd || { echo "$(SSHD_MISSING)" >&2; exit 1; }
+	$(PY) sandbox.py run -- $(MAKE) --no-print-directory _demo
+
+_demo:
+	$(MAKE) --no-print-directory create dispatch wait status fetch \
+		JOBS=awsjobs/demo.csv JOB=awsrun-demo CODE=awsjobs/demo OUT=results/awsrun-demo TIMEOUT=60
+	@echo "--- fetched files:"; find results/awsrun-demo -type f | sort
+	@echo "--- one result:"; cat results/awsrun-demo/awsrun-demo0/output/summary.txt
+
+test: $(PY)  ## unit and end-to-end tests (the end-to-end ones need sshd)
+	$(PY) -m pytest -q tests

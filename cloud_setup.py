@@ -1,0 +1,598 @@
+"""Shared AWS helpers for awsrun: clients, key pair, security group, instance profile,
+launching and finding instances by tag, the job's bucket, and status.
+
+This file is also copied to every node (next to save_results.py), so it uses only the
+standard library and boto3, and runs on Python 3.8.
+
+    python cloud_setup.py status              # counts of instances by state
+    python cloud_setup.py status JOBNAME      # one line per tag of the job
+    python cloud_setup.py wait JOBNAME        # until every node has terminated itself
+    python cloud_setup.py default-ami         # the current Ubuntu LTS image
+    python cloud_setup.py job-name awsjobs/x.csv
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import getpass
+import json
+import os
+import re
+import sys
+import time
+import urllib.request
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+# Tags that awsrun puts on every instance. The node's own tag is JOB + one of the numbers
+# in ROWS_TAG, picked by the instance's AmiLaunchIndex, so that one RunInstances call can
+# tag many nodes differently and no instance ever exists without its tag.
+JOB_TAG = "awsrun:job"
+ROWS_TAG = "awsrun:rows"
+BUCKET_TAG = "awsrun:bucket"
+STATUS_TAG = "awsrun:status"
+ERROR_TAG = "awsrun:error"
+
+UBUNTU_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+RETRIES = Config(retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=64)
+
+
+class UserError(Exception):
+    """Something the user can fix. Printed as one line, exit status `code`."""
+
+    def __init__(self, message, code=1):
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------- settings
+
+def log(message):
+    """Progress goes to stderr; stdout is kept for data."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def setting(name, default):
+    """An AWSRUN_* environment variable, or its default when unset or empty."""
+    return os.environ.get("AWSRUN_" + name) or default
+
+
+def state_dir(job):
+    """The toolkit's own folder for a job: known host keys and kept logs."""
+    base = setting("STATE_DIR", os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "awsrun"))
+    path = os.path.join(base, job)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def key_path(job):
+    """Where the job's private key lives: ~/.ssh/JOB.pem, as in the original."""
+    return os.path.join(setting("KEY_DIR", os.path.expanduser("~/.ssh")), job + ".pem")
+
+
+def region():
+    """The usual boto3 chain (AWS_REGION, AWS_DEFAULT_REGION, profile), else us-east-1."""
+    return boto3.session.Session().region_name or "us-east-1"
+
+
+@functools.lru_cache(maxsize=None)
+def client(service):
+    """One shared client per service: boto3 clients are thread-safe."""
+    return boto3.session.Session().client(service, region_name=region(), config=RETRIES)
+
+
+def account_id():
+    """The caller's account, which also proves that credentials were found."""
+    try:
+        return client("sts").get_caller_identity()["Account"]
+    except NoCredentialsError:
+        raise UserError("no AWS credentials found: run `aws configure` or set AWS_PROFILE")
+    except ClientError as e:
+        raise UserError("AWS refused the credentials (%s): check them with "
+                        "`aws sts get-caller-identity`" % error_code(e))
+
+
+def error_code(e):
+    return e.response.get("Error", {}).get("Code", "")
+
+
+# ---------------------------------------------------------------------------- names
+
+def check_job_name(job):
+    """Job names become bucket names, so they follow S3's bucket-name rules (no dots,
+    which break HTTPS to the bucket). Raises UserError saying what to change."""
+    why = None
+    if not 3 <= len(job) <= 50:
+        why = "must be 3 to 50 characters long"
+    elif not re.fullmatch(r"[a-z0-9][a-z0-9-]*[a-z0-9]", job):
+        why = "may hold only lowercase letters, digits and hyphens, and must start and end with a letter or digit"
+    elif "--" in job or job.startswith(("xn-", "sthree", "amzn-s3-demo")) or job.endswith("-s3alias"):
+        why = "uses a prefix, suffix or double hyphen that S3 reserves"
+    if why:
+        raise UserError("job name %r %s (it names the S3 bucket): try JOB=%s"
+                        % (job, why, default_job_name(job)), code=2)
+
+
+def default_job_name(source):
+    """A bucket-safe job name from the user's name and a job file's name."""
+    stem = os.path.splitext(os.path.basename(source))[0]
+    name = "%s-%s" % (getpass.getuser(), stem) if os.path.splitext(source)[1] else stem
+    name = re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", name.lower())).strip("-")
+    return (name[:50].strip("-") or "awsrun").ljust(3, "0")
+
+
+def tag_name(job, number):
+    return "%s%d" % (job, number)
+
+
+def encode_rows(numbers):
+    """[0, 1, 2, 5] -> '0-2,5': the node numbers of one launch, in launch order."""
+    parts, i = [], 0
+    while i < len(numbers):
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        parts.append(str(numbers[i]) if i == j else "%d-%d" % (numbers[i], numbers[j]))
+        i = j + 1
+    return ",".join(parts)
+
+
+def decode_rows(text):
+    numbers = []
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        numbers.extend(range(int(first), int(last or first) + 1))
+    return numbers
+
+
+def launch_batches(numbers, limit=255):
+    """Split node numbers into launches whose encoded rows fit in one tag value."""
+    batches, current = [], []
+    for n in numbers:
+        if current and len(encode_rows(current + [n])) > limit:
+            batches.append(current)
+            current = []
+        current.append(n)
+    return batches + [current] if current else batches
+
+
+# ---------------------------------------------------------------------------- key pair
+
+def write_private_key(path, material):
+    """Write a private key with mode 0600 from the first byte; never overwrite."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(material)
+
+
+def ensure_key_pair(job):
+    """The job's key pair, named JOB, with its private key in ~/.ssh/JOB.pem.
+
+    An existing key file is reused (its public half is imported if AWS lacks it).
+    If AWS has the key but the file is gone, the key cannot be recovered: UserError."""
+    ec2, path = client("ec2"), key_path(job)
+    try:
+        ec2.describe_key_pairs(KeyNames=[job])
+        in_aws = True
+    except ClientError as e:
+        if error_code(e) != "InvalidKeyPair.NotFound":
+            raise
+        in_aws = False
+    if os.path.exists(path):
+        if not in_aws:
+            ec2.import_key_pair(KeyName=job, PublicKeyMaterial=public_key_of(path).encode())
+        return path
+    if in_aws:
+        raise UserError("key pair %r exists in AWS but its private key %s is gone: restore the file, "
+                        "or delete the key pair with `aws ec2 delete-key-pair --key-name %s` and run "
+                        "create again" % (job, path, job))
+    material = ec2.create_key_pair(KeyName=job, KeyType="rsa", TagSpecifications=[
+        {"ResourceType": "key-pair", "Tags": [{"Key": JOB_TAG, "Value": job}]}])["KeyMaterial"]
+    write_private_key(path, material)
+    return path
+
+
+def public_key_of(path):
+    """The OpenSSH public line of a PEM private key file."""
+    from cryptography.hazmat.primitives import serialization
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except ValueError:
+        key = serialization.load_ssh_private_key(data, password=None)
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                         serialization.PublicFormat.OpenSSH).decode()
+
+
+# ---------------------------------------------------------------------------- security group
+
+def caller_cidr():
+    """AWSRUN_SSH_CIDR, else the caller's own public address as a /32."""
+    cidr = setting("SSH_CIDR", None)
+    if cidr:
+        return cidr
+    try:
+        with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=10) as reply:
+            return reply.read().decode().strip() + "/32"
+    except OSError as e:
+        raise UserError("could not learn your public address (%s): set AWSRUN_SSH_CIDR, "
+                        "e.g. AWSRUN_SSH_CIDR=203.0.113.7/32" % e)
+
+
+def ssh_rule(cidr):
+    """The only ingress rule a job's security group has: SSH from one address range."""
+    return {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+            "IpRanges": [{"CidrIp": cidr, "Description": "awsrun: SSH from the dispatcher"}]}
+
+
+def ensure_security_group(job, cidr):
+    """Security group awsrun-JOB in the default VPC, allowing port 22 from `cidr` only."""
+    ec2, name = client("ec2"), "awsrun-" + job
+    groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])
+    if groups["SecurityGroups"]:
+        group = groups["SecurityGroups"][0]
+    else:
+        group_id = ec2.create_security_group(
+            GroupName=name, Description="awsrun job %s: SSH from the dispatcher only" % job,
+            TagSpecifications=[{"ResourceType": "security-group",
+                                "Tags": [{"Key": JOB_TAG, "Value": job}]}])["GroupId"]
+        group = {"GroupId": group_id, "IpPermissions": []}
+    allowed = [r["CidrIp"] for p in group["IpPermissions"] if p.get("FromPort") == 22
+               for r in p.get("IpRanges", [])]
+    if cidr not in allowed:
+        ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[ssh_rule(cidr)])
+    return group["GroupId"]
+
+
+# ---------------------------------------------------------------------------- instance profile
+
+def node_policy(job, bucket):
+    """Everything a node may do: write its job's bucket, tag and terminate its job's instances."""
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "WriteResults", "Effect": "Allow",
+         "Action": ["s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:CreateBucket",
+                    "s3:PutBucketPublicAccessBlock", "s3:PutEncryptionConfiguration"],
+         "Resource": ["arn:aws:s3:::%s" % bucket, "arn:aws:s3:::%s/*" % bucket]},
+        {"Sid": "EndOwnJob", "Effect": "Allow",
+         "Action": ["ec2:CreateTags", "ec2:TerminateInstances"],
+         "Resource": "arn:aws:ec2:*:*:instance/*",
+         "Condition": {"StringEquals": {"aws:ResourceTag/" + JOB_TAG: job}}},
+    ]}
+
+
+EC2_TRUST = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+
+
+def ensure_instance_profile(job, bucket):
+    """Role and instance profile awsrun-JOB-node holding node_policy(); returns its name."""
+    iam, name = client("iam"), "awsrun-%s-node" % job
+    try:
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(EC2_TRUST),
+                        Description="awsrun nodes of job " + job,
+                        Tags=[{"Key": JOB_TAG, "Value": job}])
+    except iam.exceptions.EntityAlreadyExistsException:
+        pass
+    iam.put_role_policy(RoleName=name, PolicyName="awsrun-node",
+                        PolicyDocument=json.dumps(node_policy(job, bucket)))
+    try:
+        iam.create_instance_profile(InstanceProfileName=name)
+    except iam.exceptions.EntityAlreadyExistsException:
+        pass
+    roles = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]
+    if not any(r["RoleName"] == name for r in roles):
+        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    return name
+
+
+# ---------------------------------------------------------------------------- bucket
+
+def ensure_bucket(s3, bucket, where):
+    """Create the bucket if it is missing: public access blocked, encrypted at rest."""
+    try:
+        if where == "us-east-1":
+            s3.create_bucket(Bucket=bucket)
+        else:
+            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": where})
+    except ClientError as e:
+        if error_code(e) == "BucketAlreadyExists":
+            raise UserError("bucket %r belongs to another AWS account: choose another job name "
+                            "(JOB=...) or bucket (--bucket)" % bucket)
+        if error_code(e) != "BucketAlreadyOwnedByYou":
+            raise
+        return
+    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
+        "BlockPublicAcls": True, "IgnorePublicAcls": True,
+        "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
+    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
+
+
+# ---------------------------------------------------------------------------- images and types
+
+def default_ami():
+    """The current Ubuntu LTS image, from AWS's public parameter store."""
+    try:
+        return client("ssm").get_parameter(Name=UBUNTU_PARAMETER)["Parameter"]["Value"]
+    except (ClientError, BotoCoreError) as e:
+        raise UserError("could not look up the current Ubuntu image (%s): name one with AMI=ami-..."
+                        % (error_code(e) if isinstance(e, ClientError) else e))
+
+
+def check_image_and_types(ami, types):
+    """Before any launch: the AMI exists, every instance type exists and can run it."""
+    ec2 = client("ec2")
+    try:
+        images = ec2.describe_images(ImageIds=[ami])["Images"]
+    except ClientError as e:
+        if not error_code(e).startswith("InvalidAMIID"):
+            raise
+        images = []
+    if not images:
+        raise UserError("AMI %s does not exist in region %s: check AMI= (AMIs are per region)"
+                        % (ami, region()))
+    arch = images[0].get("Architecture", "x86_64")
+    try:
+        found = ec2.describe_instance_types(InstanceTypes=sorted(types))["InstanceTypes"]
+    except ClientError as e:
+        if error_code(e) != "InvalidInstanceType":
+            raise
+        found = []
+        for t in sorted(types):  # find which one is unknown
+            try:
+                found += ec2.describe_instance_types(InstanceTypes=[t])["InstanceTypes"]
+            except ClientError:
+                pass
+    known = {t["InstanceType"]: t for t in found}
+    for t in sorted(types):
+        if t not in known:
+            raise UserError("instance type %r does not exist in region %s: fix the job file" % (t, region()), 2)
+        archs = known[t].get("ProcessorInfo", {}).get("SupportedArchitectures", [arch])
+        if arch not in archs:
+            raise UserError("instance type %s runs %s, but AMI %s is %s: pick a matching AMI or type"
+                            % (t, "/".join(archs), ami, arch), 2)
+
+
+# ---------------------------------------------------------------------------- instances
+
+def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket):
+    """One RunInstances call for a list of node numbers, every instance tagged in that call.
+    All or nothing (MinCount = MaxCount). Returns the instance ids."""
+    tags = [{"Key": "Name", "Value": job}, {"Key": JOB_TAG, "Value": job},
+            {"Key": ROWS_TAG, "Value": encode_rows(numbers)}, {"Key": BUCKET_TAG, "Value": bucket}]
+    params = dict(ImageId=ami, InstanceType=instance_type, MinCount=len(numbers), MaxCount=len(numbers),
+                  KeyName=key_name, SecurityGroupIds=[group_id], IamInstanceProfile={"Name": profile},
+                  InstanceInitiatedShutdownBehavior="terminate",
+                  TagSpecifications=[{"ResourceType": "instance", "Tags": tags},
+                                     {"ResourceType": "volume", "Tags": tags[:2]}])
+    deadline = time.monotonic() + 90
+    for delay in backoff(deadline):
+        try:
+            return [i["InstanceId"] for i in client("ec2").run_instances(**params)["Instances"]]
+        except ClientError as e:
+            # A new instance profile takes a few seconds to reach EC2; nothing else is retried.
+            if not ("instance profile" in str(e).lower() and error_code(e) == "InvalidParameterValue"
+                    and delay is not None):
+                raise launch_error(e, instance_type, ami)
+
+
+def launch_error(e, instance_type, ami):
+    """Turn the launch failures a user can fix into one clear line."""
+    code, message = error_code(e), e.response.get("Error", {}).get("Message", "")
+    hints = {
+        "InstanceLimitExceeded": "an instance quota is reached: ask AWS for more, or run fewer rows",
+        "VcpuLimitExceeded": "the vCPU quota for %s is reached: request an increase in Service Quotas" % instance_type,
+        "InsufficientInstanceCapacity": "AWS has no %s capacity right now: try later or another type" % instance_type,
+        "OptInRequired": "accept the terms of AMI %s in the AWS Marketplace first" % ami,
+        "UnauthorizedOperation": "your credentials may not launch instances: see awsrun-user-policy.json",
+        "Unsupported": "%s is not offered here: try another type or region" % instance_type,
+    }
+    if code in hints:
+        return UserError("launching %s failed: %s (%s)" % (instance_type, hints[code], code))
+    return e
+
+
+def backoff(deadline, first=0.2, cap=5.0):
+    """Delays for a wait loop: yields until the deadline, then yields None once.
+    Use it as `for delay in backoff(deadline):` ... `if delay is None: give up`."""
+    delay = first
+    while time.monotonic() + delay < deadline:
+        yield delay
+        time.sleep(delay)
+        delay = min(cap, delay * 2)
+    yield None
+
+
+def node_of(instance):
+    """The facts awsrun uses about one instance, with its tag worked out."""
+    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+    numbers = decode_rows(tags.get(ROWS_TAG, ""))
+    index = instance.get("AmiLaunchIndex", 0)
+    job = tags.get(JOB_TAG, "")
+    return {"id": instance["InstanceId"], "type": instance["InstanceType"],
+            "state": instance["State"]["Name"], "job": job,
+            "tag": tag_name(job, numbers[index]) if index < len(numbers) else None,
+            "bucket": tags.get(BUCKET_TAG, job), "status": tags.get(STATUS_TAG, ""),
+            "error": tags.get(ERROR_TAG, ""), "launched": instance["LaunchTime"],
+            "address": instance.get("PublicIpAddress") or instance.get("PublicDnsName") or ""}
+
+
+def find_nodes(job, states=None):
+    """Every instance of a job, from one (paginated) DescribeInstances call."""
+    filters = [{"Name": "tag:" + JOB_TAG, "Values": [job]}]
+    if states:
+        filters.append({"Name": "instance-state-name", "Values": list(states)})
+    pages = client("ec2").get_paginator("describe_instances").paginate(Filters=filters)
+    return [node_of(i) for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+
+LIVE = ("pending", "running")
+
+
+def current_nodes(nodes):
+    """tag -> the node that stands for it: a live one if any, else the newest."""
+    best = {}
+    for n in sorted(nodes, key=lambda n: (n["state"] in LIVE, n["launched"])):
+        best[n["tag"]] = n
+    return best
+
+
+def wait_running(ids, timeout=600):
+    """Wait, with boto3's waiter, until every instance is running."""
+    if ids:
+        client("ec2").get_waiter("instance_running").wait(
+            InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": max(1, timeout // 5)})
+
+
+def terminate(ids):
+    if ids:
+        client("ec2").terminate_instances(InstanceIds=list(ids))
+
+
+# ---------------------------------------------------------------------------- status
+
+STATE_GROUPS = [("pending or running", ("pending", "running")), ("shutting down", ("shutting-down",)),
+                ("stopping or stopped", ("stopping", "stopped")), ("terminated", ("terminated",))]
+
+
+def count_states():
+    """Instances in the account and region, counted by state group."""
+    pages = client("ec2").get_paginator("describe_instances").paginate()
+    states = [i["State"]["Name"] for p in pages for r in p["Reservations"] for i in r["Instances"]]
+    return [(label, sum(s in group for s in states)) for label, group in STATE_GROUPS]
+
+
+def print_num_running():
+    """Print how many instances are pending or running, shutting down, stopped, terminated."""
+    for label, count in count_states():
+        print("%-20s %d" % (label + ":", count))
+
+
+def read_manifests(bucket, tags):
+    """tag -> manifest dict, for every tag whose manifest is in the bucket."""
+    s3, found = client("s3"), {}
+    try:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/")
+        prefixes = {p["Prefix"].rstrip("/") for page in pages for p in page.get("CommonPrefixes", [])}
+    except ClientError as e:
+        if error_code(e) == "NoSuchBucket":
+            return found
+        raise
+    for tag in sorted(prefixes & set(tags)):
+        try:
+            body = s3.get_object(Bucket=bucket, Key=tag + "/manifest.json")["Body"].read()
+            found[tag] = json.loads(body)
+        except ClientError as e:
+            if error_code(e) != "NoSuchKey":
+                raise
+    return found
+
+
+def job_status(job):
+    """One row per tag of the job: tag, instance id, type, state, exit code."""
+    nodes = current_nodes(find_nodes(job))
+    buckets = {n["bucket"] for n in nodes.values()} or {job}
+    manifests = {}
+    for bucket in buckets:
+        manifests.update(read_manifests(bucket, nodes))
+    rows = []
+    for tag, n in sorted(nodes.items(), key=lambda kv: int(kv[0][len(job):])):
+        m = manifests.get(tag)
+        state = n["status"] if n["status"] == "upload-failed" else n["state"]
+        rows.append({"tag": tag, "instance": n["id"], "type": n["type"], "state": state,
+                     "exit": "" if m is None else m["exit_code"]})
+    return rows
+
+
+def print_job_status(job):
+    rows = job_status(job)
+    if not rows:
+        print("no instances found for job %s" % job, file=sys.stderr)
+        return
+    print("%-16s %-20s %-12s %-14s %s" % ("TAG", "INSTANCE", "TYPE", "STATE", "EXIT"))
+    for r in rows:
+        print("%-16s %-20s %-12s %-14s %s" % (r["tag"], r["instance"], r["type"], r["state"], r["exit"]))
+
+
+def wait_finished(job, timeout):
+    """Wait until every instance of the job has terminated itself, or is stuck after a failed
+    upload. Raises UserError at the deadline or if any upload failed."""
+    deadline = time.monotonic() + timeout
+    for delay in backoff(deadline, first=0.5, cap=5.0):
+        nodes = current_nodes(find_nodes(job)).values()
+        stuck = [n["tag"] for n in nodes if n["status"] == "upload-failed"]
+        busy = [n["tag"] for n in nodes if n["state"] != "terminated" and n["tag"] not in stuck]
+        if not busy:
+            break
+        if delay is None:
+            raise UserError("still running after %d s: %s (see `make status JOB=%s`)"
+                            % (timeout, " ".join(sorted(busy)), job))
+    if stuck:
+        raise UserError("upload failed on %s: those nodes are kept up; see `make status JOB=%s`"
+                        % (" ".join(sorted(stuck)), job))
+    log("every node of job %s has finished and terminated" % job)
+
+
+# ---------------------------------------------------------------------------- command line
+
+def run_cli(main):
+    """Run main(); print a UserError or an AWS error as one line, with its exit code."""
+    try:
+        return main()
+    except UserError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return e.code
+    except NoCredentialsError:
+        print("error: no AWS credentials found: run `aws configure` or set AWS_PROFILE", file=sys.stderr)
+        return 1
+    except NoRegionError:
+        print("error: no AWS region set: set AWS_REGION", file=sys.stderr)
+        return 1
+    except ClientError as e:
+        print("error: AWS refused %s: %s" % (e.operation_name, e), file=sys.stderr)
+        return 1
+    except BotoCoreError as e:
+        print("error: could not reach AWS: %s" % e, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    status = sub.add_parser("status", help="instance counts, or one line per tag of JOB")
+    status.add_argument("job", nargs="?")
+    sub.add_parser("default-ami", help="print the current Ubuntu LTS AMI of the region")
+    wait = sub.add_parser("wait", help="wait until every node of JOB has terminated itself")
+    wait.add_argument("job")
+    wait.add_argument("--timeout", type=int, default=24 * 3600, help="seconds (default: a day)")
+    name = sub.add_parser("job-name", help="print the default job name for a job file")
+    name.add_argument("jobfile")
+    args = parser.parse_args(argv)
+
+    def run():
+        if args.command == "job-name":
+            print(default_job_name(args.jobfile))
+        elif args.command == "wait":
+            check_job_name(args.job)
+            wait_finished(args.job, args.timeout)
+        elif args.command == "default-ami":
+            print(default_ami())
+        elif args.job:
+            check_job_name(args.job)
+            print_job_status(args.job)
+        else:
+            print_num_running()
+        return 0
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

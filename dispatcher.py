@@ -1,0 +1,509 @@
+"""Run a job file on EC2: one instance per row, prepared over SSH, each running its command.
+
+    python dispatcher.py AMI JOBNAME JOBFILE -c        # create and prepare the machines
+    python dispatcher.py AMI JOBNAME JOBFILE -d        # start every row's command
+    python dispatcher.py auto alice-x awsjobs/x.csv -c -d --code ~/src/x
+
+AMI `auto` means the current Ubuntu LTS image of the region. The job file is a CSV whose
+header is `instance_type,command`; row N runs on the machine tagged JOBNAME<N-1>, in its own
+work directory, with TAG set. Everything the command writes under output/ is uploaded to
+s3://BUCKET/TAG/ with its log and a manifest, and then the machine terminates itself.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import re
+import shlex
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import paramiko
+
+import cloud_setup as cs
+from cloud_setup import UserError, log
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HEADER = ["instance_type", "command"]
+INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9-]+")
+
+
+class NodeError(Exception):
+    """One node could not be prepared or started; the others go on."""
+
+
+# ---------------------------------------------------------------------------- the job file
+
+def read_jobs(path):
+    """The rows of a job file as (line, instance_type, command). Raises UserError (exit 2)
+    naming the file and line of the first mistake."""
+    def bad(line, what):
+        return UserError("%s, line %d: %s" % (path, line, what), code=2)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UserError("job file %s does not exist" % path, code=2)
+    except UnicodeDecodeError:
+        raise UserError("%s is not UTF-8 text: save it as UTF-8 CSV" % path, code=2)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header != HEADER:
+        raise bad(1, "the header must be exactly `instance_type,command`, found %r"
+                  % ",".join(header or []))
+    rows = []
+    for fields in reader:
+        line = reader.line_num
+        if not fields or (len(fields) == 1 and not fields[0].strip()) or fields[0].startswith("#"):
+            continue
+        if len(fields) != 2:
+            raise bad(line, "expected 2 fields (instance_type,command), found %d: put a command "
+                            "that contains commas in double quotes" % len(fields))
+        itype, command = fields[0].strip(), fields[1]
+        if not INSTANCE_TYPE.fullmatch(itype):
+            raise bad(line, "instance type %r is not like t3.micro" % itype)
+        if not command.strip():
+            raise bad(line, "the command is empty")
+        rows.append((line, itype, command))
+    if not rows:
+        raise bad(reader.line_num or 1, "no jobs: add one row `instance_type,command` per job")
+    return rows
+
+
+def check_relative(path, what):
+    """A path on the node, relative to the work directory and staying inside it."""
+    norm = os.path.normpath(path)
+    if os.path.isabs(path) or norm == "." or norm.startswith(".."):
+        raise UserError("%s %r must be a relative path inside the work directory" % (what, path), code=2)
+    return norm
+
+
+def parse_inputs(specs):
+    """-i LOCAL=REMOTE pairs, checked: LOCAL exists, REMOTE stays in the work directory."""
+    pairs = []
+    for spec in specs:
+        local, sep, remote = spec.partition("=")
+        if not sep or not local or not remote:
+            raise UserError("-i %r must be LOCAL=REMOTE, e.g. -i data/x.csv=data/x.csv" % spec, code=2)
+        if not os.path.exists(local):
+            raise UserError("-i: %s does not exist" % local, code=2)
+        pairs.append((local, check_relative(remote, "-i target")))
+    return pairs
+
+
+def check_arguments(args):
+    """Every check that needs no AWS. Returns the job file's rows."""
+    cs.check_job_name(args.job)
+    if args.bucket:
+        cs.check_job_name(args.bucket)
+    if args.tag_offset < 0:
+        raise UserError("--tag_offset must be 0 or more", code=2)
+    rows = read_jobs(args.jobfile)
+    if args.create:
+        if args.code and not os.path.isdir(args.code):
+            raise UserError("--code %s is not a folder" % args.code, code=2)
+        if not os.path.isfile(args.install):
+            raise UserError("install script %s does not exist: pass --install FILE" % args.install, code=2)
+        args.inputs = parse_inputs(args.input)
+    outputs = []
+    for out in args.output:
+        out = check_relative(out, "-o").replace(os.sep, "/")
+        if out in ("manifest.json", "screen_output.txt") or out.startswith((".awsrun/", "output/")):
+            raise UserError("-o %s: that name is uploaded already or kept by awsrun" % out, code=2)
+        outputs.append(out)
+    args.output = sorted(set(outputs))
+    return rows
+
+
+# ---------------------------------------------------------------------------- SSH
+
+class HostKeyMemory(paramiko.MissingHostKeyPolicy):
+    """Trust a node's host key the first time it is seen, remember it in the job's own
+    known_hosts file, and refuse a key that changed. Shared by all threads of a run."""
+
+    def __init__(self, path):
+        self.path, self.lock, self.keys = path, threading.Lock(), paramiko.HostKeys()
+        if os.path.exists(path):
+            self.keys.load(path)
+
+    def missing_host_key(self, client, hostname, key):
+        with self.lock:
+            known = self.keys.lookup(hostname) or {}
+            if key.get_name() in known:
+                if known[key.get_name()] != key:
+                    raise paramiko.BadHostKeyException(hostname, key, known[key.get_name()])
+                return
+            self.keys.add(hostname, key.get_name(), key)
+            self.keys.save(self.path)
+
+
+def ssh_target(node):
+    return (cs.setting("SSH_HOST", node["address"]), int(cs.setting("SSH_PORT", 22)),
+            cs.setting("SSH_USER", "ubuntu"))
+
+
+def connect(node, pkey, policy, deadline):
+    """An SSH connection to a node on which a command has run, retried until the deadline:
+    a booting node first refuses connections, then logins."""
+    host, port, user = ssh_target(node)
+    if not host:
+        raise NodeError("%s has no public address: launch it in a subnet that assigns one" % node["tag"])
+    last = None
+    for delay in cs.backoff(deadline, first=0.5):
+        if delay is None:
+            raise NodeError("SSH to %s@%s:%d did not answer in time (%s)" % (user, host, port, last))
+        ssh = paramiko.SSHClient()
+        ssh.set_missing_host_key_policy(policy)
+        try:
+            ssh.connect(host, port, user, pkey=pkey, timeout=10, banner_timeout=15, auth_timeout=15,
+                        allow_agent=False, look_for_keys=False)
+            run(ssh, "true", timeout=30)
+            return ssh
+        except paramiko.BadHostKeyException as e:
+            ssh.close()
+            raise NodeError("the host key of %s changed (%s): if the node was replaced, remove its "
+                            "line from %s" % (host, e, policy.path))
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            ssh.close()
+            last = e
+
+
+def run(ssh, command, stdin=None, timeout=60):
+    """Run a command; send `stdin` (bytes or a binary file) to it. Returns (exit code, output
+    with stderr merged). Raises NodeError past `timeout` seconds in all."""
+    deadline = time.monotonic() + timeout
+    chan = ssh.get_transport().open_session(timeout=30)
+    try:
+        chan.set_combine_stderr(True)
+        chan.settimeout(max(1.0, min(30.0, timeout)))
+        chan.exec_command(command)
+        if stdin is not None:
+            source = io.BytesIO(stdin) if isinstance(stdin, bytes) else stdin
+            for chunk in iter(lambda: source.read(1 << 17), b""):
+                chan.sendall(chunk)
+        chan.shutdown_write()
+        output = bytearray()
+        while True:
+            try:
+                data = chan.recv(1 << 16)
+            except TimeoutError:
+                data = None
+            if data:
+                output += data
+            elif data == b"":
+                break
+            if time.monotonic() > deadline:
+                raise NodeError("`%s` did not finish in %d s" % (command.split("\n")[0][:60], timeout))
+        return chan.recv_exit_status(), output.decode("utf-8", "replace")
+    except OSError as e:
+        raise NodeError("SSH failed: %s" % e)
+    finally:
+        chan.close()
+
+
+def remote_dir(tag):
+    """The node's work directory, quoted for the remote shell: REMOTE_ROOT/TAG."""
+    root = cs.setting("REMOTE_ROOT", "~/awsrun")
+    if root == "~" or root.startswith("~/"):
+        return '"$HOME"/' + shlex.quote((root[2:] + "/" + tag).lstrip("/"))
+    return shlex.quote(os.path.join(root, tag))
+
+
+def for_each_node(nodes, work, parallel):
+    """Run work(node) for every node in parallel; one failure never hides the others.
+    Returns {tag: result or NodeError}."""
+    def guarded(node):
+        try:
+            return node["tag"], work(node)
+        except NodeError as e:
+            return node["tag"], e
+        except Exception as e:  # a bug or an unforeseen library error: report it on its node
+            return node["tag"], NodeError("%s: %s" % (type(e).__name__, e))
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes)))) as pool:
+        return dict(pool.map(guarded, nodes))
+
+
+# ---------------------------------------------------------------------------- create
+
+def make_bundle(args):
+    """One compressed archive of everything each node needs; sent in one stream per node."""
+    bundle = tempfile.TemporaryFile()
+    skip = {".git", "__pycache__", ".venv"}
+    with tarfile.open(fileobj=bundle, mode="w:gz", compresslevel=1) as tar:
+        if args.code:
+            for name in sorted(os.listdir(args.code)):
+                if name not in skip:
+                    tar.add(os.path.join(args.code, name), arcname=name,
+                            filter=lambda t: None if os.path.basename(t.name) in skip else t)
+        for local, remote in args.inputs:
+            tar.add(local, arcname=remote)
+        tar.add(args.install, arcname="INSTALL.sh")
+        for name in ("save_results.py", "cloud_setup.py"):
+            tar.add(os.path.join(HERE, name), arcname=".awsrun/" + name)
+    bundle.flush()
+    return bundle
+
+
+def install_script(tag, tries, seconds):
+    """Shell run on the node: unpack the bundle, then run INSTALL.sh until it creates READY,
+    each try limited in time and logged to .awsrun/install.N.log."""
+    d = remote_dir(tag)
+    python = shlex.quote(cs.setting("NODE_PYTHON", "python3"))
+    return (
+        "mkdir -p {d} && cd {d} && tar -xzf - || exit 2\n"
+        "[ -f READY ] && {{ echo 'already installed'; exit 0; }}\n"
+        "for i in $(seq 1 {tries}); do\n"
+        "  AWSRUN_PYTHON={py} TAG={tag} timeout -k 10 {s} bash INSTALL.sh"
+        " > .awsrun/install.$i.log 2>&1 < /dev/null\n"
+        "  code=$?; [ -f READY ] && exit 0\n"
+        "  echo \"try $i: INSTALL.sh exited $code without creating READY\"\n"
+        "done\n"
+        "echo \"--- last lines of $PWD/.awsrun/install.{tries}.log:\"\n"
+        "tail -n 20 .awsrun/install.{tries}.log\n"
+        "exit 1\n").format(d=d, py=python, tag=shlex.quote(tag), tries=int(tries), s=int(seconds))
+
+
+def prepare(node, args, bundle, pkey, policy, progress):
+    """Connect to one node, copy its files and run the install script until READY."""
+    ssh = connect(node, pkey, policy, time.monotonic() + args.ssh_timeout)
+    try:
+        budget = args.install_tries * (args.install_timeout + 15) + 120
+        code, output = run(ssh, install_script(node["tag"], args.install_tries, args.install_timeout),
+                           stdin=BundleReader(bundle), timeout=budget)
+    finally:
+        ssh.close()
+    if code != 0:
+        keep = os.path.join(cs.state_dir(args.job), "%s.install.log" % node["tag"])
+        with open(keep, "w") as f:
+            f.write(output)
+        raise NodeError("install failed (kept in %s):\n%s" % (keep, output.rstrip()))
+    progress()
+
+
+class BundleReader:
+    """A reader of the shared bundle file with its own offset, so threads can stream it at once."""
+
+    def __init__(self, bundle):
+        self.fd, self.offset = bundle.fileno(), 0
+
+    def read(self, n):
+        data = os.pread(self.fd, n, self.offset)
+        self.offset += len(data)
+        return data
+
+
+def plan(args, rows):
+    """tag -> (line, instance_type, command) for every row of the job file."""
+    return {cs.tag_name(args.job, i + args.tag_offset): row for i, row in enumerate(rows)}
+
+
+def launch_missing(args, wanted, ami, key_name, group_id, profile, bucket):
+    """Launch the tags that have no live instance: one RunInstances call per instance type."""
+    live = cs.current_nodes(cs.find_nodes(args.job, cs.LIVE))
+    for tag, node in live.items():
+        if tag in wanted and node["type"] != wanted[tag][1]:
+            raise UserError("%s is already running as %s, but line %d asks for %s: terminate %s first"
+                            % (tag, node["type"], wanted[tag][0], wanted[tag][1], node["id"]))
+    by_type = {}
+    for i, (tag, (line, itype, command)) in enumerate(sorted(wanted.items(), key=lambda kv: kv[1][0])):
+        if tag not in live:
+            by_type.setdefault(itype, []).append(int(tag[len(args.job):]))
+    launched = 0
+    for itype, numbers in sorted(by_type.items()):
+        for batch in cs.launch_batches(numbers):
+            cs.launch(args.job, ami, itype, batch, key_name, group_id, profile, bucket)
+            launched += len(batch)
+            log("launched %d x %s" % (len(batch), itype))
+    if not launched:
+        log("all %d machines already exist" % len(wanted))
+    return launched
+
+
+def create(args, rows):
+    """Key pair, security group, instance profile, bucket, instances; then prepare every node."""
+    wanted = plan(args, rows)
+    cs.account_id()
+    ami = cs.default_ami() if args.ami == "auto" else args.ami
+    cs.check_image_and_types(ami, {itype for _, itype, _ in rows})
+    bucket = args.bucket or args.job
+    key = cs.ensure_key_pair(args.job)
+    group_id = cs.ensure_security_group(args.job, cs.caller_cidr())
+    profile = cs.ensure_instance_profile(args.job, bucket)
+    cs.ensure_bucket(cs.client("s3"), bucket, cs.region())
+    log("job %s: key %s, security group %s, instance profile %s, bucket %s" % (args.job, key, group_id, profile, bucket))
+    pause(args, "launch %d machines with AMI %s" % (len(wanted), ami))
+    launch_missing(args, wanted, ami, args.job, group_id, profile, bucket)
+    nodes = cs.current_nodes(cs.find_nodes(args.job, cs.LIVE))
+    cs.wait_running([n["id"] for t, n in nodes.items() if t in wanted], timeout=args.ssh_timeout)
+    nodes = [n for t, n in sorted(cs.current_nodes(cs.find_nodes(args.job, cs.LIVE)).items()) if t in wanted]
+    log("%d machines running; copying files and installing" % len(nodes))
+    pause(args, "prepare the machines over SSH")
+
+    pkey = paramiko.PKey.from_path(key)
+    policy = HostKeyMemory(os.path.join(cs.state_dir(args.job), "known_hosts"))
+    done, lock = [0], threading.Lock()
+
+    def progress():
+        with lock:
+            done[0] += 1
+            log("Installation complete on %d / %d boxes" % (done[0], len(nodes)))
+
+    with make_bundle(args) as bundle:
+        results = for_each_node(nodes, lambda n: prepare(n, args, bundle, pkey, policy, progress), args.parallel)
+    return report(args, nodes, results, "ready")
+
+
+def report(args, nodes, results, word):
+    """Print one line per node on stdout; failures on stderr. Exit status 1 if any failed."""
+    failed = []
+    for node in nodes:
+        result = results[node["tag"]]
+        if isinstance(result, NodeError):
+            failed.append(node)
+            log("%s (%s) FAILED: %s" % (node["tag"], node["id"], result))
+        else:
+            print("%s\t%s\t%s" % (node["tag"], node["id"], result or word))
+    if failed and getattr(args, "create", False) and not args.keep_failed:
+        cs.terminate([n["id"] for n in failed])
+        log("terminated the %d failed machines (keep them with --keep-failed); "
+            "run create again to retry them" % len(failed))
+    if failed:
+        raise UserError("%d of %d machines failed: %s" % (len(failed), len(nodes),
+                                                          " ".join(n["tag"] for n in failed)))
+    return 0
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+RUNNER = """#!/bin/bash
+# Written by awsrun's dispatcher: runs this node's command, then uploads its results.
+cd "$(dirname "$0")/.." || exit 1
+export TAG={tag}
+mkdir -p output
+date -u +%Y-%m-%dT%H:%M:%SZ > .awsrun/started
+bash .awsrun/command.sh > screen_output.txt 2>&1 < /dev/null
+echo $? > .awsrun/exit_code
+date -u +%Y-%m-%dT%H:%M:%SZ > .awsrun/ended
+exec {python} .awsrun/save_results.py
+"""
+
+START = """cd {d} || exit 10
+[ -f READY ] || {{ echo "not ready: INSTALL.sh never created READY; run create again"; exit 11; }}
+[ -e .awsrun/dispatched ] && {{ echo "already started"; exit 12; }}
+tar -xf - || exit 13
+touch .awsrun/dispatched
+(nohup setsid bash .awsrun/run.sh > .awsrun/runner.log 2>&1 < /dev/null &)
+echo started
+"""
+
+
+def node_files(args, node, row):
+    """The small archive that turns a prepared node into a running job."""
+    line, itype, command = row
+    python = shlex.quote(cs.setting("NODE_PYTHON", "python3"))
+    info = {"job": args.job, "tag": node["tag"], "instance_id": node["id"], "instance_type": itype,
+            "bucket": node["bucket"], "region": cs.region(), "command": command, "outputs": args.output}
+    files = {".awsrun/node.json": json.dumps(info, indent=1, ensure_ascii=False),
+             ".awsrun/command.sh": command + "\n",
+             ".awsrun/run.sh": RUNNER.format(tag=shlex.quote(node["tag"]), python=python)}
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        for name, text in files.items():
+            raw = text.encode("utf-8")
+            member = tarfile.TarInfo(name)
+            member.size, member.mode, member.mtime = len(raw), 0o644, int(time.time())
+            tar.addfile(member, io.BytesIO(raw))
+    return data.getvalue()
+
+
+def start(node, args, row, pkey, policy):
+    ssh = connect(node, pkey, policy, time.monotonic() + args.ssh_timeout)
+    try:
+        code, output = run(ssh, START.format(d=remote_dir(node["tag"])), stdin=node_files(args, node, row))
+    finally:
+        ssh.close()
+    if code == 12:
+        return "already started"
+    if code != 0:
+        raise NodeError(output.strip() or "exit %d" % code)
+    return "started"
+
+
+def dispatch(args, rows):
+    """Start every row's command on its prepared node, detached, in parallel."""
+    wanted = plan(args, rows)
+    key = cs.key_path(args.job)
+    if not os.path.exists(key):
+        raise UserError("the key %s is missing: run create first (make create JOBS=...)" % key)
+    live = cs.current_nodes(cs.find_nodes(args.job, ("running",)))
+    missing = [t for t in wanted if t not in live]
+    if len(missing) == len(wanted):
+        raise UserError("job %s has no running machines: run create first" % args.job)
+    nodes = [live[t] for t in sorted(wanted) if t in live]
+    pkey = paramiko.PKey.from_path(key)
+    policy = HostKeyMemory(os.path.join(cs.state_dir(args.job), "known_hosts"))
+    results = for_each_node(nodes, lambda n: start(n, args, wanted[n["tag"]], pkey, policy), args.parallel)
+    code = report(args, nodes, results, "started")
+    if missing:
+        raise UserError("no running machine for %s: run create for them first" % " ".join(sorted(missing)))
+    return code
+
+
+# ---------------------------------------------------------------------------- main
+
+def pause(args, what):
+    """With -v at a terminal, wait for Enter between stages, as the original did."""
+    if args.verbose and sys.stdin.isatty():
+        input("next: %s. Press Enter to go on, Ctrl-C to stop. " % what)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ami", help="AMI id, or `auto` for the current Ubuntu LTS image")
+    p.add_argument("job", help="job name: names the machines, the key and the bucket")
+    p.add_argument("jobfile", help="CSV with the header instance_type,command")
+    p.add_argument("-c", "--create", action="store_true", help="create and prepare the machines")
+    p.add_argument("-d", "--dispatch", action="store_true", help="start each row's command")
+    p.add_argument("-v", "--verbose", action="store_true", help="more detail; pause between stages at a terminal")
+    p.add_argument("--code", help="folder copied into each node's work directory")
+    p.add_argument("-i", dest="input", action="append", default=[], metavar="LOCAL=REMOTE",
+                   help="an extra file or folder to copy (repeatable)")
+    p.add_argument("-o", dest="output", action="append", default=[], metavar="FILE",
+                   help="an extra output file to upload, relative to the work directory (repeatable)")
+    p.add_argument("--install", default=os.path.join(HERE, "INSTALL.sh"), help="node setup script")
+    p.add_argument("--tag_offset", type=int, default=0, help="number the machines from N")
+    p.add_argument("--bucket", help="results bucket (default: the job name)")
+    p.add_argument("--install-tries", type=int, default=3)
+    p.add_argument("--install-timeout", type=int, default=1800, help="seconds per install try")
+    p.add_argument("--ssh-timeout", type=int, default=600, help="seconds to wait for a node's SSH")
+    p.add_argument("--parallel", type=int, default=32, help="nodes prepared at once")
+    p.add_argument("--keep-failed", action="store_true", help="leave nodes whose install failed running")
+    args = p.parse_args(argv)
+    if not (args.create or args.dispatch):
+        p.error("nothing to do: give -c (create), -d (dispatch) or both")
+    args.inputs = []
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+
+    def run_all():
+        rows = check_arguments(args)
+        if args.create:
+            create(args, rows)
+        if args.dispatch:
+            dispatch(args, rows)
+        return 0
+    return cs.run_cli(run_all)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
