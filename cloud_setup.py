@@ -101,6 +101,10 @@ def error_code(e):
 
 # ---------------------------------------------------------------------------- names
 
+RESERVED_PREFIXES = ("xn-", "sthree-", "amzn-s3-demo-")
+RESERVED_SUFFIXES = ("-s3alias",)
+
+
 def check_job_name(job):
     """Job names become bucket names, so they follow S3's bucket-name rules (no dots,
     which break HTTPS to the bucket). Raises UserError saying what to change."""
@@ -109,7 +113,7 @@ def check_job_name(job):
         why = "must be 3 to 50 characters long"
     elif not re.fullmatch(r"[a-z0-9][a-z0-9-]*[a-z0-9]", job):
         why = "may hold only lowercase letters, digits and hyphens, and must start and end with a letter or digit"
-    elif "--" in job or job.startswith(("xn-", "sthree", "amzn-s3-demo")) or job.endswith("-s3alias"):
+    elif "--" in job or job.startswith(RESERVED_PREFIXES) or job.endswith(RESERVED_SUFFIXES):
         why = "uses a prefix, suffix or double hyphen that S3 reserves"
     if why:
         raise UserError("job name %r %s (it names the S3 bucket): try JOB=%s"
@@ -121,7 +125,10 @@ def default_job_name(source):
     stem = os.path.splitext(os.path.basename(source))[0]
     name = "%s-%s" % (getpass.getuser(), stem) if os.path.splitext(source)[1] else stem
     name = re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", name.lower())).strip("-")
-    return (name[:50].strip("-") or "awsrun").ljust(3, "0")
+    name = (name[:40].strip("-") or "awsrun").ljust(3, "0")
+    if name.startswith(RESERVED_PREFIXES):
+        name = "job-" + name
+    return name + "-1" if name.endswith(RESERVED_SUFFIXES) else name
 
 
 def tag_name(job, number):

@@ -1,0 +1,119 @@
+"""Fixtures: fake AWS credentials and folders for unit tests (moto's mock_aws in-process),
+and the sandbox (moto server + sshd on 127.0.0.1) for end-to-end tests through the CLI."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import boto3
+import pytest
+from moto import mock_aws
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import cloud_setup as cs  # noqa: E402
+
+
+@pytest.fixture
+def aws_env(tmp_path, monkeypatch):
+    """Throwaway credentials, and every folder awsrun writes to inside tmp_path."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "AWSRUN_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AWSRUN_KEY_DIR", str(tmp_path / "keys"))
+    monkeypatch.setenv("AWSRUN_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("AWSRUN_SSH_CIDR", "198.51.100.7/32")
+    cs.client.cache_clear()
+    yield tmp_path
+    cs.client.cache_clear()
+
+
+@pytest.fixture
+def aws(aws_env):
+    """moto's mock_aws in this process; yields an EC2 client."""
+    with mock_aws():
+        yield boto3.client("ec2", region_name="us-east-1")
+
+
+def instance_states(ec2):
+    return [i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory):
+    """A sandbox in its own process for the whole session; yields its environment."""
+    if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
+        pytest.fail("the end-to-end tests need sshd: apt-get install openssh-server")
+    folder = tmp_path_factory.mktemp("sandbox")
+    log = open(folder / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sandbox.py"), "serve", str(folder)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not (folder / "env.json").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the sandbox did not start: " + (folder / "serve.log").read_text())
+        time.sleep(0.05)
+    env = json.loads((folder / "env.json").read_text())
+    yield env
+    proc.terminate()
+    proc.wait(20)
+
+
+class Sandbox:
+    """Drives awsrun's commands against the sandbox, and looks at what they left in AWS."""
+
+    def __init__(self, env):
+        self.env = dict(os.environ)
+        for name in list(self.env):
+            if name.startswith(("AWS_", "AWSRUN_")):
+                del self.env[name]
+        self.env.update(env)
+        kw = dict(endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                  aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+        self.ec2, self.s3 = boto3.client("ec2", **kw), boto3.client("s3", **kw)
+        self.nodes_dir = env["AWSRUN_REMOTE_ROOT"]
+
+    def run(self, *argv, env=None, timeout=180):
+        """Run one of awsrun's scripts as a user would; returns the CompletedProcess."""
+        full = dict(self.env, **(env or {}))
+        return subprocess.run([sys.executable] + list(argv), cwd=ROOT, env=full, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def instances(self, job):
+        pages = self.ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "tag:awsrun:job", "Values": [job]}])
+        return [i for p in pages for r in p["Reservations"] for i in r["Instances"]]
+
+    def states(self, job):
+        return sorted(i["State"]["Name"] for i in self.instances(job))
+
+    def objects(self, bucket):
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return {o["Key"]: o for p in pages for o in p.get("Contents", [])}
+
+    def read(self, bucket, key):
+        return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+
+    def manifest(self, bucket, tag):
+        return json.loads(self.read(bucket, tag + "/manifest.json"))
+
+
+@pytest.fixture
+def box(sandbox):
+    return Sandbox(sandbox)
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return str(path)

@@ -1,0 +1,259 @@
+"""Unit tests: the job file, job names and the AWS helpers, against moto's mock_aws."""
+import argparse
+import json
+import os
+import stat
+
+import boto3
+import pytest
+
+import cloud_setup as cs
+import dispatcher
+from conftest import instance_states, write
+
+
+# ---------------------------------------------------------------------------- the job file
+
+BAD_JOB_FILES = [
+    ("type,cmd\nt3.micro,echo hi\n", "line 1: the header must be exactly `instance_type,command`, found 'type,cmd'"),
+    ("", "line 1: the header must be exactly `instance_type,command`, found ''"),
+    ("instance_type,command\n", "line 1: no jobs: add one row `instance_type,command` per job"),
+    ("instance_type,command\nt3.micro,echo a,b\n",
+     "line 2: expected 2 fields (instance_type,command), found 3: put a command that contains commas in double quotes"),
+    ("instance_type,command\nt3.micro\n",
+     "line 2: expected 2 fields (instance_type,command), found 1: put a command that contains commas in double quotes"),
+    ("instance_type,command\nt3.micro,echo ok\nt3.micro,   \n", "line 3: the command is empty"),
+    ("instance_type,command\nbig,echo hi\n", "line 2: instance type 'big' is not like t3.micro"),
+]
+
+
+@pytest.mark.parametrize("text,expected", BAD_JOB_FILES)
+def test_bad_job_file_is_refused_with_its_line_and_nothing_launched(aws, tmp_path, capsys, text, expected):
+    jobs = write(tmp_path / "jobs.csv", text)
+    rc = dispatcher.main(["ami-12345678", "good-job", jobs, "-c", "-d"])
+    assert rc == 2
+    assert capsys.readouterr().err == "error: %s, %s\n" % (jobs, expected)
+    assert instance_states(aws) == []
+
+
+def test_missing_and_non_utf8_job_files(aws, tmp_path, capsys):
+    assert dispatcher.main(["ami-1", "good-job", str(tmp_path / "nope.csv"), "-c"]) == 2
+    assert capsys.readouterr().err == "error: job file %s does not exist\n" % (tmp_path / "nope.csv")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("instance_type,command\nt3.micro,echo caf\xe9\n".encode("latin-1"))
+    assert dispatcher.main(["ami-1", "good-job", str(latin), "-c"]) == 2
+    assert capsys.readouterr().err == "error: %s is not UTF-8 text: save it as UTF-8 CSV\n" % latin
+    assert instance_states(aws) == []
+
+
+def test_bom_crlf_quotes_and_comments_are_read(tmp_path):
+    path = tmp_path / "jobs.csv"
+    path.write_bytes(b'\xef\xbb\xbfinstance_type,command\r\n# a comment\r\nt3.micro,"echo a,b"\r\n\r\n'
+                     b'c5.large,python3 x.py --n 2\r\n')
+    assert dispatcher.read_jobs(str(path)) == [(3, "t3.micro", "echo a,b"), (5, "c5.large", "python3 x.py --n 2")]
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["-c", "--code", "/no/such/dir"], "error: --code /no/such/dir is not a folder\n"),
+    (["-c", "--install", "/no/INSTALL.sh"], "error: install script /no/INSTALL.sh does not exist: pass --install FILE\n"),
+    (["-c", "-i", "/no/file=x"], "error: -i: /no/file does not exist\n"),
+    (["-c", "-i", "noequals"], "error: -i 'noequals' must be LOCAL=REMOTE, e.g. -i data/x.csv=data/x.csv\n"),
+    (["-d", "-o", "../up.txt"], "error: -o '../up.txt' must be a relative path inside the work directory\n"),
+    (["-d", "-o", "manifest.json"], "error: -o manifest.json: that name is uploaded already or kept by awsrun\n"),
+])
+def test_bad_options_are_refused_before_any_aws_call(aws, tmp_path, capsys, argv, expected):
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,echo hi\n")
+    assert dispatcher.main(["ami-1", "good-job", jobs] + argv) == 2
+    assert capsys.readouterr().err == expected
+    assert instance_states(aws) == []
+
+
+# ---------------------------------------------------------------------------- job names
+
+@pytest.mark.parametrize("name,why", [
+    ("Alice-X", "may hold only lowercase letters, digits and hyphens, and must start and end with a letter or digit"),
+    ("a.b.c", "may hold only lowercase letters, digits and hyphens, and must start and end with a letter or digit"),
+    ("ab", "must be 3 to 50 characters long"),
+    ("x" * 51, "must be 3 to 50 characters long"),
+    ("job-", "may hold only lowercase letters, digits and hyphens, and must start and end with a letter or digit"),
+    ("xn--job", "uses a prefix, suffix or double hyphen that S3 reserves"),
+])
+def test_bad_job_name_is_refused_and_nothing_launched(aws, tmp_path, capsys, name, why):
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,echo hi\n")
+    assert dispatcher.main(["ami-1", name, jobs, "-c"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: job name %r %s (it names the S3 bucket): try JOB=" % (name, why))
+    suggested = err.strip().rsplit("JOB=", 1)[1]
+    cs.check_job_name(suggested)  # the suggestion is itself a valid name
+    assert instance_states(aws) == []
+
+
+def test_default_job_name_is_bucket_safe(monkeypatch):
+    monkeypatch.setattr(cs.getpass, "getuser", lambda: "Alice_B")
+    assert cs.default_job_name("awsjobs/My Sweep.v2.csv") == "alice-b-my-sweep-v2"
+    cs.check_job_name(cs.default_job_name("awsjobs/My Sweep.v2.csv"))
+
+
+def test_rows_tag_round_trips_and_fits_a_tag_value():
+    assert cs.encode_rows([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert cs.decode_rows("0-2,5,7-8") == [0, 1, 2, 5, 7, 8]
+    numbers = list(range(0, 2000, 2))
+    batches = cs.launch_batches(numbers)
+    assert sum(batches, []) == numbers
+    assert all(len(cs.encode_rows(b)) <= 255 for b in batches)
+    assert cs.launch_batches(list(range(500))) == [list(range(500))]
+
+
+# ---------------------------------------------------------------------------- images and types
+
+def test_missing_ami_is_refused_before_anything_is_created(aws, tmp_path, capsys):
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,echo hi\n")
+    assert dispatcher.main(["ami-12345678", "good-job", jobs, "-c"]) == 1
+    assert capsys.readouterr().err == \
+        "error: AMI ami-12345678 does not exist in region us-east-1: check AMI= (AMIs are per region)\n"
+    assert instance_states(aws) == []
+    assert aws.describe_key_pairs()["KeyPairs"] == []
+
+
+def test_unknown_instance_type_is_refused(aws, tmp_path, capsys):
+    ami = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,echo hi\nt3.bogus,echo hi\n")
+    assert dispatcher.main([ami, "good-job", jobs, "-c"]) == 2
+    assert capsys.readouterr().err == \
+        "error: instance type 't3.bogus' does not exist in region us-east-1: fix the job file\n"
+    assert instance_states(aws) == []
+
+
+def test_auto_ami_without_the_public_parameter_asks_for_ami(aws, tmp_path, capsys):
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,echo hi\n")
+    assert dispatcher.main(["auto", "good-job", jobs, "-c"]) == 1
+    assert capsys.readouterr().err == \
+        "error: could not look up the current Ubuntu image (ParameterNotFound): name one with AMI=ami-...\n"
+
+
+def test_no_credentials_is_one_line(aws_env, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,echo hi\n")
+    assert dispatcher.main(["ami-1", "good-job", jobs, "-c"]) == 1
+    assert capsys.readouterr().err == "error: no AWS credentials found: run `aws configure` or set AWS_PROFILE\n"
+
+
+# ---------------------------------------------------------------------------- key pair
+
+def test_key_file_is_0600_from_the_first_byte_and_reused(aws, monkeypatch):
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, flags, mode=0o777: opened.append((p, flags, mode)) or real_open(p, flags, mode))
+    path = cs.ensure_key_pair("job-a")
+    assert opened == [(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert path == os.path.join(os.environ["AWSRUN_KEY_DIR"], "job-a.pem")
+    before = open(path).read()
+    assert cs.ensure_key_pair("job-a") == path and open(path).read() == before
+    assert [k["KeyName"] for k in aws.describe_key_pairs()["KeyPairs"]] == ["job-a"]
+
+
+def test_key_in_aws_but_file_gone_says_what_to_do(aws):
+    path = cs.ensure_key_pair("job-a")
+    os.remove(path)
+    with pytest.raises(cs.UserError) as e:
+        cs.ensure_key_pair("job-a")
+    assert str(e.value) == ("key pair 'job-a' exists in AWS but its private key %s is gone: restore the file, "
+                            "or delete the key pair with `aws ec2 delete-key-pair --key-name job-a` and run "
+                            "create again" % path)
+
+
+def test_key_file_without_aws_key_is_imported(aws):
+    path = cs.ensure_key_pair("job-a")
+    aws.delete_key_pair(KeyName="job-a")
+    assert cs.ensure_key_pair("job-a") == path
+    assert [k["KeyName"] for k in aws.describe_key_pairs()["KeyPairs"]] == ["job-a"]
+
+
+# ---------------------------------------------------------------------------- security group, policy
+
+def test_security_group_opens_only_ssh_to_the_caller(aws):
+    group_id = cs.ensure_security_group("job-a", "198.51.100.7/32")
+    assert cs.ensure_security_group("job-a", "198.51.100.7/32") == group_id
+    group = aws.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
+    assert [(p["IpProtocol"], p["FromPort"], p["ToPort"], [r["CidrIp"] for r in p["IpRanges"]])
+            for p in group["IpPermissions"]] == [("tcp", 22, 22, ["198.51.100.7/32"])]
+
+
+def test_instance_profile_policy_is_scoped_to_bucket_and_job(aws):
+    name = cs.ensure_instance_profile("job-a", "bucket-a")
+    assert cs.ensure_instance_profile("job-a", "bucket-a") == name
+    iam = boto3.client("iam")
+    profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+    assert [r["RoleName"] for r in profile["Roles"]] == [name]
+    policy = iam.get_role_policy(RoleName=name, PolicyName="awsrun-node")["PolicyDocument"]
+    policy = json.loads(policy) if isinstance(policy, str) else policy
+    s3, ec2 = policy["Statement"]
+    assert s3["Resource"] == ["arn:aws:s3:::bucket-a", "arn:aws:s3:::bucket-a/*"]
+    assert all(a.startswith("s3:") and "*" not in a for a in s3["Action"])
+    assert sorted(ec2["Action"]) == ["ec2:CreateTags", "ec2:TerminateInstances"]
+    assert ec2["Condition"] == {"StringEquals": {"aws:ResourceTag/awsrun:job": "job-a"}}
+    trust = iam.get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"]
+    assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+
+
+def test_bucket_blocks_public_access_and_encrypts(aws):
+    s3 = boto3.client("s3")
+    cs.ensure_bucket(s3, "bucket-a", "us-east-1")
+    cs.ensure_bucket(s3, "bucket-a", "us-east-1")  # again: no error
+    block = s3.get_public_access_block(Bucket="bucket-a")["PublicAccessBlockConfiguration"]
+    assert all(block.values()) and len(block) == 4
+    rules = s3.get_bucket_encryption(Bucket="bucket-a")["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+
+
+# ---------------------------------------------------------------------------- launching
+
+def launch_setup(aws, job, rows):
+    ami = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    args = argparse.Namespace(job=job, tag_offset=0)
+    wanted = dispatcher.plan(args, rows)
+    key = cs.ensure_key_pair(job)
+    group = cs.ensure_security_group(job, "198.51.100.7/32")
+    profile = cs.ensure_instance_profile(job, job)
+    calls = []
+    cs.client("ec2").meta.events.register("before-call.ec2.RunInstances", lambda **kw: calls.append(1))
+    return lambda: dispatcher.launch_missing(args, wanted, ami, os.path.basename(key)[:-4], group, profile, job), calls
+
+
+ROWS = [(2, "t3.micro", "a"), (3, "t3.small", "b"), (4, "t3.micro", "c"), (5, "t3.micro", "d"), (6, "t3.small", "e")]
+
+
+def test_one_run_instances_call_per_type_and_every_instance_tagged(aws):
+    launch, calls = launch_setup(aws, "job-a", ROWS)
+    assert launch() == 5
+    assert len(calls) == 2
+    nodes = cs.find_nodes("job-a")
+    assert sorted((n["tag"], n["type"]) for n in nodes) == [
+        ("job-a0", "t3.micro"), ("job-a1", "t3.small"), ("job-a2", "t3.micro"),
+        ("job-a3", "t3.micro"), ("job-a4", "t3.small")]
+    assert all(n["bucket"] == "job-a" for n in nodes)
+
+
+def test_create_again_launches_only_missing_tags(aws):
+    launch, calls = launch_setup(aws, "job-a", ROWS)
+    launch()
+    assert launch() == 0 and len(calls) == 2
+    assert len(instance_states(aws)) == 5
+    gone = [n for n in cs.find_nodes("job-a") if n["tag"] == "job-a3"][0]
+    aws.terminate_instances(InstanceIds=[gone["id"]])
+    assert launch() == 1 and len(calls) == 3
+    live = cs.current_nodes(cs.find_nodes("job-a", cs.LIVE))
+    assert sorted(live) == ["job-a0", "job-a1", "job-a2", "job-a3", "job-a4"]
+    assert live["job-a3"]["id"] != gone["id"]
+
+
+def test_status_counts_instances_by_state(aws, capsys):
+    launch, _ = launch_setup(aws, "job-a", ROWS)
+    launch()
+    aws.terminate_instances(InstanceIds=[cs.find_nodes("job-a")[0]["id"]])
+    cs.print_num_running()
+    assert capsys.readouterr().out == ("pending or running:  4\nshutting down:       0\n"
+                                      "stopping or stopped: 0\nterminated:          1\n")
