@@ -35,6 +35,14 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"
 UBUNTU_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-sandbox"
 STANDINS = ("shutdown", "poweroff", "reboot", "halt", "apt-get", "apt", "sudo")
+NODE_SHELL = """#!/bin/sh
+# awsrun sandbox: every node session runs with the sandbox's PATH first, whatever the
+# login shell's startup files set, so the stand-ins above shadow the real commands.
+# (bash reads ~/.bashrc when it sees SSH_CLIENT; the nodes' shells must not.)
+PATH={path}; export PATH; unset SSH_CLIENT SSH2_CLIENT
+[ -n "$SSH_ORIGINAL_COMMAND" ] || exec /bin/bash -i
+exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"
+"""
 STANDIN = """#!/bin/sh
 # awsrun sandbox stand-in: nothing in the sandbox may change this machine.
 echo "$(basename "$0") $*" >> {log}
@@ -125,13 +133,17 @@ class Sandbox:
                     "AWS_SECRET_ACCESS_KEY": "sandbox-node", "AWS_DEFAULT_REGION": REGION,
                     "AWS_CONFIG_FILE": self.path("aws", "config"),
                     "AWS_SHARED_CREDENTIALS_FILE": self.path("aws", "credentials"), "PATH": node_path}
+        node_shell = os.path.join(ssh, "node-shell")
+        with open(node_shell, "w") as f:
+            f.write(NODE_SHELL.format(path=node_path))
+        os.chmod(node_shell, 0o755)
         config = "\n".join([
             "Port %d" % self.ssh_port, "ListenAddress 127.0.0.1", "HostKey " + host_key,
             "PidFile none", "AuthorizedKeysFile " + os.path.join(ssh, "authorized_keys"),
             "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "AllowUsers " + getpass.getuser(),
             "MaxStartups 1024:30:2048", "MaxSessions 64", "LoginGraceTime 60", "UseDNS no",
-            "Subsystem sftp internal-sftp",
+            "ForceCommand " + node_shell,
             "SetEnv " + " ".join('%s="%s"' % kv for kv in sorted(node_env.items())), ""])
         with open(os.path.join(ssh, "sshd_config"), "w") as f:
             f.write(config)
