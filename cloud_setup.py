@@ -24,7 +24,7 @@ import urllib.request
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, WaiterError
 
 # Tags that awsrun puts on every instance. The node's own tag is JOB + one of the numbers
 # in ROWS_TAG, picked by the instance's AmiLaunchIndex, so that one RunInstances call can
@@ -451,9 +451,15 @@ def current_nodes(nodes):
 
 def wait_running(ids, timeout=600):
     """Wait, with boto3's waiter, until every instance is running."""
-    if ids:
+    if not ids:
+        return
+    try:
         client("ec2").get_waiter("instance_running").wait(
             InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": max(1, timeout // 5)})
+    except WaiterError as e:
+        raise UserError("the machines did not all reach `running` (%s): see `make status JOB=...` "
+                        "and each instance's state reason in the EC2 console" % e.last_response.get(
+                            "Error", {}).get("Message", e))
 
 
 def terminate(ids):

@@ -224,8 +224,8 @@ def for_each_node(nodes, work, parallel):
             return node["tag"], work(node)
         except NodeError as e:
             return node["tag"], e
-        except Exception as e:  # a bug or an unforeseen library error: report it on its node
-            return node["tag"], NodeError("%s: %s" % (type(e).__name__, e))
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            return node["tag"], NodeError("SSH failed: %s: %s" % (type(e).__name__, e))
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes)))) as pool:
         return dict(pool.map(guarded, nodes))
 
@@ -279,6 +279,8 @@ def prepare(node, args, bundle, pkey, policy, progress):
                            stdin=BundleReader(bundle), timeout=budget)
     finally:
         ssh.close()
+    if args.verbose:
+        log("%s: %s" % (node["tag"], output.strip() or "installed"))
     if code != 0:
         keep = os.path.join(cs.state_dir(args.job), "%s.install.log" % node["tag"])
         with open(keep, "w") as f:
@@ -332,11 +334,11 @@ def create(args, rows):
     cs.account_id()
     ami = cs.default_ami() if args.ami == "auto" else args.ami
     cs.check_image_and_types(ami, {itype for _, itype, _ in rows})
-    bucket = args.bucket or args.job
-    key = cs.ensure_key_pair(args.job)
-    group_id = cs.ensure_security_group(args.job, cs.caller_cidr())
-    profile = cs.ensure_instance_profile(args.job, bucket)
+    bucket, cidr = args.bucket or args.job, cs.caller_cidr()
     cs.ensure_bucket(cs.client("s3"), bucket, cs.region())
+    key = cs.ensure_key_pair(args.job)
+    group_id = cs.ensure_security_group(args.job, cidr)
+    profile = cs.ensure_instance_profile(args.job, bucket)
     log("job %s: key %s, security group %s, instance profile %s, bucket %s" % (args.job, key, group_id, profile, bucket))
     pause(args, "launch %d machines with AMI %s" % (len(wanted), ami))
     launch_missing(args, wanted, ami, args.job, group_id, profile, bucket)

@@ -96,6 +96,10 @@ def test_failed_command_still_uploads_log_and_manifest_and_terminates(box, tmp_p
     assert box.read(job, "e2e-exit30/output/part.txt") == "partial\n"
     status = box.run("cloud_setup.py", "status", job)
     assert status.stdout.splitlines()[1].split()[3:] == ["terminated", "3"]
+    flat = box.run("get_s3_files.py", job, str(tmp_path / "flat"), "--flat")
+    assert flat.returncode == 0, flat.stderr
+    assert sorted(os.listdir(tmp_path / "flat")) == \
+        ["e2e-exit30_manifest.json", "e2e-exit30_screen_output.txt", "part.txt"]
 
 
 def test_install_that_always_fails_is_reported_with_its_log_within_its_deadline(box, tmp_path):

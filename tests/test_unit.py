@@ -257,3 +257,21 @@ def test_status_counts_instances_by_state(aws, capsys):
     cs.print_num_running()
     assert capsys.readouterr().out == ("pending or running:  4\nshutting down:       0\n"
                                       "stopping or stopped: 0\nterminated:          1\n")
+
+
+def test_fetch_of_a_missing_bucket_says_what_to_check(aws, tmp_path, capsys):
+    import get_s3_files
+    assert get_s3_files.main(["no-such-bucket", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == ("error: bucket no-such-bucket does not exist: check BUCKET= "
+                                       "(it is the job name unless you gave --bucket)\n")
+
+
+def test_fetch_refuses_object_names_that_leave_the_output_folder(aws, tmp_path, capsys):
+    import get_s3_files
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="bucket-a")
+    s3.put_object(Bucket="bucket-a", Key="tag0/../../escape.txt", Body=b"x")
+    assert get_s3_files.main(["bucket-a", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == \
+        "error: refusing the object 'tag0/../../escape.txt': its name would leave the output folder\n"
+    assert not (tmp_path / "escape.txt").exists()
