@@ -16,13 +16,15 @@ OUT    ?= results/$(BUCKET)
 CODE   ?=
 ARGS   ?=
 TIMEOUT ?= 86400
+TAG    ?=
+DELETE_BUCKET ?= no
 
 DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)) $(ARGS)
 # `make status` alone counts every instance; with JOB= given, one line per tag of that job.
 STATUS_JOB = $(if $(filter command line environment,$(origin JOB)),$(JOB))
 SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-server
 
-.PHONY: help create dispatch status wait fetch demo _demo test venv
+.PHONY: help create dispatch status watch wait logs retry down clean fetch demo _demo test venv
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -43,8 +45,24 @@ dispatch: $(PY)  ## start every row's command on its machine
 status: $(PY)  ## instance counts by state; with JOB=, one line per tag
 	$(PY) cloud_setup.py status $(STATUS_JOB)
 
-wait: $(PY)  ## wait until every machine of JOB has finished and terminated itself
+watch: $(PY)  ## the status table of JOB, refreshed until every job has finished
+	$(PY) cloud_setup.py status $(JOB) --watch
+
+wait: $(PY)  ## wait until every machine of JOB has finished
 	$(PY) cloud_setup.py wait $(JOB) --timeout $(TIMEOUT)
+
+logs: $(PY)  ## print TAG's log (LOG=install for the install logs)
+	@test -n "$(TAG)" || { echo "make logs needs TAG=, e.g. TAG=$(JOB)0" >&2; exit 2; }
+	$(PY) logs.py $(JOB) $(TAG) $(if $(filter install,$(LOG)),--install)
+
+retry: $(PY)  ## run again every row of JOBS with no succeeded result
+	$(DISPATCH) --retry
+
+down: $(PY)  ## terminate every instance of JOB and wait until they are gone
+	$(PY) cloud_setup.py down $(JOB)
+
+clean: $(PY)  ## down, then delete JOB's security group, key pair and role (DELETE_BUCKET=yes: the bucket too)
+	$(PY) cloud_setup.py clean $(JOB) $(if $(filter yes,$(DELETE_BUCKET)),--delete-bucket)
 
 fetch: $(PY)  ## download every result of BUCKET into OUT/TAG/...
 	$(PY) get_s3_files.py $(BUCKET) $(OUT)

@@ -6,18 +6,23 @@ standard library and boto3, and runs on Python 3.8.
 
     python cloud_setup.py status              # counts of instances by state
     python cloud_setup.py status JOBNAME      # one line per tag of the job
-    python cloud_setup.py wait JOBNAME        # until every node has terminated itself
+    python cloud_setup.py status JOBNAME --watch   # refresh until every job has finished
+    python cloud_setup.py wait JOBNAME        # until every node has finished
+    python cloud_setup.py down JOBNAME        # terminate every instance of the job
+    python cloud_setup.py clean JOBNAME [--delete-bucket]   # and delete all it created
     python cloud_setup.py default-ami         # the current Ubuntu LTS image
     python cloud_setup.py job-name awsjobs/x.csv
 """
 from __future__ import annotations
 
 import argparse
+import calendar
 import functools
 import getpass
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import urllib.request
@@ -34,6 +39,8 @@ ROWS_TAG = "awsrun:rows"
 BUCKET_TAG = "awsrun:bucket"
 STATUS_TAG = "awsrun:status"
 ERROR_TAG = "awsrun:error"
+SINCE_TAG = "awsrun:since"        # when awsrun:status last changed
+PROGRESS_TAG = "awsrun:progress"  # the latest value set with update_tags.py
 
 UBUNTU_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
 RETRIES = Config(retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=64)
@@ -367,7 +374,7 @@ def check_image_and_types(ami, types):
 
 # ---------------------------------------------------------------------------- instances
 
-def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket):
+def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket, spot=False):
     """One RunInstances call for a list of node numbers, every instance tagged in that call.
     All or nothing (MinCount = MaxCount). Returns the instance ids."""
     tags = [{"Key": "Name", "Value": job}, {"Key": JOB_TAG, "Value": job},
@@ -377,6 +384,9 @@ def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket
                   InstanceInitiatedShutdownBehavior="terminate",
                   TagSpecifications=[{"ResourceType": "instance", "Tags": tags},
                                      {"ResourceType": "volume", "Tags": tags[:2]}])
+    if spot:  # an interrupted spot node is terminated, shows as lost, and `retry` runs it again
+        params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
+            "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
     deadline = time.monotonic() + 90
     for delay in backoff(deadline):
         try:
@@ -426,7 +436,28 @@ def node_of(instance):
             "tag": tag_name(job, numbers[index]) if index < len(numbers) else None,
             "bucket": tags.get(BUCKET_TAG, job), "status": tags.get(STATUS_TAG, ""),
             "error": tags.get(ERROR_TAG, ""), "launched": instance["LaunchTime"],
+            "since": parse_time(tags.get(SINCE_TAG, "")), "progress": tags.get(PROGRESS_TAG, ""),
             "address": instance.get("PublicIpAddress") or instance.get("PublicDnsName") or ""}
+
+
+def parse_time(text):
+    """Seconds since the epoch from an ISO time written by now_text(), or None."""
+    try:
+        return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return None
+
+
+def now_text():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def set_status(ids, status, extra=None, ec2=None):
+    """Tag instances with a status (and when it began) in one CreateTags call."""
+    if ids:
+        tags = [{"Key": STATUS_TAG, "Value": status}, {"Key": SINCE_TAG, "Value": now_text()}]
+        tags += [{"Key": k, "Value": v} for k, v in (extra or {}).items()]
+        (ec2 or client("ec2")).create_tags(Resources=list(ids), Tags=tags)
 
 
 def find_nodes(job, states=None):
@@ -486,69 +517,217 @@ def print_num_running():
         print("%-20s %d" % (label + ":", count))
 
 
-def read_manifests(bucket, tags):
-    """tag -> manifest dict, for every tag whose manifest is in the bucket."""
-    s3, found = client("s3"), {}
+# A node that has uploaded its results also writes an empty marker object
+# _awsrun/TAG/exit=N,runtime=S, so that one listing tells the outcome of every tag.
+MARKERS = "_awsrun/"
+FINISHED = ("succeeded", "failed", "lost", "install-failed", "upload-failed")
+
+
+def marker_key(tag, exit_code, runtime):
+    return "%s%s/exit=%s,runtime=%d" % (MARKERS, tag, exit_code, runtime)
+
+
+def read_markers(bucket):
+    """tag -> the newest outcome {exit, runtime, when} in the bucket: one listing call."""
+    found = {}
     try:
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/")
-        prefixes = {p["Prefix"].rstrip("/") for page in pages for p in page.get("CommonPrefixes", [])}
+        pages = client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=MARKERS)
+        objects = [o for page in pages for o in page.get("Contents", [])]
     except ClientError as e:
         if error_code(e) == "NoSuchBucket":
             return found
         raise
-    for tag in sorted(prefixes & set(tags)):
-        try:
-            body = s3.get_object(Bucket=bucket, Key=tag + "/manifest.json")["Body"].read()
-            found[tag] = json.loads(body)
-        except ClientError as e:
-            if error_code(e) != "NoSuchKey":
-                raise
+    for o in sorted(objects, key=lambda o: o["LastModified"]):
+        tag, _, fields = o["Key"][len(MARKERS):].partition("/")
+        values = dict(f.partition("=")[::2] for f in fields.split(","))
+        exit_code = values.get("exit", "")
+        found[tag] = {"exit": int(exit_code) if exit_code.lstrip("-").isdigit() else None,
+                      "runtime": int(values.get("runtime", "0") or 0), "when": o["LastModified"]}
     return found
 
 
-def job_status(job):
-    """One row per tag of the job: tag, instance id, type, state, exit code."""
+def job_bucket(job, nodes=()):
+    """The job's bucket: from its instances' tags, else from create's note, else the job name."""
+    for n in nodes:
+        return n["bucket"]
+    try:
+        with open(os.path.join(state_dir(job), "bucket")) as f:
+            return f.read().strip() or job
+    except OSError:
+        return job
+
+
+def node_state(node, marker):
+    """The state of one tag, from its newest instance and its newest outcome marker."""
+    live = node is not None and node["state"] in LIVE
+    if marker is not None and not (live and node["launched"] > marker["when"]):
+        return "succeeded" if marker["exit"] == 0 else "failed (exit %s)" % marker["exit"]
+    if node is None:
+        return "lost"
+    if node["status"] in ("install-failed", "upload-failed"):
+        return node["status"]
+    if not live:
+        return "stopped" if node["state"] in ("stopping", "stopped") else (
+            "lost (idle)" if node["status"] == "idle-timeout" else "lost")
+    return node["status"] if node["status"] in ("installing", "ready", "running", "uploading") else "launching"
+
+
+def elapsed(seconds):
+    seconds = int(max(0, seconds))
+    if seconds >= 3600:
+        return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+    return "%dm%02ds" % (seconds // 60, seconds % 60) if seconds >= 60 else "%ds" % seconds
+
+
+def job_status(job, now=None):
+    """One row per tag of the job: tag, instance, type, state, elapsed, progress.
+    Costs one DescribeInstances and one S3 listing, however many tags there are."""
     nodes = current_nodes(find_nodes(job))
-    buckets = {n["bucket"] for n in nodes.values()} or {job}
-    manifests = {}
-    for bucket in buckets:
-        manifests.update(read_manifests(bucket, nodes))
+    markers = read_markers(job_bucket(job, nodes.values()))
+    now = now or time.time()
     rows = []
-    for tag, n in sorted(nodes.items(), key=lambda kv: int(kv[0][len(job):])):
-        m = manifests.get(tag)
-        state = n["status"] if n["status"] == "upload-failed" else n["state"]
-        rows.append({"tag": tag, "instance": n["id"], "type": n["type"], "state": state,
-                     "exit": "" if m is None else m["exit_code"]})
+    for tag in sorted(set(nodes) | set(markers), key=lambda t: (len(t), t)):
+        node, marker = nodes.get(tag), markers.get(tag)
+        state = node_state(node, marker)
+        if state.startswith(("succeeded", "failed")):
+            seconds = marker["runtime"]
+        elif node is not None:
+            since = node["since"] or node["launched"].timestamp()
+            seconds = now - since
+        else:
+            seconds = 0
+        rows.append({"tag": tag, "instance": node["id"] if node else "", "type": node["type"] if node else "",
+                     "state": state, "exit": marker["exit"] if marker and state.startswith(("succ", "fail")) else None,
+                     "elapsed": int(seconds), "progress": node["progress"] if node else ""})
     return rows
 
 
-def print_job_status(job):
-    rows = job_status(job)
+def is_finished(row):
+    return row["state"].startswith(FINISHED)
+
+
+STATUS_FORMAT = "%-16s %-20s %-11s %-16s %8s  %s"
+
+
+def print_job_status(job, rows):
     if not rows:
-        print("no instances found for job %s" % job, file=sys.stderr)
+        print("no instances or results found for job %s" % job, file=sys.stderr)
         return
-    print("%-16s %-20s %-12s %-14s %s" % ("TAG", "INSTANCE", "TYPE", "STATE", "EXIT"))
+    print(STATUS_FORMAT % ("TAG", "INSTANCE", "TYPE", "STATE", "ELAPSED", "PROGRESS"))
     for r in rows:
-        print("%-16s %-20s %-12s %-14s %s" % (r["tag"], r["instance"], r["type"], r["state"], r["exit"]))
+        print(STATUS_FORMAT % (r["tag"], r["instance"] or "-", r["type"] or "-", r["state"],
+                               elapsed(r["elapsed"]), r["progress"]))
+    counts = {}
+    for r in rows:
+        key = r["state"].split(" (")[0]
+        counts[key] = counts.get(key, 0) + 1
+    print("%d jobs: %s" % (len(rows), ", ".join("%d %s" % (n, k) for k, n in sorted(counts.items()))))
+
+
+def status(job, watch=False, as_json=False, interval=10.0):
+    """Print the job's table (or JSON); with watch, refresh until every job has finished."""
+    while True:
+        rows = job_status(job)
+        if as_json:
+            print(json.dumps(rows, indent=1), flush=True)
+        else:
+            if watch and sys.stdout.isatty():
+                print("\033[H\033[J", end="")
+            print_job_status(job, rows)
+            sys.stdout.flush()
+        if not watch or all(is_finished(r) for r in rows):
+            return rows
+        time.sleep(interval)
 
 
 def wait_finished(job, timeout):
-    """Wait until every instance of the job has terminated itself, or is stuck after a failed
-    upload. Raises UserError at the deadline or if any upload failed."""
+    """Wait until every node of the job has finished (uploaded and terminated itself, failed,
+    or been lost). Raises UserError at the deadline, or naming the jobs that did not succeed."""
     deadline = time.monotonic() + timeout
     for delay in backoff(deadline, first=0.5, cap=5.0):
-        nodes = current_nodes(find_nodes(job)).values()
-        stuck = [n["tag"] for n in nodes if n["status"] == "upload-failed"]
-        busy = [n["tag"] for n in nodes if n["state"] != "terminated" and n["tag"] not in stuck]
+        rows = job_status(job)
+        busy = [r["tag"] for r in rows if not is_finished(r)]
         if not busy:
             break
         if delay is None:
             raise UserError("still running after %d s: %s (see `make status JOB=%s`)"
-                            % (timeout, " ".join(sorted(busy)), job))
+                            % (timeout, " ".join(busy), job))
+    stuck = [r["tag"] for r in rows if r["state"] == "upload-failed"]
     if stuck:
         raise UserError("upload failed on %s: those nodes are kept up; see `make status JOB=%s`"
-                        % (" ".join(sorted(stuck)), job))
-    log("every node of job %s has finished and terminated" % job)
+                        % (" ".join(stuck), job))
+    log("every node of job %s has finished: %s" % (job, ", ".join(
+        "%s %s" % (r["tag"], r["state"]) for r in rows)))
+
+
+# ---------------------------------------------------------------------------- teardown
+
+def down(job, timeout=600):
+    """Terminate every instance of the job, wait until they have terminated, list them."""
+    nodes = [n for n in find_nodes(job) if n["state"] != "terminated"]
+    ids = [n["id"] for n in nodes]
+    if ids:
+        terminate(ids)
+        try:
+            client("ec2").get_waiter("instance_terminated").wait(
+                InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": max(1, timeout // 5)})
+        except WaiterError as e:
+            raise UserError("not every instance terminated in %d s: %s" % (timeout, e))
+    for n in sorted(nodes, key=lambda n: n["tag"] or ""):
+        print("%s\t%s\tterminated" % (n["tag"], n["id"]))
+    log("job %s: %d instances terminated" % (job, len(ids)) if ids else "job %s: no instance was running" % job)
+
+
+def clean(job, delete_bucket=False, timeout=600):
+    """down(), then delete the job's security group, key pair (and ~/.ssh/JOB.pem), role and
+    instance profile, and awsrun's state for it; the bucket too only if asked."""
+    bucket = job_bucket(job, find_nodes(job))
+    down(job, timeout)
+    ec2, iam, name = client("ec2"), client("iam"), "awsrun-%s-node" % job
+    groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["awsrun-" + job]}])
+    for group in groups["SecurityGroups"]:
+        deadline = time.monotonic() + timeout
+        for delay in backoff(deadline, first=1.0, cap=10.0):
+            try:  # a just-terminated instance holds its group for a while
+                ec2.delete_security_group(GroupId=group["GroupId"])
+                break
+            except ClientError as e:
+                if error_code(e) != "DependencyViolation" or delay is None:
+                    raise
+    ec2.delete_key_pair(KeyName=job)
+    if os.path.exists(key_path(job)):
+        os.remove(key_path(job))
+    try:
+        for role in iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]:
+            iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=role["RoleName"])
+        iam.delete_instance_profile(InstanceProfileName=name)
+    except iam.exceptions.NoSuchEntityException:
+        pass
+    try:
+        for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+            iam.delete_role_policy(RoleName=name, PolicyName=policy)
+        iam.delete_role(RoleName=name)
+    except iam.exceptions.NoSuchEntityException:
+        pass
+    shutil.rmtree(state_dir(job), ignore_errors=True)
+    if delete_bucket:
+        delete_whole_bucket(bucket)
+        log("job %s: security group, key pair, role, instance profile and bucket %s deleted" % (job, bucket))
+    else:
+        log("job %s: security group, key pair, role and instance profile deleted; bucket %s kept "
+            "(DELETE_BUCKET=yes deletes it)" % (job, bucket))
+
+
+def delete_whole_bucket(bucket):
+    s3 = client("s3")
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        s3.delete_bucket(Bucket=bucket)
+    except s3.exceptions.NoSuchBucket:
+        pass
 
 
 # ---------------------------------------------------------------------------- command line
@@ -580,12 +759,20 @@ def run_cli(main):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    status = sub.add_parser("status", help="instance counts, or one line per tag of JOB")
-    status.add_argument("job", nargs="?")
-    sub.add_parser("default-ami", help="print the current Ubuntu LTS AMI of the region")
-    wait = sub.add_parser("wait", help="wait until every node of JOB has terminated itself")
+    status_cmd = sub.add_parser("status", help="instance counts, or one line per tag of JOB")
+    status_cmd.add_argument("job", nargs="?")
+    status_cmd.add_argument("--watch", action="store_true", help="refresh until every job has finished")
+    status_cmd.add_argument("--json", action="store_true", help="print the rows as JSON")
+    status_cmd.add_argument("--interval", type=float, default=10.0, help="seconds between refreshes")
+    wait = sub.add_parser("wait", help="wait until every node of JOB has finished")
     wait.add_argument("job")
     wait.add_argument("--timeout", type=int, default=24 * 3600, help="seconds (default: a day)")
+    down_cmd = sub.add_parser("down", help="terminate every instance of JOB and wait for it")
+    down_cmd.add_argument("job")
+    clean_cmd = sub.add_parser("clean", help="down, then delete JOB's security group, key pair and role")
+    clean_cmd.add_argument("job")
+    clean_cmd.add_argument("--delete-bucket", action="store_true", help="delete the results bucket too")
+    sub.add_parser("default-ami", help="print the current Ubuntu LTS AMI of the region")
     name = sub.add_parser("job-name", help="print the default job name for a job file")
     name.add_argument("jobfile")
     args = parser.parse_args(argv)
@@ -593,16 +780,22 @@ def main(argv=None):
     def run():
         if args.command == "job-name":
             print(default_job_name(args.jobfile))
-        elif args.command == "wait":
-            check_job_name(args.job)
-            wait_finished(args.job, args.timeout)
-        elif args.command == "default-ami":
+            return 0
+        if args.command == "default-ami":
             print(default_ami())
-        elif args.job:
-            check_job_name(args.job)
-            print_job_status(args.job)
-        else:
+            return 0
+        if not getattr(args, "job", None):
             print_num_running()
+            return 0
+        check_job_name(args.job)
+        if args.command == "status":
+            status(args.job, args.watch, args.json, args.interval)
+        elif args.command == "wait":
+            wait_finished(args.job, args.timeout)
+        elif args.command == "down":
+            down(args.job)
+        elif args.command == "clean":
+            clean(args.job, args.delete_bucket)
         return 0
     return run_cli(run)
 

@@ -124,6 +124,10 @@ def check_arguments(args):
 
 # ---------------------------------------------------------------------------- SSH
 
+STOP = threading.Event()      # set on Ctrl-C: every node's work gives up at once
+OPEN, OPEN_LOCK = set(), threading.Lock()
+
+
 class HostKeyMemory(paramiko.MissingHostKeyPolicy):
     """Trust a node's host key the first time it is seen, remember it in the job's own
     known_hosts file, and refuse a key that changed. Shared by all threads of a run."""
@@ -144,6 +148,21 @@ class HostKeyMemory(paramiko.MissingHostKeyPolicy):
             self.keys.save(self.path)
 
 
+class Session:
+    """What every SSH connection of one job shares: its key and its known host keys."""
+
+    def __init__(self, job, timeout):
+        key = cs.key_path(job)
+        if not os.path.exists(key):
+            raise UserError("the key %s is missing: run create first (make create JOBS=...)" % key)
+        self.pkey = paramiko.PKey.from_path(key)
+        self.policy = HostKeyMemory(os.path.join(cs.state_dir(job), "known_hosts"))
+        self.timeout = timeout
+
+    def connect(self, node):
+        return connect(node, self.pkey, self.policy, time.monotonic() + self.timeout)
+
+
 def ssh_target(node):
     return (cs.setting("SSH_HOST", node["address"]), int(cs.setting("SSH_PORT", 22)),
             cs.setting("SSH_USER", "ubuntu"))
@@ -151,35 +170,48 @@ def ssh_target(node):
 
 def connect(node, pkey, policy, deadline):
     """An SSH connection to a node on which a command has run, retried until the deadline:
-    a booting node first refuses connections, then logins."""
+    a booting node first refuses connections, then logins. Close it with close()."""
     host, port, user = ssh_target(node)
     if not host:
         raise NodeError("%s has no public address: launch it in a subnet that assigns one" % node["tag"])
     last = None
     for delay in cs.backoff(deadline, first=0.5):
+        if STOP.is_set():
+            raise NodeError("interrupted")
         if delay is None:
             raise NodeError("SSH to %s@%s:%d did not answer in time (%s)" % (user, host, port, last))
         ssh = paramiko.SSHClient()
         ssh.set_missing_host_key_policy(policy)
+        with OPEN_LOCK:
+            OPEN.add(ssh)
         try:
             ssh.connect(host, port, user, pkey=pkey, timeout=10, banner_timeout=15, auth_timeout=15,
                         allow_agent=False, look_for_keys=False)
             run(ssh, "true", timeout=30)
             return ssh
         except paramiko.BadHostKeyException as e:
-            ssh.close()
+            close(ssh)
             raise NodeError("the host key of %s changed (%s): if the node was replaced, remove its "
                             "line from %s" % (host, e, policy.path))
-        except (paramiko.SSHException, OSError, EOFError) as e:
-            ssh.close()
+        except (paramiko.SSHException, OSError, EOFError, NodeError) as e:
+            close(ssh)
             last = e
+
+
+def close(ssh):
+    with OPEN_LOCK:
+        OPEN.discard(ssh)
+    ssh.close()
 
 
 def run(ssh, command, stdin=None, timeout=60):
     """Run a command; send `stdin` (bytes or a binary file) to it. Returns (exit code, output
     with stderr merged). Raises NodeError past `timeout` seconds in all."""
     deadline = time.monotonic() + timeout
-    chan = ssh.get_transport().open_session(timeout=30)
+    try:
+        chan = ssh.get_transport().open_session(timeout=30)
+    except (paramiko.SSHException, AttributeError) as e:  # AttributeError: closed by Ctrl-C
+        raise NodeError("SSH failed: %s" % e)
     try:
         chan.set_combine_stderr(True)
         chan.settimeout(max(1.0, min(30.0, timeout)))
@@ -199,10 +231,10 @@ def run(ssh, command, stdin=None, timeout=60):
                 output += data
             elif data == b"":
                 break
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or STOP.is_set():
                 raise NodeError("`%s` did not finish in %d s" % (command.split("\n")[0][:60], timeout))
         return chan.recv_exit_status(), output.decode("utf-8", "replace")
-    except OSError as e:
+    except (OSError, paramiko.SSHException) as e:
         raise NodeError("SSH failed: %s" % e)
     finally:
         chan.close()
@@ -218,7 +250,7 @@ def remote_dir(tag):
 
 def for_each_node(nodes, work, parallel):
     """Run work(node) for every node in parallel; one failure never hides the others.
-    Returns {tag: result or NodeError}."""
+    Returns {tag: result or NodeError}. On Ctrl-C, every connection is closed at once."""
     def guarded(node):
         try:
             return node["tag"], work(node)
@@ -226,11 +258,44 @@ def for_each_node(nodes, work, parallel):
             return node["tag"], e
         except (paramiko.SSHException, OSError, EOFError) as e:
             return node["tag"], NodeError("SSH failed: %s: %s" % (type(e).__name__, e))
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes)))) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes))))
+    try:
         return dict(pool.map(guarded, nodes))
+    except KeyboardInterrupt:
+        STOP.set()
+        with OPEN_LOCK:
+            for ssh in list(OPEN):
+                ssh.close()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------- create
+
+# The cost guard on each node. `idle S`: unless the job is dispatched first, terminate this
+# node through the EC2 API after S seconds, and schedule an OS shutdown (which terminates
+# the instance) 5 minutes later in case the API cannot be reached. `runtime S`: replace that
+# with an OS shutdown S seconds + an hour for the upload from now (0: none). `off`: cancel.
+GUARD = """#!/bin/bash
+cd "$(dirname "$0")/.." || exit 1
+as_root() {{ if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }}
+minutes() {{ echo $(( ($1 + 59) / 60 )); }}
+if [ -f .awsrun/watchdog.pid ]; then kill -- -"$(cat .awsrun/watchdog.pid)" 2>/dev/null; rm -f .awsrun/watchdog.pid; fi
+as_root shutdown -c 2>/dev/null
+echo "$(date -u +%FT%TZ) guard $* (shutdown is $(command -v shutdown))" >> .awsrun/guard.log
+case "$1" in
+  idle)
+    setsid bash -c 'sleep "$1" && exec {python} .awsrun/save_results.py --expire idle-timeout' \\
+        guard "$2" >> .awsrun/guard.log 2>&1 < /dev/null &
+    echo $! > .awsrun/watchdog.pid
+    as_root shutdown -h +"$(minutes $(( $2 + 300 )))" >> .awsrun/guard.log 2>&1 ;;
+  runtime)
+    [ "$2" -gt 0 ] && as_root shutdown -h +"$(minutes $(( $2 + 3600 )))" >> .awsrun/guard.log 2>&1 ;;
+esac
+exit 0
+"""
+
 
 def make_bundle(args):
     """One compressed archive of everything each node needs; sent in one stream per node."""
@@ -245,40 +310,59 @@ def make_bundle(args):
         for local, remote in args.inputs:
             tar.add(local, arcname=remote)
         tar.add(args.install, arcname="INSTALL.sh")
+        tar.add(os.path.join(HERE, "update_tags.py"), arcname="update_tags.py")
         for name in ("save_results.py", "cloud_setup.py"):
             tar.add(os.path.join(HERE, name), arcname=".awsrun/" + name)
+        add_text(tar, ".awsrun/guard.sh", GUARD.format(python=node_python()))
     bundle.flush()
     return bundle
 
 
-def install_script(tag, tries, seconds):
-    """Shell run on the node: unpack the bundle, then run INSTALL.sh until it creates READY,
-    each try limited in time and logged to .awsrun/install.N.log."""
-    d = remote_dir(tag)
-    python = shlex.quote(cs.setting("NODE_PYTHON", "python3"))
+def add_text(tar, name, text):
+    raw = text.encode("utf-8")
+    member = tarfile.TarInfo(name)
+    member.size, member.mode, member.mtime = len(raw), 0o755, int(time.time())
+    tar.addfile(member, io.BytesIO(raw))
+
+
+def node_python():
+    return shlex.quote(cs.setting("NODE_PYTHON", "python3"))
+
+
+def install_script(node, tries, seconds, idle):
+    """Shell run on the node: unpack the bundle (into a fresh folder if the one there belongs
+    to another instance), run INSTALL.sh until it creates READY, each try limited in time and
+    logged to .awsrun/install.N.log; then arm the idle guard."""
     return (
-        "mkdir -p {d} && cd {d} && tar -xzf - || exit 2\n"
-        "[ -f READY ] && {{ echo 'already installed'; exit 0; }}\n"
-        "for i in $(seq 1 {tries}); do\n"
-        "  AWSRUN_PYTHON={py} TAG={tag} timeout -k 10 {s} bash INSTALL.sh"
+        "mkdir -p {d} && cd {d} || exit 2\n"
+        "[ \"$(cat .awsrun/instance 2>/dev/null)\" = {id} ] || find . -mindepth 1 -delete\n"
+        "tar -xzf - && echo {id} > .awsrun/instance || exit 2\n"
+        "if [ ! -f READY ]; then\n"
+        "  for i in $(seq 1 {tries}); do\n"
+        "    AWSRUN_PYTHON={py} TAG={tag} timeout -k 10 {s} bash INSTALL.sh"
         " > .awsrun/install.$i.log 2>&1 < /dev/null\n"
-        "  code=$?; [ -f READY ] && exit 0\n"
-        "  echo \"try $i: INSTALL.sh exited $code without creating READY\"\n"
-        "done\n"
-        "echo \"--- last lines of $PWD/.awsrun/install.{tries}.log:\"\n"
-        "tail -n 20 .awsrun/install.{tries}.log\n"
-        "exit 1\n").format(d=d, py=python, tag=shlex.quote(tag), tries=int(tries), s=int(seconds))
+        "    code=$?; [ -f READY ] && break\n"
+        "    echo \"try $i: INSTALL.sh exited $code without creating READY\"\n"
+        "  done\n"
+        "fi\n"
+        "if [ ! -f READY ]; then\n"
+        "  echo \"--- last lines of $PWD/.awsrun/install.{tries}.log:\"\n"
+        "  tail -n 20 .awsrun/install.{tries}.log; exit 1\n"
+        "fi\n"
+        "[ -e .awsrun/dispatched ] || bash .awsrun/guard.sh idle {idle}\n").format(
+            d=remote_dir(node["tag"]), id=shlex.quote(node["id"]), py=node_python(),
+            tag=shlex.quote(node["tag"]), tries=int(tries), s=int(seconds), idle=int(idle))
 
 
-def prepare(node, args, bundle, pkey, policy, progress):
+def prepare(node, args, bundle, session, progress):
     """Connect to one node, copy its files and run the install script until READY."""
-    ssh = connect(node, pkey, policy, time.monotonic() + args.ssh_timeout)
+    ssh = session.connect(node)
     try:
         budget = args.install_tries * (args.install_timeout + 15) + 120
-        code, output = run(ssh, install_script(node["tag"], args.install_tries, args.install_timeout),
+        code, output = run(ssh, install_script(node, args.install_tries, args.install_timeout, args.idle_timeout),
                            stdin=BundleReader(bundle), timeout=budget)
     finally:
-        ssh.close()
+        close(ssh)
     if args.verbose:
         log("%s: %s" % (node["tag"], output.strip() or "installed"))
     if code != 0:
@@ -314,42 +398,56 @@ def launch_missing(args, wanted, ami, key_name, group_id, profile, bucket):
             raise UserError("%s is already running as %s, but line %d asks for %s: terminate %s first"
                             % (tag, node["type"], wanted[tag][0], wanted[tag][1], node["id"]))
     by_type = {}
-    for i, (tag, (line, itype, command)) in enumerate(sorted(wanted.items(), key=lambda kv: kv[1][0])):
+    for tag, (line, itype, command) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
         if tag not in live:
             by_type.setdefault(itype, []).append(int(tag[len(args.job):]))
     launched = 0
     for itype, numbers in sorted(by_type.items()):
         for batch in cs.launch_batches(numbers):
-            cs.launch(args.job, ami, itype, batch, key_name, group_id, profile, bucket)
+            cs.launch(args.job, ami, itype, batch, key_name, group_id, profile, bucket,
+                      spot=getattr(args, "spot", False))
             launched += len(batch)
-            log("launched %d x %s" % (len(batch), itype))
+            log("launched %d x %s%s" % (len(batch), itype, " (spot)" if getattr(args, "spot", False) else ""))
     if not launched:
         log("all %d machines already exist" % len(wanted))
     return launched
 
 
-def create(args, rows):
+BUSY = ("running", "uploading", "upload-failed")  # node states that create must not touch
+
+
+def create(args, wanted):
     """Key pair, security group, instance profile, bucket, instances; then prepare every node."""
-    wanted = plan(args, rows)
     cs.account_id()
     ami = cs.default_ami() if args.ami == "auto" else args.ami
-    cs.check_image_and_types(ami, {itype for _, itype, _ in rows})
+    cs.check_image_and_types(ami, {itype for _, itype, _ in wanted.values()})
     bucket, cidr = args.bucket or args.job, cs.caller_cidr()
     cs.ensure_bucket(cs.client("s3"), bucket, cs.region())
+    with open(os.path.join(cs.state_dir(args.job), "bucket"), "w") as f:
+        f.write(bucket)
     key = cs.ensure_key_pair(args.job)
     group_id = cs.ensure_security_group(args.job, cidr)
     profile = cs.ensure_instance_profile(args.job, bucket)
     log("job %s: key %s, security group %s, instance profile %s, bucket %s" % (args.job, key, group_id, profile, bucket))
-    pause(args, "launch %d machines with AMI %s" % (len(wanted), ami))
-    launch_missing(args, wanted, ami, args.job, group_id, profile, bucket)
-    nodes = cs.current_nodes(cs.find_nodes(args.job, cs.LIVE))
-    cs.wait_running([n["id"] for t, n in nodes.items() if t in wanted], timeout=args.ssh_timeout)
-    nodes = [n for t, n in sorted(cs.current_nodes(cs.find_nodes(args.job, cs.LIVE)).items()) if t in wanted]
-    log("%d machines running; copying files and installing" % len(nodes))
-    pause(args, "prepare the machines over SSH")
+    pause(args, "launch up to %d machines with AMI %s" % (len(wanted), ami))
+    try:
+        launch_missing(args, wanted, ami, args.job, group_id, profile, bucket)
+        nodes = cs.current_nodes(cs.find_nodes(args.job, cs.LIVE))
+        cs.wait_running([n["id"] for t, n in nodes.items() if t in wanted], timeout=args.ssh_timeout)
+        nodes = [n for t, n in sorted(cs.current_nodes(cs.find_nodes(args.job, cs.LIVE)).items())
+                 if t in wanted and n["status"] not in BUSY]
+        log("%d machines running; copying files and installing" % len(nodes))
+        pause(args, "prepare the machines over SSH")
+        return prepare_all(args, nodes)
+    except KeyboardInterrupt:
+        raise UserError("interrupted: every machine launched so far is tagged awsrun:job=%s; "
+                        "`make status JOB=%s` shows them and `make down JOB=%s` removes them"
+                        % (args.job, args.job, args.job), code=130)
 
-    pkey = paramiko.PKey.from_path(key)
-    policy = HostKeyMemory(os.path.join(cs.state_dir(args.job), "known_hosts"))
+
+def prepare_all(args, nodes):
+    """Prepare nodes in parallel, tagging them installing, then ready or install-failed."""
+    session = Session(args.job, args.ssh_timeout)
     done, lock = [0], threading.Lock()
 
     def progress():
@@ -357,13 +455,16 @@ def create(args, rows):
             done[0] += 1
             log("Installation complete on %d / %d boxes" % (done[0], len(nodes)))
 
+    cs.set_status([n["id"] for n in nodes if n["status"] != "ready"], "installing")
     with make_bundle(args) as bundle:
-        results = for_each_node(nodes, lambda n: prepare(n, args, bundle, pkey, policy, progress), args.parallel)
-    return report(args, nodes, results, "ready")
+        results = for_each_node(nodes, lambda n: prepare(n, args, bundle, session, progress), args.parallel)
+    cs.set_status([n["id"] for n in nodes if not isinstance(results[n["tag"]], NodeError)], "ready")
+    cs.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "install-failed")
+    return report(args, nodes, results, "ready", terminate_failed=not args.keep_failed)
 
 
-def report(args, nodes, results, word):
-    """Print one line per node on stdout; failures on stderr. Exit status 1 if any failed."""
+def report(args, nodes, results, word, terminate_failed=False):
+    """Print one line per node on stdout; failures on stderr. UserError if any failed."""
     failed = []
     for node in nodes:
         result = results[node["tag"]]
@@ -371,8 +472,8 @@ def report(args, nodes, results, word):
             failed.append(node)
             log("%s (%s) FAILED: %s" % (node["tag"], node["id"], result))
         else:
-            print("%s\t%s\t%s" % (node["tag"], node["id"], result or word))
-    if failed and getattr(args, "create", False) and not args.keep_failed:
+            print("%s\t%s\t%s" % (node["tag"], node["id"], result or word), flush=True)
+    if failed and terminate_failed:
         cs.terminate([n["id"] for n in failed])
         log("terminated the %d failed machines (keep them with --keep-failed); "
             "run create again to retry them" % len(failed))
@@ -389,18 +490,20 @@ RUNNER = """#!/bin/bash
 cd "$(dirname "$0")/.." || exit 1
 export TAG={tag}
 mkdir -p output
+{python} .awsrun/save_results.py --status running
 date -u +%Y-%m-%dT%H:%M:%SZ > .awsrun/started
-bash .awsrun/command.sh > screen_output.txt 2>&1 < /dev/null
+{limit}bash .awsrun/command.sh > screen_output.txt 2>&1 < /dev/null
 echo $? > .awsrun/exit_code
 date -u +%Y-%m-%dT%H:%M:%SZ > .awsrun/ended
 exec {python} .awsrun/save_results.py
 """
 
 START = """cd {d} || exit 10
-[ -f READY ] || {{ echo "not ready: INSTALL.sh never created READY; run create again"; exit 11; }}
+[ "$(cat .awsrun/instance 2>/dev/null)" = {id} ] && [ -f READY ] || {{ echo "not ready: run create again"; exit 11; }}
 [ -e .awsrun/dispatched ] && {{ echo "already started"; exit 12; }}
 tar -xf - || exit 13
 touch .awsrun/dispatched
+bash .awsrun/guard.sh runtime {limit}
 (nohup setsid bash .awsrun/run.sh > .awsrun/runner.log 2>&1 < /dev/null &)
 echo started
 """
@@ -409,28 +512,27 @@ echo started
 def node_files(args, node, row):
     """The small archive that turns a prepared node into a running job."""
     line, itype, command = row
-    python = shlex.quote(cs.setting("NODE_PYTHON", "python3"))
+    limit = "timeout -k 60 %d " % args.max_runtime if args.max_runtime else ""
     info = {"job": args.job, "tag": node["tag"], "instance_id": node["id"], "instance_type": itype,
-            "bucket": node["bucket"], "region": cs.region(), "command": command, "outputs": args.output}
-    files = {".awsrun/node.json": json.dumps(info, indent=1, ensure_ascii=False),
-             ".awsrun/command.sh": command + "\n",
-             ".awsrun/run.sh": RUNNER.format(tag=shlex.quote(node["tag"]), python=python)}
+            "bucket": node["bucket"], "region": cs.region(), "command": command, "outputs": args.output,
+            "max_runtime": args.max_runtime or None}
     data = io.BytesIO()
     with tarfile.open(fileobj=data, mode="w") as tar:
-        for name, text in files.items():
-            raw = text.encode("utf-8")
-            member = tarfile.TarInfo(name)
-            member.size, member.mode, member.mtime = len(raw), 0o644, int(time.time())
-            tar.addfile(member, io.BytesIO(raw))
+        add_text(tar, ".awsrun/node.json", json.dumps(info, indent=1, ensure_ascii=False))
+        add_text(tar, ".awsrun/command.sh", command + "\n")
+        add_text(tar, ".awsrun/run.sh", RUNNER.format(tag=shlex.quote(node["tag"]), python=node_python(),
+                                                      limit=limit))
     return data.getvalue()
 
 
-def start(node, args, row, pkey, policy):
-    ssh = connect(node, pkey, policy, time.monotonic() + args.ssh_timeout)
+def start(node, args, row, session):
+    ssh = session.connect(node)
     try:
-        code, output = run(ssh, START.format(d=remote_dir(node["tag"])), stdin=node_files(args, node, row))
+        code, output = run(ssh, START.format(d=remote_dir(node["tag"]), id=shlex.quote(node["id"]),
+                                             limit=int(args.max_runtime or 0)),
+                           stdin=node_files(args, node, row))
     finally:
-        ssh.close()
+        close(ssh)
     if code == 12:
         return "already started"
     if code != 0:
@@ -438,24 +540,41 @@ def start(node, args, row, pkey, policy):
     return "started"
 
 
-def dispatch(args, rows):
+def dispatch(args, wanted):
     """Start every row's command on its prepared node, detached, in parallel."""
-    wanted = plan(args, rows)
-    key = cs.key_path(args.job)
-    if not os.path.exists(key):
-        raise UserError("the key %s is missing: run create first (make create JOBS=...)" % key)
+    session = Session(args.job, args.ssh_timeout)
     live = cs.current_nodes(cs.find_nodes(args.job, ("running",)))
     missing = [t for t in wanted if t not in live]
     if len(missing) == len(wanted):
         raise UserError("job %s has no running machines: run create first" % args.job)
     nodes = [live[t] for t in sorted(wanted) if t in live]
-    pkey = paramiko.PKey.from_path(key)
-    policy = HostKeyMemory(os.path.join(cs.state_dir(args.job), "known_hosts"))
-    results = for_each_node(nodes, lambda n: start(n, args, wanted[n["tag"]], pkey, policy), args.parallel)
+    results = for_each_node(nodes, lambda n: start(n, args, wanted[n["tag"]], session), args.parallel)
     code = report(args, nodes, results, "started")
     if missing:
         raise UserError("no running machine for %s: run create for them first" % " ".join(sorted(missing)))
     return code
+
+
+# ---------------------------------------------------------------------------- retry
+
+def retry_plan(args, wanted):
+    """The rows to run again: those with no succeeded result that are not running now."""
+    nodes = cs.current_nodes(cs.find_nodes(args.job))
+    markers = cs.read_markers(cs.job_bucket(args.job, nodes.values()))
+    again, skipped = {}, []
+    for tag, row in wanted.items():
+        state = cs.node_state(nodes.get(tag), markers.get(tag)) if (tag in nodes or tag in markers) else "new"
+        if state in ("succeeded", "running", "uploading", "upload-failed", "installing"):
+            skipped.append("%s %s" % (tag, state))
+        else:
+            again[tag] = row
+    if skipped:
+        log("not run again: " + ", ".join(skipped))
+    if not again:
+        log("nothing to retry: every row has succeeded or is running")
+    else:
+        log("retrying %d rows: %s" % (len(again), " ".join(sorted(again))))
+    return again
 
 
 # ---------------------------------------------------------------------------- main
@@ -466,6 +585,14 @@ def pause(args, what):
         input("next: %s. Press Enter to go on, Ctrl-C to stop. " % what)
 
 
+def duration(text):
+    """'90' (seconds), '45s', '30m', '2h', '1d', '1h30m' -> seconds."""
+    parts = re.findall(r"(\d+)([smhd]?)", text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != text.strip().lower():
+        raise argparse.ArgumentTypeError("%r is not a duration like 90s, 30m, 2h or 1h30m" % text)
+    return sum(int(n) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ami", help="AMI id, or `auto` for the current Ubuntu LTS image")
@@ -473,6 +600,8 @@ def parse_args(argv):
     p.add_argument("jobfile", help="CSV with the header instance_type,command")
     p.add_argument("-c", "--create", action="store_true", help="create and prepare the machines")
     p.add_argument("-d", "--dispatch", action="store_true", help="start each row's command")
+    p.add_argument("--retry", action="store_true",
+                   help="create and dispatch again every row with no succeeded result that is not running")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail; pause between stages at a terminal")
     p.add_argument("--code", help="folder copied into each node's work directory")
     p.add_argument("-i", dest="input", action="append", default=[], metavar="LOCAL=REMOTE",
@@ -482,14 +611,19 @@ def parse_args(argv):
     p.add_argument("--install", default=os.path.join(HERE, "INSTALL.sh"), help="node setup script")
     p.add_argument("--tag_offset", type=int, default=0, help="number the machines from N")
     p.add_argument("--bucket", help="results bucket (default: the job name)")
+    p.add_argument("--spot", action="store_true", help="launch spot instances")
+    p.add_argument("--max-runtime", type=duration, default=0, metavar="DURATION",
+                   help="stop each command after this long (e.g. 6h); its results are still uploaded")
+    p.add_argument("--idle-timeout", type=duration, default=3600, metavar="DURATION",
+                   help="a prepared node never dispatched terminates itself after this long (default 1h)")
     p.add_argument("--install-tries", type=int, default=3)
     p.add_argument("--install-timeout", type=int, default=1800, help="seconds per install try")
     p.add_argument("--ssh-timeout", type=int, default=600, help="seconds to wait for a node's SSH")
     p.add_argument("--parallel", type=int, default=32, help="nodes prepared at once")
     p.add_argument("--keep-failed", action="store_true", help="leave nodes whose install failed running")
     args = p.parse_args(argv)
-    if not (args.create or args.dispatch):
-        p.error("nothing to do: give -c (create), -d (dispatch) or both")
+    if not (args.create or args.dispatch or args.retry):
+        p.error("nothing to do: give -c (create), -d (dispatch), both, or --retry")
     args.inputs = []
     return args
 
@@ -498,11 +632,18 @@ def main(argv=None):
     args = parse_args(argv)
 
     def run_all():
+        if args.retry:
+            args.create = args.dispatch = True
         rows = check_arguments(args)
+        wanted = plan(args, rows)
+        if args.retry:
+            wanted = retry_plan(args, wanted)
+            if not wanted:
+                return 0
         if args.create:
-            create(args, rows)
+            create(args, wanted)
         if args.dispatch:
-            dispatch(args, rows)
+            dispatch(args, wanted)
         return 0
     return cs.run_cli(run_all)
 

@@ -6,8 +6,9 @@
 Downloads run in parallel with boto3's transfer manager. A file already in OUT_DIR with the
 same content is skipped, so running it again fetches only what is new. Files listed in a
 job's manifest are checked against their SHA-256 after download. With --flat, each tag's
-log and manifest become TAG_screen_output.txt and TAG_manifest.json, and two results with
-the same base name stop the fetch before anything is written.
+logs and manifest become TAG_screen_output.txt, TAG_install.1.log and TAG_manifest.json,
+and two results with the same base name stop the fetch before anything is written.
+awsrun's own status markers (_awsrun/) are not downloaded.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ OWN_FILES = ("screen_output.txt", "manifest.json")
 def list_objects(s3, bucket):
     try:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-        return [o for page in pages for o in page.get("Contents", [])]
+        return [o for page in pages for o in page.get("Contents", []) if not o["Key"].startswith(cs.MARKERS)]
     except s3.exceptions.NoSuchBucket:
         raise UserError("bucket %s does not exist: check BUCKET= (it is the job name unless you "
                         "gave --bucket)" % bucket)
@@ -54,8 +55,8 @@ def local_name(key, flat):
         raise UserError("refusing the object %r: its name would leave the output folder" % key)
     if not flat:
         return os.path.join(*parts)
-    if len(parts) == 2 and parts[1] in OWN_FILES:
-        return "%s_%s" % (parts[0], parts[1])
+    if (len(parts) == 2 and parts[1] in OWN_FILES) or (len(parts) == 3 and parts[1] == "logs"):
+        return "%s_%s" % (parts[0], parts[-1])
     return parts[-1]
 
 

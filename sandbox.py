@@ -34,7 +34,8 @@ import cloud_setup as cs
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 UBUNTU_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-sandbox"
-STANDINS = ("shutdown", "poweroff", "reboot", "halt", "apt-get", "apt", "sudo")
+POWER = ("shutdown", "poweroff", "reboot", "halt")
+STANDINS = POWER + ("apt-get", "apt", "sudo")
 NODE_SHELL = """#!/bin/sh
 # awsrun sandbox: every node session runs with the sandbox's PATH first, whatever the
 # login shell's startup files set, so the stand-ins above shadow the real commands.
@@ -44,9 +45,17 @@ PATH={path}; export PATH; unset SSH_CLIENT SSH2_CLIENT
 exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"
 """
 STANDIN = """#!/bin/sh
-# awsrun sandbox stand-in: nothing in the sandbox may change this machine.
+# awsrun sandbox stand-in: nothing in the sandbox may change this machine. The power
+# commands (and sudo of them) are logged and succeed, so the cost guards can be tested;
+# everything else is logged and refused.
 echo "$(basename "$0") $*" >> {log}
-echo "sandbox: $(basename "$0") is not run in the sandbox" >&2
+name=$(basename "$0")
+if [ "$name" = sudo ]; then
+    while [ "${{1#-}}" != "$1" ]; do shift; done
+    name=$1; echo "$*" >> {log}
+fi
+case "$name" in {power}) exit 0 ;; esac
+echo "sandbox: $name is not run in the sandbox" >&2
 exit 1
 """
 
@@ -124,7 +133,7 @@ class Sandbox:
         open(os.path.join(ssh, "authorized_keys"), "a").close()
         for name in STANDINS:
             with open(self.path("bin", name), "w") as f:
-                f.write(STANDIN.format(log=self.path("standins.log")))
+                f.write(STANDIN.format(log=self.path("standins.log"), power="|".join(POWER)))
             os.chmod(self.path("bin", name), 0o755)
         self.ssh_port = free_port()
         node_path = ":".join([self.path("bin"), os.path.dirname(sys.executable),

@@ -3,8 +3,9 @@
     python3 .awsrun/save_results.py     # from the node's work directory (run.sh does this)
 
 Uploads to s3://BUCKET/TAG/: every file under output/ (relative paths kept), the extra
-output files (-o), screen_output.txt, and last manifest.json (job, tag, instance, command,
-exit code, start and end times, and every file with its size and SHA-256). Then it
+output files (-o), screen_output.txt, the install logs (logs/), then manifest.json (job,
+tag, instance, command, exit code, start and end times, and every file with its size and
+SHA-256), and last an empty marker _awsrun/TAG/exit=N,runtime=S that status lists. Then it
 terminates its own instance through the EC2 API. If the upload fails, the node stays up,
 is tagged awsrun:status=upload-failed, and this exits 1: nothing is lost.
 
@@ -13,6 +14,7 @@ only the standard library and boto3, on Python 3.8 or later.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -46,8 +48,8 @@ def sha256_of(path):
 
 
 def result_files(outputs):
-    """(local path, name in the bucket) for output/**, the extra outputs and the log;
-    and the extra outputs that do not exist."""
+    """(local path, name in the bucket) for output/**, the extra outputs, the log and the
+    install logs (as logs/install.N.log); and the extra outputs that do not exist."""
     files, missing = [], []
     for root, dirs, names in os.walk("output"):
         dirs.sort()
@@ -62,11 +64,15 @@ def result_files(outputs):
             missing.append(out)
     if os.path.isfile("screen_output.txt"):
         files.append(("screen_output.txt", "screen_output.txt"))
+    for name in sorted(os.listdir(".awsrun")):
+        if name.startswith("install.") and name.endswith(".log"):
+            files.append((os.path.join(".awsrun", name), "logs/" + name))
     return files, missing
 
 
 def make_manifest(node, files, missing):
     code = read(".awsrun/exit_code")
+    limit = node.get("max_runtime")
     return {"job": node["job"], "tag": node["tag"], "instance_id": node["instance_id"],
             "instance_type": node["instance_type"], "command": node["command"],
             "exit_code": int(code) if code.lstrip("-").isdigit() else None,
@@ -74,26 +80,42 @@ def make_manifest(node, files, missing):
             "uploaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": [{"path": key, "size": os.path.getsize(path), "sha256": sha256_of(path)}
                       for path, key in files],
-            "missing_outputs": missing}
+            "missing_outputs": missing, "max_runtime": limit,
+            "timed_out": bool(limit) and code in ("124", "137")}
 
 
 def upload(s3, bucket, tag, files, manifest):
-    """Upload every file in parallel with the transfer manager, then the manifest last:
-    a manifest in the bucket means that everything it lists is there."""
+    """Upload every file in parallel with the transfer manager, then the manifest, then the
+    outcome marker that status reads: a manifest means that everything it lists is there."""
     with create_transfer_manager(s3, TRANSFER) as manager:
         futures = [manager.upload(path, bucket, "%s/%s" % (tag, key)) for path, key in files]
         for future in futures:
             future.result()
     s3.put_object(Bucket=bucket, Key=tag + "/manifest.json", ContentType="application/json",
                   Body=json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
+    started, ended = cs.parse_time(manifest["started"]), cs.parse_time(manifest["ended"])
+    runtime = ended - started if started and ended else 0
+    s3.put_object(Bucket=bucket, Key=cs.marker_key(tag, manifest["exit_code"], runtime), Body=b"")
 
 
-def main():
-    with open(".awsrun/node.json", encoding="utf-8") as f:
-        node = json.load(f)
+def clients(node):
     session = boto3.session.Session(region_name=node["region"])
     config = Config(retries={"mode": "standard", "max_attempts": 10}, max_pool_connections=32)
-    s3, ec2 = session.client("s3", config=config), session.client("ec2", config=config)
+    return session.client("s3", config=config), session.client("ec2", config=config)
+
+
+def mark(ec2, node, status, extra=None):
+    """Tag this node's status; a failure to tag is reported, never fatal."""
+    try:
+        cs.set_status([node["instance_id"]], status, extra, ec2=ec2)
+    except (BotoCoreError, ClientError) as e:
+        print("could not tag this node %s: %s" % (status, e), file=sys.stderr)
+
+
+def save(node):
+    """Upload the results; terminate this node if they are all in the bucket."""
+    s3, ec2 = clients(node)
+    mark(ec2, node, "uploading")
     files, missing = result_files(node.get("outputs", []))
     try:
         manifest = make_manifest(node, files, missing)
@@ -101,17 +123,35 @@ def main():
         upload(s3, node["bucket"], node["tag"], files, manifest)
     except (BotoCoreError, ClientError, OSError, cs.UserError) as e:
         print("upload failed, leaving this node up so nothing is lost: %s" % e, file=sys.stderr)
-        try:
-            ec2.create_tags(Resources=[node["instance_id"]], Tags=[
-                {"Key": cs.STATUS_TAG, "Value": "upload-failed"},
-                {"Key": cs.ERROR_TAG, "Value": str(e)[:250]}])
-        except (BotoCoreError, ClientError) as tag_error:
-            print("could not tag the node either: %s" % tag_error, file=sys.stderr)
+        mark(ec2, node, "upload-failed", {cs.ERROR_TAG: str(e)[:250]})
         return 1
     print("uploaded %d files to s3://%s/%s/" % (len(files) + 1, node["bucket"], node["tag"]))
     ec2.terminate_instances(InstanceIds=[node["instance_id"]])
     print("terminating %s" % node["instance_id"])
     return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--status", help="only tag this node with a status (run.sh: running)")
+    parser.add_argument("--expire", metavar="REASON",
+                        help="terminate this node without results (the idle guard: idle-timeout)")
+    args = parser.parse_args(argv)
+    with open(".awsrun/node.json", encoding="utf-8") as f:
+        node = json.load(f)
+    if args.status:
+        mark(clients(node)[1], node, args.status)
+        return 0
+    if args.expire:
+        if os.path.exists(".awsrun/dispatched"):
+            print("%s: not expiring, the job has started" % args.expire)
+            return 0
+        ec2 = clients(node)[1]
+        mark(ec2, node, args.expire)
+        ec2.terminate_instances(InstanceIds=[node["instance_id"]])
+        print("%s: terminating %s" % (args.expire, node["instance_id"]))
+        return 0
+    return save(node)
 
 
 if __name__ == "__main__":

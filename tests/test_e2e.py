@@ -43,27 +43,29 @@ def test_demo_flow_end_to_end(box, tmp_path):
     assert m["instance_id"] in [i["InstanceId"] for i in box.instances(job)]
     assert m["started"] <= m["ended"] <= m["uploaded"]
     assert sorted(f["path"] for f in m["files"]) == \
-        ["output/plots/walk.csv", "output/summary.txt", "screen_output.txt"]
+        ["logs/install.1.log", "output/plots/walk.csv", "output/summary.txt", "screen_output.txt"]
 
     status = box.run("cloud_setup.py", "status", job)
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
-    assert lines[0].split() == ["TAG", "INSTANCE", "TYPE", "STATE", "EXIT"]
-    assert [line.split()[0::2] for line in lines[1:]] == [
-        ["e2e-demo0", "t3.micro", "0"], ["e2e-demo1", "t3.micro", "0"], ["e2e-demo2", "t3.small", "0"]]
-    assert all(line.split()[3] == "terminated" for line in lines[1:])
+    assert lines[0].split() == ["TAG", "INSTANCE", "TYPE", "STATE", "ELAPSED", "PROGRESS"]
+    assert [line.split()[0:4:2] + line.split()[3:4] for line in lines[1:4]] == [
+        ["e2e-demo0", "t3.micro", "succeeded"], ["e2e-demo1", "t3.micro", "succeeded"],
+        ["e2e-demo2", "t3.small", "succeeded"]]
+    assert lines[4] == "3 jobs: 3 succeeded"
 
     out = tmp_path / "results"
     fetch = box.run("get_s3_files.py", job, str(out))
     assert fetch.returncode == 0, fetch.stderr
     fetched = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert fetched == sorted(keys)
+    assert fetched == sorted(k for k in keys if not k.startswith("_awsrun/"))
+    assert len(fetched) == 13
     walk = (out / "e2e-demo2/output/plots/walk.csv").read_text()
     assert walk == box.read(job, "e2e-demo2/output/plots/walk.csv")
-    assert "fetched 10 files" in fetch.stderr
+    assert "fetched 13 files" in fetch.stderr
 
     again = box.run("get_s3_files.py", job, str(out))
-    assert again.returncode == 0 and "fetched 0 files" in again.stderr and "(10 already there)" in again.stderr
+    assert again.returncode == 0 and "fetched 0 files" in again.stderr and "(13 already there)" in again.stderr
     (out / "e2e-demo0/output/summary.txt").write_text("changed locally")
     third = box.run("get_s3_files.py", job, str(out))
     assert "fetched 1 files" in third.stderr
@@ -75,7 +77,8 @@ def test_demo_flow_end_to_end(box, tmp_path):
                            "would both be saved as summary.txt: fetch without --flat\n")
     assert not (tmp_path / "flat").exists() or not any((tmp_path / "flat").iterdir())
 
-    assert not os.path.exists(os.path.join(box.env["AWSRUN_SANDBOX"], "standins.log"))  # no apt-get, no sudo
+    with open(os.path.join(box.env["AWSRUN_SANDBOX"], "standins.log")) as f:  # only the cost guard's
+        assert {line.split()[0] for line in f} == {"shutdown"}                  # stand-in ran: no apt-get
 
     rerun = box.run("dispatcher.py", "auto", job, jobs, "-c", "--code", os.path.join(ROOT, "awsjobs", "demo"))
     assert "launched" in rerun.stderr  # the finished nodes terminated, so create launches them again
@@ -94,12 +97,12 @@ def test_failed_command_still_uploads_log_and_manifest_and_terminates(box, tmp_p
     assert box.manifest(job, "e2e-exit30")["exit_code"] == 3
     assert box.read(job, "e2e-exit30/screen_output.txt") == "about to fail\n"
     assert box.read(job, "e2e-exit30/output/part.txt") == "partial\n"
-    status = box.run("cloud_setup.py", "status", job)
-    assert status.stdout.splitlines()[1].split()[3:] == ["terminated", "3"]
+    status = json.loads(box.run("cloud_setup.py", "status", job, "--json").stdout)
+    assert [(r["tag"], r["state"], r["exit"]) for r in status] == [("e2e-exit30", "failed (exit 3)", 3)]
     flat = box.run("get_s3_files.py", job, str(tmp_path / "flat"), "--flat")
     assert flat.returncode == 0, flat.stderr
     assert sorted(os.listdir(tmp_path / "flat")) == \
-        ["e2e-exit30_manifest.json", "e2e-exit30_screen_output.txt", "part.txt"]
+        ["e2e-exit30_install.1.log", "e2e-exit30_manifest.json", "e2e-exit30_screen_output.txt", "part.txt"]
 
 
 def test_install_that_always_fails_is_reported_with_its_log_within_its_deadline(box, tmp_path):
@@ -190,6 +193,6 @@ def test_upload_failure_keeps_the_node_up_and_tagged(box, tmp_path):
     assert box.states(job) == ["running"]
     tags = {t["Key"]: t["Value"] for t in box.instances(job)[0]["Tags"]}
     assert tags["awsrun:status"] == "upload-failed"
-    status = box.run("cloud_setup.py", "status", job)
-    assert status.stdout.splitlines()[1].split()[3] == "upload-failed"
+    status = json.loads(box.run("cloud_setup.py", "status", job, "--json").stdout)
+    assert [r["state"] for r in status] == ["upload-failed"]
     box.ec2.terminate_instances(InstanceIds=[box.instances(job)[0]["InstanceId"]])

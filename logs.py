@@ -1,0 +1,86 @@
+"""Print a job's log: from the node over SSH while it runs, from the bucket once it has finished.
+
+    python logs.py JOBNAME TAG              # the command's screen_output.txt
+    python logs.py JOBNAME TAG --install    # the install script's logs, every try
+
+A node that failed its install and was terminated has its install output kept on this machine
+(awsrun's state folder); that is printed when nothing else is left.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import cloud_setup as cs
+import dispatcher
+from cloud_setup import UserError
+
+
+def from_node(job, node, install):
+    """The log read over SSH, or None if the node has none yet."""
+    session = dispatcher.Session(job, timeout=60)
+    ssh = session.connect(node)
+    try:
+        d = dispatcher.remote_dir(node["tag"])
+        files = ".awsrun/install.*.log" if install else "screen_output.txt"
+        command = "cd %s && for f in %s; do [ -f \"$f\" ] || exit 3; %s\"$f\"; done" % (
+            d, files, 'echo "--- $f"; cat ' if install else "cat ")
+        code, output = dispatcher.run(ssh, command, timeout=120)
+    finally:
+        dispatcher.close(ssh)
+    return output if code == 0 else None
+
+
+def from_bucket(bucket, tag, install):
+    """The log from the bucket, or None."""
+    s3 = cs.client("s3")
+    keys = ["%s/screen_output.txt" % tag]
+    if install:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="%s/logs/" % tag)
+        keys = sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+    parts = []
+    for key in keys:
+        try:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8", "replace")
+        except (s3.exceptions.NoSuchKey, s3.exceptions.NoSuchBucket):
+            continue
+        parts.append(("--- %s\n" % key.rsplit("/", 1)[1] if install else "") + body)
+    return "".join(parts) if parts else None
+
+
+def logs(job, tag, install=False):
+    nodes = cs.current_nodes(cs.find_nodes(job))
+    node = nodes.get(tag)
+    if node is not None and node["state"] == "running":
+        text = from_node(job, node, install)
+        if text is not None:
+            return text
+    text = from_bucket(cs.job_bucket(job, nodes.values()), tag, install)
+    if text is not None:
+        return text
+    kept = os.path.join(cs.state_dir(job), "%s.install.log" % tag)
+    if install and os.path.exists(kept):
+        with open(kept) as f:
+            return f.read()
+    if node is None:
+        raise UserError("no machine and no results for %s: check JOB= and TAG= (`make status JOB=%s`)" % (tag, job))
+    raise UserError("%s has no %s log yet (it is %s)" % (tag, "install" if install else "job", node["state"]))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("job")
+    p.add_argument("tag")
+    p.add_argument("--install", action="store_true", help="the install script's logs instead")
+    args = p.parse_args(argv)
+
+    def run():
+        cs.check_job_name(args.job)
+        sys.stdout.write(logs(args.job, args.tag, args.install))
+        return 0
+    return cs.run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
