@@ -329,14 +329,21 @@ def node_python():
     return shlex.quote(cs.setting("NODE_PYTHON", "python3"))
 
 
-def install_script(node, tries, seconds, idle):
+def node_info(args, node, itype, command=None):
+    """What the node-side scripts know of their node, in .awsrun/node.json."""
+    return {"job": args.job, "tag": node["tag"], "instance_id": node["id"], "instance_type": itype,
+            "bucket": node["bucket"], "region": cs.region(), "command": command,
+            "outputs": args.output, "max_runtime": args.max_runtime or None}
+
+
+def install_script(node, info, tries, seconds, idle):
     """Shell run on the node: unpack the bundle (into a fresh folder if the one there belongs
     to another instance), run INSTALL.sh until it creates READY, each try limited in time and
     logged to .awsrun/install.N.log; then arm the idle guard."""
     return (
         "mkdir -p {d} && cd {d} || exit 2\n"
         "[ \"$(cat .awsrun/instance 2>/dev/null)\" = {id} ] || find . -mindepth 1 -delete\n"
-        "tar -xzf - && echo {id} > .awsrun/instance || exit 2\n"
+        "tar -xzf - && echo {id} > .awsrun/instance && printf '%s\\n' {info} > .awsrun/node.json || exit 2\n"
         "if [ ! -f READY ]; then\n"
         "  for i in $(seq 1 {tries}); do\n"
         "    AWSRUN_PYTHON={py} TAG={tag} timeout -k 10 {s} bash INSTALL.sh"
@@ -351,7 +358,8 @@ def install_script(node, tries, seconds, idle):
         "fi\n"
         "[ -e .awsrun/dispatched ] || bash .awsrun/guard.sh idle {idle}\n").format(
             d=remote_dir(node["tag"]), id=shlex.quote(node["id"]), py=node_python(),
-            tag=shlex.quote(node["tag"]), tries=int(tries), s=int(seconds), idle=int(idle))
+            tag=shlex.quote(node["tag"]), tries=int(tries), s=int(seconds), idle=int(idle),
+            info=shlex.quote(json.dumps(info, ensure_ascii=False)))
 
 
 def prepare(node, args, bundle, session, progress):
@@ -359,8 +367,9 @@ def prepare(node, args, bundle, session, progress):
     ssh = session.connect(node)
     try:
         budget = args.install_tries * (args.install_timeout + 15) + 120
-        code, output = run(ssh, install_script(node, args.install_tries, args.install_timeout, args.idle_timeout),
-                           stdin=BundleReader(bundle), timeout=budget)
+        script = install_script(node, node_info(args, node, node["type"]), args.install_tries,
+                                args.install_timeout, args.idle_timeout)
+        code, output = run(ssh, script, stdin=BundleReader(bundle), timeout=budget)
     finally:
         close(ssh)
     if args.verbose:
@@ -513,9 +522,7 @@ def node_files(args, node, row):
     """The small archive that turns a prepared node into a running job."""
     line, itype, command = row
     limit = "timeout -k 60 %d " % args.max_runtime if args.max_runtime else ""
-    info = {"job": args.job, "tag": node["tag"], "instance_id": node["id"], "instance_type": itype,
-            "bucket": node["bucket"], "region": cs.region(), "command": command, "outputs": args.output,
-            "max_runtime": args.max_runtime or None}
+    info = node_info(args, node, itype, command)
     data = io.BytesIO()
     with tarfile.open(fileobj=data, mode="w") as tar:
         add_text(tar, ".awsrun/node.json", json.dumps(info, indent=1, ensure_ascii=False))

@@ -8,7 +8,8 @@ boto3 talks to the moto server over HTTP (AWS_ENDPOINT_URL). One sshd stands in 
 node: each node gets its own work directory under DIR/nodes, and sshd gives each session what
 an EC2 node gets from its instance profile (the moto endpoint and throwaway credentials), so
 the dispatcher never forwards a credential. Like cloud-init on EC2, the sandbox authorizes a
-key pair's public key when an instance is launched with it.
+key pair's public key when an instance is launched with it; and when an instance is
+terminated, the processes of its node folder end, as they would with the machine.
 
 Nothing here touches the machine outside DIR: job keys, known hosts and node folders all live
 there, and `shutdown`, `apt-get` and `sudo` are harmless stand-ins on the nodes' PATH.
@@ -106,7 +107,7 @@ class Sandbox:
         self.moto = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
         self.moto.start()
         self.endpoint = "http://127.0.0.1:%d" % self.moto.get_host_and_port()[1]
-        authorize_launched_keys(self.path("ssh", "authorized_keys"))
+        play_ec2(self.path("ssh", "authorized_keys"), self.path("nodes"))
         self.seed_ubuntu()
 
     def seed_ubuntu(self):
@@ -227,14 +228,17 @@ def processes_under(folder):
     return found
 
 
-def authorize_launched_keys(authorized_keys):
-    """Play cloud-init: when moto launches an instance with a key pair, let that key log in."""
+def play_ec2(authorized_keys, nodes_dir):
+    """Make moto's instances act on this machine as EC2's do on theirs: like cloud-init, let
+    an instance's key pair log in when it is launched; and when an instance is terminated,
+    end every process of its node folder (the one whose .awsrun/instance names it)."""
     from moto.ec2.models.instances import InstanceBackend
-    original = getattr(InstanceBackend.run_instances, "awsrun_original", InstanceBackend.run_instances)
+    launch = getattr(InstanceBackend.run_instances, "awsrun_original", InstanceBackend.run_instances)
+    end = getattr(InstanceBackend.terminate_instances, "awsrun_original", InstanceBackend.terminate_instances)
     lock = threading.Lock()
 
     def run_instances(self, *args, **kwargs):
-        reservation = original(self, *args, **kwargs)
+        reservation = launch(self, *args, **kwargs)
         pair = self.key_pairs.get(kwargs.get("key_name") or "")
         if pair is not None:
             line = pair.public_key.strip()
@@ -245,8 +249,26 @@ def authorize_launched_keys(authorized_keys):
                     with open(authorized_keys, "a") as f:
                         f.write(line + "\n")
         return reservation
-    run_instances.awsrun_original = original
-    InstanceBackend.run_instances = run_instances
+
+    def terminate_instances(self, instance_ids):
+        result = end(self, instance_ids)
+        for name in os.listdir(nodes_dir):
+            folder = os.path.join(nodes_dir, name)
+            try:
+                with open(os.path.join(folder, ".awsrun", "instance")) as f:
+                    owner = f.read().strip()
+            except OSError:
+                continue
+            if owner in instance_ids:
+                for pid in processes_under(folder):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+        return result
+
+    run_instances.awsrun_original, terminate_instances.awsrun_original = launch, end
+    InstanceBackend.run_instances, InstanceBackend.terminate_instances = run_instances, terminate_instances
 
 
 def main(argv=None):

@@ -78,10 +78,13 @@ class Sandbox:
             if name.startswith(("AWS_", "AWSRUN_")):
                 del self.env[name]
         self.env.update(env)
-        kw = dict(endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
-                  aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
-        self.ec2, self.s3 = boto3.client("ec2", **kw), boto3.client("s3", **kw)
+        self.kw = dict(endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                       aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+        self.ec2, self.s3 = self.client("ec2"), self.client("s3")
         self.nodes_dir = env["AWSRUN_REMOTE_ROOT"]
+
+    def client(self, service):
+        return boto3.client(service, **self.kw)
 
     def run(self, *argv, env=None, timeout=180):
         """Run one of awsrun's scripts as a user would; returns the CompletedProcess."""

@@ -275,3 +275,54 @@ def test_fetch_refuses_object_names_that_leave_the_output_folder(aws, tmp_path, 
     assert capsys.readouterr().err == \
         "error: refusing the object 'tag0/../../escape.txt': its name would leave the output folder\n"
     assert not (tmp_path / "escape.txt").exists()
+
+
+# ---------------------------------------------------------------------------- status
+
+def status_calls(aws, job, n):
+    """Launch n nodes of a job with outcomes in its bucket; count the AWS calls of one refresh."""
+    launch, _ = launch_setup(aws, job, [(i + 2, "t3.micro", "x") for i in range(n)])
+    launch()
+    s3 = boto3.client("s3")
+    cs.ensure_bucket(s3, job, "us-east-1")
+    for i in range(0, n, 2):
+        s3.put_object(Bucket=job, Key=cs.marker_key("%s%d" % (job, i), i % 3, 60), Body=b"")
+        s3.put_object(Bucket=job, Key="%s%d/output/x.txt" % (job, i), Body=b"result")
+    calls = []
+    for service in ("ec2", "s3"):
+        cs.client(service).meta.events.register("before-call", lambda model, **kw: calls.append(model.name))
+    rows = cs.job_status(job)
+    assert len(rows) == n
+    return sorted(calls), rows
+
+
+def test_a_status_refresh_costs_the_same_for_5_jobs_as_for_50(aws):
+    five, rows5 = status_calls(aws, "job-five", 5)
+    fifty, rows50 = status_calls(aws, "job-fifty", 50)
+    assert five == fifty == ["DescribeInstances", "ListObjectsV2"]
+    assert [r["state"] for r in rows5] == ["succeeded", "launching", "failed (exit 2)", "launching", "failed (exit 1)"]
+
+
+def test_state_of_a_tag_from_its_instance_and_outcome():
+    import datetime
+    t0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    later = t0 + datetime.timedelta(hours=1)
+
+    def node(state="running", status="", launched=t0):
+        return {"state": state, "status": status, "launched": launched}
+    ok, bad = {"exit": 0, "when": later}, {"exit": 3, "when": later}
+    cases = [(node(), None, "launching"), (node(status="installing"), None, "installing"),
+             (node(status="ready"), None, "ready"), (node(status="running"), None, "running"),
+             (node(status="uploading"), None, "uploading"), (node("terminated", "uploading"), ok, "succeeded"),
+             (node("terminated", "uploading"), bad, "failed (exit 3)"), (node("terminated", "running"), None, "lost"),
+             (None, None, "lost"), (None, ok, "succeeded"), (node("terminated", "install-failed"), None, "install-failed"),
+             (node(status="upload-failed"), None, "upload-failed"), (node("terminated", "idle-timeout"), None, "lost (idle)"),
+             (node(status="running", launched=later + datetime.timedelta(minutes=1)), bad, "running")]  # a retry
+    assert [cs.node_state(n, m) for n, m, _ in cases] == [want for _, _, want in cases]
+
+
+def test_durations_for_max_runtime_and_idle_timeout():
+    assert [dispatcher.duration(t) for t in ("90", "45s", "30m", "2h", "1d", "1h30m")] == \
+        [90, 45, 1800, 7200, 86400, 5400]
+    with pytest.raises(argparse.ArgumentTypeError):
+        dispatcher.duration("soon")

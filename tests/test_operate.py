@@ -1,0 +1,286 @@
+"""End-to-end tests of operating a run in the sandbox: the status table and its states,
+update_tags.py, logs, retry, down and clean, the cost guards, spot, and Ctrl-C during create."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, write
+
+
+def until(condition, timeout=60, what="condition"):
+    """Wait for condition() to return something true, polling, with a deadline."""
+    deadline, delay = time.monotonic() + timeout, 0.05
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail("timed out after %d s waiting for %s" % (timeout, what))
+        time.sleep(delay)
+        delay = min(0.5, delay * 2)
+
+
+def status(box, job):
+    run = box.run("cloud_setup.py", "status", job, "--json")
+    assert run.returncode == 0, run.stderr
+    return {r["tag"]: r for r in json.loads(run.stdout)}
+
+
+def states(box, job):
+    return {tag: r["state"] for tag, r in status(box, job).items()}
+
+
+def release(tmp_path, name):
+    (tmp_path / name).write_text("go")
+
+
+def waits_for(tmp_path, name):
+    """A shell line that waits until the test releases it (a file appears)."""
+    return "while [ ! -e %s ]; do sleep 0.1; done" % (tmp_path / name)
+
+
+def vanish(box, job, tag):
+    """Terminate a node behind awsrun's back (the sandbox ends its processes too)."""
+    ids = [i["InstanceId"] for i in box.instances(job) if i["State"]["Name"] == "running"
+           and status(box, job)[tag]["instance"] == i["InstanceId"]]
+    box.ec2.terminate_instances(InstanceIds=ids)
+
+
+def test_every_state_in_the_table(box, tmp_path):
+    job = "op-states"
+    rows = ["echo fine",                                                     # 0 succeeded
+            "echo broken; exit 4",                                           # 1 failed (exit 4)
+            "python3 update_tags.py percent_complete 40; " + waits_for(tmp_path, "r2"),  # 2 running
+            waits_for(tmp_path, "never"),                                    # 3 lost
+            "python3 -c \"import json; p='.awsrun/node.json'; d=json.load(open(p)); "  # 4 upload-failed
+            "d['bucket']='ab'; json.dump(d, open(p, 'w'))\""]
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\n" + "".join(
+        't3.micro,"%s"\n' % r.replace('"', '""') for r in rows))
+    install = write(tmp_path / "install.sh", waits_for(tmp_path, "installed") + "\ntouch READY\n")
+    create = subprocess.Popen([sys.executable, "dispatcher.py", "auto", job, jobs, "-c", "--install", install],
+                              cwd=ROOT, env=box.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    until(lambda: set(states(box, job).values()) == {"installing"}, what="installing")
+    release(tmp_path, "installed")
+    out, err = create.communicate(timeout=60)
+    assert create.returncode == 0, err
+    assert set(states(box, job).values()) == {"ready"}
+
+    run = box.run("dispatcher.py", "auto", job, jobs, "-d")
+    assert run.returncode == 0, run.stderr
+    until(lambda: status(box, job)["op-states2"]["progress"] == "percent_complete=40", what="progress")
+    until(lambda: states(box, job)["op-states3"] == "running", what="running")
+    vanish(box, job, "op-states3")
+    until(lambda: states(box, job)["op-states4"] == "upload-failed", what="upload-failed")
+    table = until(lambda: (lambda s: s if s["op-states1"]["state"].startswith("failed") else None)(status(box, job)))
+    assert {t: r["state"] for t, r in table.items()} == {
+        "op-states0": "succeeded", "op-states1": "failed (exit 4)", "op-states2": "running",
+        "op-states3": "lost", "op-states4": "upload-failed"}
+    assert table["op-states1"]["exit"] == 4
+    tags = {t["Key"]: t["Value"] for i in box.instances(job) if i["InstanceId"] == table["op-states2"]["instance"]
+            for t in i["Tags"]}
+    assert tags["percent_complete"] == "40"
+
+    text = box.run("cloud_setup.py", "status", job).stdout.splitlines()
+    assert text[0].split() == ["TAG", "INSTANCE", "TYPE", "STATE", "ELAPSED", "PROGRESS"]
+    assert text[3].split()[3:4] + text[3].split()[-1:] == ["running", "percent_complete=40"]
+    assert text[-1] == "5 jobs: 1 failed, 1 lost, 1 running, 1 succeeded, 1 upload-failed"
+
+    release(tmp_path, "r2")
+    until(lambda: states(box, job)["op-states2"] == "succeeded", what="succeeded")
+    box.ec2.terminate_instances(InstanceIds=[table["op-states4"]["instance"]])
+
+
+def test_launching_uploading_and_install_failed_states(box, tmp_path, monkeypatch):
+    job = "op-more"
+    install = write(tmp_path / "broken.sh", "exit 1\n")
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,echo a\n")
+    run = box.run("dispatcher.py", "auto", job, jobs, "-c", "--install", install, "--install-tries", "1")
+    assert run.returncode == 1
+    assert states(box, job) == {"op-more0": "install-failed"}
+    # A machine launched by create but not yet prepared (create was stopped there):
+    for name, value in box.env.items():
+        monkeypatch.setenv(name, value)
+    import cloud_setup as cs
+    cs.client.cache_clear()
+    node = cs.find_nodes(job)[0]
+    cs.launch(job, node and box.ec2.describe_images(Owners=["self"])["Images"][0]["ImageId"], "t3.micro", [1],
+              job, box.ec2.describe_security_groups(GroupNames=["awsrun-" + job])["SecurityGroups"][0]["GroupId"],
+              "awsrun-%s-node" % job, job)
+    assert states(box, job)["op-more1"] == "launching"
+    # The node's own uploader marks the time between the command's end and its results' arrival:
+    one = cs.current_nodes(cs.find_nodes(job, cs.LIVE))["op-more1"]
+    cs.set_status([one["id"]], "uploading")
+    assert states(box, job)["op-more1"] == "uploading"
+    cs.client.cache_clear()
+    box.ec2.terminate_instances(InstanceIds=[one["id"]])
+
+
+def test_status_watch_stops_when_every_job_has_finished(box, tmp_path):
+    job = "op-watch"
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,echo a\nt3.small,echo b\n")
+    assert box.run("dispatcher.py", "auto", job, jobs, "-c", "-d").returncode == 0
+    watch = box.run("cloud_setup.py", "status", job, "--watch", "--interval", "0.2", timeout=60)
+    assert watch.returncode == 0, watch.stderr
+    assert watch.stdout.splitlines()[-1] == "2 jobs: 2 succeeded"
+
+
+def test_logs_while_running_and_after(box, tmp_path):
+    job = "op-logs"
+    jobs = write(tmp_path / "jobs.csv", 'instance_type,command\nt3.micro,"echo first line; %s; echo last line"\n'
+                 % waits_for(tmp_path, "go"))
+    assert box.run("dispatcher.py", "auto", job, jobs, "-c", "-d").returncode == 0
+    live = until(lambda: (lambda r: r if r.returncode == 0 else None)(box.run("logs.py", job, "op-logs0")),
+                 what="the live log")
+    assert live.stdout == "first line\n"
+    install = box.run("logs.py", job, "op-logs0", "--install")
+    assert install.returncode == 0 and install.stdout.startswith("--- .awsrun/install.1.log\n")
+    release(tmp_path, "go")
+    until(lambda: states(box, job)["op-logs0"] == "succeeded", what="succeeded")
+    after = box.run("logs.py", job, "op-logs0")
+    assert after.returncode == 0 and after.stdout == "first line\nlast line\n"
+    assert after.stdout == box.read(job, "op-logs0/screen_output.txt")
+    from_bucket = box.run("logs.py", job, "op-logs0", "--install")
+    assert from_bucket.stdout.startswith("--- install.1.log\n")
+    missing = box.run("logs.py", job, "op-logs9")
+    assert missing.returncode == 1
+    assert missing.stderr == ("error: no machine and no results for op-logs9: check JOB= and TAG= "
+                              "(`make status JOB=op-logs`)\n")
+
+
+def test_retry_runs_only_failed_and_lost_rows_on_spot(box, tmp_path):
+    job = "op-retry"
+    flag = tmp_path / "second-time"
+    rows = ["echo done",                                     # succeeds: never run twice
+            "[ -e %s ] || exit 5; echo fixed" % flag,        # fails, then succeeds on retry
+            "[ -e %s ] || { %s; }; echo back" % (flag, waits_for(tmp_path, "never"))]  # lost, then ok
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\n" + "".join('t3.micro,"%s"\n' % r for r in rows))
+    assert box.run("dispatcher.py", "auto", job, jobs, "-c", "-d", "--spot").returncode == 0
+    assert {i.get("InstanceLifecycle") for i in box.instances(job)} == {"spot"}
+    until(lambda: states(box, job)["op-retry2"] == "running", what="running")
+    vanish(box, job, "op-retry2")  # a spot interruption
+    until(lambda: states(box, job) == {"op-retry0": "succeeded", "op-retry1": "failed (exit 5)",
+                                       "op-retry2": "lost"}, what="first outcome")
+    flag.write_text("")
+    retry = box.run("dispatcher.py", "auto", job, jobs, "--retry", "--spot")
+    assert retry.returncode == 0, retry.stderr
+    assert "retrying 2 rows: op-retry1 op-retry2" in retry.stderr
+    assert "not run again: op-retry0 succeeded" in retry.stderr
+    until(lambda: set(states(box, job).values()) == {"succeeded"}, what="all succeeded")
+    counts = {}
+    for i in box.instances(job):
+        tags = {t["Key"]: t["Value"] for t in i["Tags"]}
+        counts[tags["awsrun:rows"]] = counts.get(tags["awsrun:rows"], 0) + 1
+    assert counts == {"0-2": 3, "1-2": 2}  # the first launch of 3, then one launch of rows 1 and 2
+    assert box.read(job, "op-retry1/screen_output.txt") == "fixed\n"
+    assert box.read(job, "op-retry2/screen_output.txt") == "back\n"
+    again = box.run("dispatcher.py", "auto", job, jobs, "--retry")
+    assert again.returncode == 0 and "nothing to retry" in again.stderr
+    assert len(box.instances(job)) == 5
+
+
+def test_down_and_clean_leave_nothing_of_the_job(box, tmp_path):
+    job = "op-clean"
+    jobs = write(tmp_path / "jobs.csv", 'instance_type,command\nt3.micro,"%s"\nt3.small,echo quick\n'
+                 % waits_for(tmp_path, "never"))
+    assert box.run("dispatcher.py", "auto", job, jobs, "-c", "-d").returncode == 0
+    until(lambda: states(box, job)["op-clean1"] == "succeeded", what="one job done")
+    down = box.run("cloud_setup.py", "down", job)
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.split("\t")[0] == "op-clean0" and down.stdout.strip().endswith("terminated")
+    assert box.states(job) == ["terminated", "terminated"]
+    assert states(box, job) == {"op-clean0": "lost", "op-clean1": "succeeded"}
+
+    key = os.path.join(box.env["AWSRUN_KEY_DIR"], job + ".pem")
+    assert os.path.exists(key)
+    clean = box.run("cloud_setup.py", "clean", job)
+    assert clean.returncode == 0, clean.stderr
+    assert "bucket op-clean kept (DELETE_BUCKET=yes deletes it)" in clean.stderr
+    assert not os.path.exists(key)
+    assert box.ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["awsrun-" + job]}])[
+        "SecurityGroups"] == []
+    assert [k for k in box.ec2.describe_key_pairs()["KeyPairs"] if k["KeyName"] == job] == []
+    iam = box.client("iam")
+    assert [r for r in iam.list_roles()["Roles"] if job in r["RoleName"]] == []
+    assert [p for p in iam.list_instance_profiles()["InstanceProfiles"] if job in p["InstanceProfileName"]] == []
+    assert "op-clean1/manifest.json" in box.objects(job)
+
+    gone = box.run("cloud_setup.py", "clean", job, "--delete-bucket")
+    assert gone.returncode == 0, gone.stderr
+    assert job not in [b["Name"] for b in box.s3.list_buckets()["Buckets"]]
+
+
+def test_max_runtime_stops_the_command_and_still_uploads(box, tmp_path):
+    job = "op-maxrun"
+    jobs = write(tmp_path / "jobs.csv", 'instance_type,command\nt3.micro,"echo partial > output/p.txt; echo going; sleep 600"\n')
+    run = box.run("dispatcher.py", "auto", job, jobs, "-c", "-d", "--max-runtime", "2s")
+    assert run.returncode == 0, run.stderr
+    until(lambda: states(box, job)["op-maxrun0"] != "running" and states(box, job), timeout=60, what="stop")
+    assert states(box, job) == {"op-maxrun0": "failed (exit 124)"}
+    m = box.manifest(job, "op-maxrun0")
+    assert (m["exit_code"], m["timed_out"], m["max_runtime"]) == (124, True, 2)
+    assert box.read(job, "op-maxrun0/output/p.txt") == "partial\n"
+    assert box.read(job, "op-maxrun0/screen_output.txt") == "going\n"
+    assert box.states(job) == ["terminated"]
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def guard_log(box, tag):
+    with open(os.path.join(box.nodes_dir, tag, ".awsrun", "guard.log")) as f:
+        return f.read()
+
+
+def test_idle_node_terminates_itself_and_dispatch_cancels_the_timer(box, tmp_path):
+    job = "op-idle"
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,echo late\nt3.micro,echo on time\n")
+    create = box.run("dispatcher.py", "auto", job, jobs, "-c", "--idle-timeout", "3s")
+    assert create.returncode == 0, create.stderr
+    watchdog = int(open(os.path.join(box.nodes_dir, "op-idle1", ".awsrun", "watchdog.pid")).read())
+    dispatch_one = box.run("dispatcher.py", "auto", job, jobs, "-d")  # both are dispatched here...
+    assert dispatch_one.returncode == 0
+    until(lambda: not alive(watchdog), timeout=10, what="the idle timer to end")  # ...and its timer ends
+    until(lambda: set(states(box, job).values()) == {"succeeded"}, what="dispatched jobs finish")
+
+    job = "op-idle2"
+    jobs = write(tmp_path / "idle.csv", "instance_type,command\nt3.micro,echo never started\n")
+    create = box.run("dispatcher.py", "auto", job, jobs, "-c", "--idle-timeout", "2s")
+    assert create.returncode == 0, create.stderr
+    until(lambda: box.states(job) == ["terminated"], timeout=30, what="idle termination")
+    assert states(box, job) == {"op-idle20": "lost (idle)"}
+    log = guard_log(box, "op-idle20")
+    sandbox_shutdown = os.path.join(box.env["AWSRUN_SANDBOX"], "bin", "shutdown")
+    assert "guard idle 2 (shutdown is %s)" % sandbox_shutdown in log  # never the machine's own
+    with open(os.path.join(box.env["AWSRUN_SANDBOX"], "standins.log")) as f:
+        calls = f.read().splitlines()
+    assert "shutdown -h +6" in calls  # the OS backstop: 2 s + 5 min, in minutes, rounded up
+
+
+def test_ctrl_c_during_create_leaves_tagged_machines_that_down_removes(box, tmp_path):
+    job = "op-intr"
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,echo a\nt3.small,echo b\nt3.micro,echo c\n")
+    install = write(tmp_path / "slow.sh", waits_for(tmp_path, "never") + "\n")
+    create = subprocess.Popen([sys.executable, "dispatcher.py", "auto", job, jobs, "-c", "--install", install],
+                              cwd=ROOT, env=box.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    until(lambda: len(states(box, job)) == 3 and set(states(box, job).values()) == {"installing"},
+          what="installing")
+    create.send_signal(signal.SIGINT)
+    out, err = create.communicate(timeout=30)
+    assert create.returncode == 130
+    assert err.strip().endswith("error: interrupted: every machine launched so far is tagged awsrun:job=op-intr; "
+                                "`make status JOB=op-intr` shows them and `make down JOB=op-intr` removes them")
+    assert sorted(states(box, job)) == ["op-intr0", "op-intr1", "op-intr2"]
+    down = box.run("cloud_setup.py", "down", job)
+    assert down.returncode == 0, down.stderr
+    assert sorted(line.split("\t")[0] for line in down.stdout.splitlines()) == ["op-intr0", "op-intr1", "op-intr2"]
+    assert box.states(job) == ["terminated"] * 3
