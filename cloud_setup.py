@@ -457,7 +457,9 @@ def set_status(ids, status, extra=None, ec2=None):
     if ids:
         tags = [{"Key": STATUS_TAG, "Value": status}, {"Key": SINCE_TAG, "Value": now_text()}]
         tags += [{"Key": k, "Value": v} for k, v in (extra or {}).items()]
-        (ec2 or client("ec2")).create_tags(Resources=list(ids), Tags=tags)
+        ids = list(ids)
+        for i in range(0, len(ids), 1000):  # CreateTags takes up to 1000 resources
+            (ec2 or client("ec2")).create_tags(Resources=ids[i:i + 1000], Tags=tags)
 
 
 def find_nodes(job, states=None):

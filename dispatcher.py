@@ -158,9 +158,26 @@ class Session:
         self.pkey = paramiko.PKey.from_path(key)
         self.policy = HostKeyMemory(os.path.join(cs.state_dir(job), "known_hosts"))
         self.timeout = timeout
+        self.cache = {}
 
     def connect(self, node):
         return connect(node, self.pkey, self.policy, time.monotonic() + self.timeout)
+
+    def kept(self, node):
+        """A connection kept from an earlier step of this run, if it is still up; else a new one."""
+        ssh = self.cache.pop(node["id"], None)
+        if ssh is not None and ssh.get_transport() is not None and ssh.get_transport().is_active():
+            return ssh
+        return self.connect(node)
+
+    def keep(self, node, ssh):
+        """Keep a connection open for the next step (create, then dispatch in one run)."""
+        self.cache[node["id"]] = ssh
+
+    def close_all(self):
+        for ssh in self.cache.values():
+            close(ssh)
+        self.cache.clear()
 
 
 def ssh_target(node):
@@ -364,13 +381,18 @@ def install_script(node, info, tries, seconds, idle):
 
 def prepare(node, args, bundle, session, progress):
     """Connect to one node, copy its files and run the install script until READY."""
-    ssh = session.connect(node)
+    ssh = session.kept(node)
     try:
         budget = args.install_tries * (args.install_timeout + 15) + 120
         script = install_script(node, node_info(args, node, node["type"]), args.install_tries,
                                 args.install_timeout, args.idle_timeout)
         code, output = run(ssh, script, stdin=BundleReader(bundle), timeout=budget)
-    finally:
+    except BaseException:
+        close(ssh)
+        raise
+    if args.dispatch and code == 0:
+        session.keep(node, ssh)
+    else:
         close(ssh)
     if args.verbose:
         log("%s: %s" % (node["tag"], output.strip() or "installed"))
@@ -426,7 +448,8 @@ BUSY = ("running", "uploading", "upload-failed")  # node states that create must
 
 
 def create(args, wanted):
-    """Key pair, security group, instance profile, bucket, instances; then prepare every node."""
+    """Key pair, security group, instance profile, bucket, instances; then prepare every node.
+    Returns the SSH session, holding the nodes' connections for a dispatch in the same run."""
     cs.account_id()
     ami = cs.default_ami() if args.ami == "auto" else args.ami
     cs.check_image_and_types(ami, {itype for _, itype, _ in wanted.values()})
@@ -435,6 +458,7 @@ def create(args, wanted):
     with open(os.path.join(cs.state_dir(args.job), "bucket"), "w") as f:
         f.write(bucket)
     key = cs.ensure_key_pair(args.job)
+    session = Session(args.job, args.ssh_timeout)
     group_id = cs.ensure_security_group(args.job, cidr)
     profile = cs.ensure_instance_profile(args.job, bucket)
     log("job %s: key %s, security group %s, instance profile %s, bucket %s" % (args.job, key, group_id, profile, bucket))
@@ -447,16 +471,16 @@ def create(args, wanted):
                  if t in wanted and n["status"] not in BUSY]
         log("%d machines running; copying files and installing" % len(nodes))
         pause(args, "prepare the machines over SSH")
-        return prepare_all(args, nodes)
+        prepare_all(args, nodes, session)
+        return session
     except KeyboardInterrupt:
         raise UserError("interrupted: every machine launched so far is tagged awsrun:job=%s; "
                         "`make status JOB=%s` shows them and `make down JOB=%s` removes them"
                         % (args.job, args.job, args.job), code=130)
 
 
-def prepare_all(args, nodes):
+def prepare_all(args, nodes, session):
     """Prepare nodes in parallel, tagging them installing, then ready or install-failed."""
-    session = Session(args.job, args.ssh_timeout)
     done, lock = [0], threading.Lock()
 
     def progress():
@@ -499,7 +523,6 @@ RUNNER = """#!/bin/bash
 cd "$(dirname "$0")/.." || exit 1
 export TAG={tag}
 mkdir -p output
-{python} .awsrun/save_results.py --status running
 date -u +%Y-%m-%dT%H:%M:%SZ > .awsrun/started
 {limit}bash .awsrun/command.sh > screen_output.txt 2>&1 < /dev/null
 echo $? > .awsrun/exit_code
@@ -533,7 +556,7 @@ def node_files(args, node, row):
 
 
 def start(node, args, row, session):
-    ssh = session.connect(node)
+    ssh = session.kept(node)
     try:
         code, output = run(ssh, START.format(d=remote_dir(node["tag"]), id=shlex.quote(node["id"]),
                                              limit=int(args.max_runtime or 0)),
@@ -547,15 +570,21 @@ def start(node, args, row, session):
     return "started"
 
 
-def dispatch(args, wanted):
+def dispatch(args, wanted, session=None):
     """Start every row's command on its prepared node, detached, in parallel."""
-    session = Session(args.job, args.ssh_timeout)
+    session = session or Session(args.job, args.ssh_timeout)
     live = cs.current_nodes(cs.find_nodes(args.job, ("running",)))
     missing = [t for t in wanted if t not in live]
     if len(missing) == len(wanted):
         raise UserError("job %s has no running machines: run create first" % args.job)
-    nodes = [live[t] for t in sorted(wanted) if t in live]
+    nodes = [live[t] for t in sorted(wanted) if t in live and live[t]["status"] not in BUSY]
+    skipped = sorted(t for t in wanted if t in live and live[t]["status"] in BUSY)
+    if skipped:
+        log("already started: " + " ".join(skipped))
+    # Tagged before they start, in one call, so a node's own later tags (uploading...) win.
+    cs.set_status([n["id"] for n in nodes], "running")
     results = for_each_node(nodes, lambda n: start(n, args, wanted[n["tag"]], session), args.parallel)
+    cs.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
     code = report(args, nodes, results, "started")
     if missing:
         raise UserError("no running machine for %s: run create for them first" % " ".join(sorted(missing)))
@@ -647,10 +676,13 @@ def main(argv=None):
             wanted = retry_plan(args, wanted)
             if not wanted:
                 return 0
-        if args.create:
-            create(args, wanted)
-        if args.dispatch:
-            dispatch(args, wanted)
+        session = create(args, wanted) if args.create else None  # dispatch reuses its connections
+        try:
+            if args.dispatch:
+                dispatch(args, wanted, session)
+        finally:
+            if session is not None:
+                session.close_all()
         return 0
     return cs.run_cli(run_all)
 
