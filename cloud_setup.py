@@ -519,7 +519,7 @@ def print_num_running():
         print("%-20s %d" % (label + ":", count))
 
 
-# A node that has uploaded its results also writes an empty marker object
+# A node that has uploaded its results also writes a small marker object
 # _awsrun/TAG/exit=N,runtime=S, so that one listing tells the outcome of every tag.
 MARKERS = "_awsrun/"
 FINISHED = ("succeeded", "failed", "lost", "install-failed", "upload-failed")

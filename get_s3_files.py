@@ -3,12 +3,18 @@
     python get_s3_files.py BUCKET OUT_DIR           # OUT_DIR/TAG/... as in the bucket
     python get_s3_files.py BUCKET OUT_DIR --flat    # base names only, as the original did
 
-Downloads run in parallel with boto3's transfer manager. A file already in OUT_DIR with the
-same content is skipped, so running it again fetches only what is new. Files listed in a
-job's manifest are checked against their SHA-256 after download. With --flat, each tag's
-logs and manifest become TAG_screen_output.txt, TAG_install.1.log and TAG_manifest.json,
-and two results with the same base name stop the fetch before anything is written.
-awsrun's own status markers (_awsrun/) are not downloaded.
+Downloads run in parallel with boto3's transfer manager. Every file that a job's manifest
+lists is checked against its SHA-256 as it arrives, and any other object against its MD5
+(the ETag of a single-part upload) or S3's own checksum. A file already in OUT_DIR with the
+same content is skipped, so running it again fetches only what is new: a file counts as
+unchanged when its size matches and its SHA-256 (or MD5) does; the hashes of the files this
+command wrote are remembered in OUT_DIR/.awsrun-fetch.json with their size and modification
+time, so that unchanged files need not be read again. Each node ends its upload with an
+outcome marker, so if the markers are those of the last complete fetch and no fetched file
+was changed here, the bucket is not even listed again (--full lists and checks it all). With --flat, each tag's logs and
+manifest become TAG_screen_output.txt, TAG_install.1.log and TAG_manifest.json, and two
+results with the same base name stop the fetch before anything is written. awsrun's own
+status markers (_awsrun/) are not downloaded.
 """
 from __future__ import annotations
 
@@ -17,14 +23,23 @@ import hashlib
 import json
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from botocore.config import Config
+from s3transfer.subscribers import BaseSubscriber
 
 import cloud_setup as cs
 from cloud_setup import UserError, log
 
-TRANSFER = TransferConfig(max_concurrency=16, multipart_threshold=64 << 20, multipart_chunksize=16 << 20)
+# 32 parallel requests; 8 MB parts for large files; at most 64 x 256 KB chunks queued for
+# writing, so memory stays bounded whatever the file sizes (the default queue holds 1,000).
+TRANSFER = TransferConfig(max_concurrency=24, multipart_threshold=256 << 20, multipart_chunksize=8 << 20,
+                          max_io_queue=64)
 OWN_FILES = ("screen_output.txt", "manifest.json")
+CACHE = ".awsrun-fetch.json"
 
 
 def list_objects(s3, bucket):
@@ -36,15 +51,22 @@ def list_objects(s3, bucket):
                         "gave --bucket)" % bucket)
 
 
-def expected_hashes(s3, bucket, objects):
-    """key -> SHA-256 from every manifest in the bucket."""
+def expected_hashes(s3, bucket, objects, cache):
+    """key -> SHA-256 from every manifest in the bucket; a manifest whose ETag is unchanged
+    since the last fetch is read from the cache instead of S3."""
     hashes = {}
     for o in objects:
         tag, _, name = o["Key"].rpartition("/")
         if name == "manifest.json" and tag and "/" not in tag:
-            manifest = json.loads(s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read())
-            for f in manifest.get("files", []):
-                hashes["%s/%s" % (tag, f["path"])] = f["sha256"]
+            known = cache.manifests.get(o["Key"])
+            if known and known["etag"] == o["ETag"]:
+                files = known["files"]
+            else:
+                manifest = json.loads(s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read())
+                files = {f["path"]: f["sha256"] for f in manifest.get("files", [])}
+                cache.manifests[o["Key"]] = {"etag": o["ETag"], "files": files}
+            for path, sha256 in files.items():
+                hashes["%s/%s" % (tag, path)] = sha256
     return hashes
 
 
@@ -81,43 +103,164 @@ def file_hash(path, algorithm):
     return digest.hexdigest()
 
 
-def unchanged(path, obj, sha256):
-    """True if the local file already holds this object: same size, and the same SHA-256
-    (from the manifest) or MD5 (the ETag of an object uploaded in one part)."""
+class Cache:
+    """OUT_DIR/.awsrun-fetch.json: the hashes of files this command wrote, keyed by their
+    size and modification time, and the manifests it read, keyed by their ETag."""
+
+    def __init__(self, out):
+        self.out, self.path, self.lock = out, os.path.join(out, CACHE), threading.Lock()
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            data = {}
+        self.files, self.manifests = data.get("files", {}), data.get("manifests", {})
+        self.complete = data.get("complete", {})  # the last complete fetch: bucket, markers, names
+
+    def hash(self, path, algorithm):
+        """The file's hash, from the cache if its size and mtime are those recorded."""
+        st = os.stat(path)
+        known = self.files.get(os.path.relpath(path, self.out))
+        if known and known[:2] == [st.st_size, st.st_mtime_ns] and known[2] == algorithm:
+            return known[3]
+        digest = file_hash(path, algorithm)
+        self.remember(path, algorithm, digest, st)
+        return digest
+
+    def remember(self, path, algorithm, digest, st=None):
+        st = st or os.stat(path)
+        with self.lock:
+            self.files[os.path.relpath(path, self.out)] = [st.st_size, st.st_mtime_ns, algorithm, digest]
+
+    def untouched(self, bucket, markers, flat):
+        """True if the last fetch of this bucket was complete, no node has finished since
+        (the bucket's outcome markers are the same), and no file it wrote was changed here."""
+        last = self.complete
+        if not markers or last.get("bucket") != bucket or last.get("markers") != markers or last.get("flat") != flat:
+            return False
+        for name in last.get("names", []):
+            try:
+                st = os.stat(os.path.join(self.out, name))
+            except OSError:
+                return False
+            if self.files.get(name, [None, None])[:2] != [st.st_size, st.st_mtime_ns]:
+                return False
+        return True
+
+    def save(self, complete=None):
+        if complete is not None:
+            self.complete = complete
+            for name in complete["names"]:  # objects with no hash to check still get a size and time
+                if name not in self.files:
+                    st = os.stat(os.path.join(self.out, name))
+                    self.files[name] = [st.st_size, st.st_mtime_ns, None, None]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"files": self.files, "manifests": self.manifests, "complete": self.complete}, f)
+        os.replace(tmp, self.path)
+
+
+def expected(obj, sha256):
+    """(algorithm, digest) that a download of obj must match, or None if S3's own checksum
+    must do: objects uploaded in parts have no MD5 ETag."""
+    if sha256:
+        return "sha256", sha256
+    etag = obj.get("ETag", "").strip('"')
+    return None if "-" in etag else ("md5", etag)
+
+
+def unchanged(path, obj, want, cache):
+    """True if the local file already holds this object."""
     try:
         if os.path.getsize(path) != obj["Size"]:
             return False
     except OSError:
         return False
-    if sha256:
-        return file_hash(path, "sha256") == sha256
-    etag = obj.get("ETag", "").strip('"')
-    return "-" not in etag and file_hash(path, "md5") == etag
+    return want is not None and cache.hash(path, want[0]) == want[1]
 
 
-def fetch(bucket, out, flat=False):
-    """Download the bucket into `out`. Returns (downloaded, unchanged) counts."""
+class KnownSize(BaseSubscriber):
+    """Gives the transfer manager the size and ETag known from the listing, so that it makes
+    no HeadObject call per file (and its download asks If-Match that ETag)."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def on_queued(self, future, **kwargs):
+        future.meta.provide_transfer_size(self.obj["Size"])
+        future.meta.provide_object_etag(self.obj["ETag"])
+
+
+def verify(path, obj, want, cache):
+    """Check a downloaded file against its expected hash; remove it and return its key if damaged."""
+    digest = file_hash(path, want[0])
+    if digest != want[1]:
+        os.remove(path)
+        return obj["Key"]
+    cache.remember(path, want[0], digest)
+    return None
+
+
+def list_markers(s3, bucket):
+    """The bucket's outcome markers (one small listing): they change whenever a node finishes."""
+    try:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=cs.MARKERS)
+        return sorted([o["Key"], o["ETag"], o["LastModified"].isoformat()]
+                      for page in pages for o in page.get("Contents", []))
+    except s3.exceptions.NoSuchBucket:
+        return []
+
+
+def fetch(bucket, out, flat=False, full=False):
+    """Download the bucket into `out`. Returns (downloaded, unchanged) counts.
+
+    Every node ends its upload by writing an outcome marker, so when the markers are those of
+    the last complete fetch and no file it wrote was changed here, nothing is listed or read
+    again (`full` lists and checks everything all the same)."""
     s3 = cs.client("s3")
+    cache = Cache(out)
+    markers = list_markers(s3, bucket)
+    if not full and cache.untouched(bucket, markers, flat):
+        return 0, len(cache.complete["names"])
     objects = list_objects(s3, bucket)
     names = plan(objects, flat)
-    hashes = expected_hashes(s3, bucket, objects)
-    todo = [o for o in objects
-            if not unchanged(os.path.join(out, names[o["Key"]]), o, hashes.get(o["Key"]))]
-    with create_transfer_manager(s3, TRANSFER) as manager:
-        futures = []
-        for o in todo:
+    hashes = expected_hashes(s3, bucket, objects, cache)
+    wants = {o["Key"]: expected(o, hashes.get(o["Key"])) for o in objects}
+    todo = [o for o in objects if not unchanged(os.path.join(out, names[o["Key"]]), o, wants[o["Key"]], cache)]
+    damaged = []
+    if todo:
+        # Every file gets checked against its SHA-256 or MD5 above, end to end, so S3's
+        # response checksums need not be computed as well: those go to objects without one.
+        fast = boto3.session.Session().client("s3", region_name=cs.region(), config=cs.RETRIES.merge(
+            Config(response_checksum_validation="when_required", max_pool_connections=TRANSFER.max_request_concurrency)))
+        for client, group in ((fast, [o for o in todo if wants[o["Key"]]]),
+                              (s3, [o for o in todo if not wants[o["Key"]]])):
+            download(client, bucket, out, names, group, wants, cache, damaged)
+    if damaged:
+        cache.save()
+        raise UserError("%s arrived damaged (their hashes differ from the manifest or ETag): fetch again"
+                        % ", ".join(sorted(damaged)))
+    cache.save({"bucket": bucket, "markers": markers, "flat": flat, "names": sorted(names.values())})
+    return len(todo), len(objects) - len(todo)
+
+
+def download(s3, bucket, out, names, objects, wants, cache, damaged):
+    """Download objects in parallel; each file is hashed (in other threads: hashlib lets go
+    of the GIL) as soon as it is complete, while the others still arrive."""
+    if not objects:
+        return
+    with create_transfer_manager(s3, TRANSFER) as manager, ThreadPoolExecutor(4) as hashing:
+        started = []
+        for o in objects:
             path = os.path.join(out, names[o["Key"]])
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            futures.append(manager.download(bucket, o["Key"], path))
-        for future in futures:
+            started.append((o, path, manager.download(bucket, o["Key"], path, subscribers=[KnownSize(o)])))
+        checks = []
+        for o, path, future in started:
             future.result()
-    for o in todo:
-        path, want = os.path.join(out, names[o["Key"]]), hashes.get(o["Key"])
-        if want and file_hash(path, "sha256") != want:
-            os.remove(path)
-            raise UserError("%s arrived damaged (its SHA-256 differs from the manifest): fetch again"
-                            % o["Key"])
-    return len(todo), len(objects) - len(todo)
+            if wants[o["Key"]]:
+                checks.append(hashing.submit(verify, path, o, wants[o["Key"]], cache))
+        damaged.extend(key for key in (c.result() for c in checks) if key)
 
 
 def main(argv=None):
@@ -125,11 +268,13 @@ def main(argv=None):
     p.add_argument("bucket")
     p.add_argument("out", help="folder to download into (created if missing)")
     p.add_argument("--flat", action="store_true", help="base names only, refusing collisions")
+    p.add_argument("--full", action="store_true",
+                   help="list and check every object even if no node has finished since the last fetch")
     args = p.parse_args(argv)
 
     def run():
         os.makedirs(args.out, exist_ok=True)
-        got, same = fetch(args.bucket, args.out, args.flat)
+        got, same = fetch(args.bucket, args.out, args.flat, args.full)
         log("fetched %d files from s3://%s into %s (%d already there)" % (got, args.bucket, args.out, same))
         return 0
     return cs.run_cli(run)

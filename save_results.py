@@ -5,7 +5,8 @@
 Uploads to s3://BUCKET/TAG/: every file under output/ (relative paths kept), the extra
 output files (-o), screen_output.txt, the install logs (logs/), then manifest.json (job,
 tag, instance, command, exit code, start and end times, and every file with its size and
-SHA-256), and last an empty marker _awsrun/TAG/exit=N,runtime=S that status lists. Then it
+SHA-256), and last a small marker _awsrun/TAG/exit=N,runtime=S that status lists (it names the
+instance and the upload's time, so every upload's marker differs). Then it
 terminates its own instance through the EC2 API. If the upload fails, the node stays up,
 is tagged awsrun:status=upload-failed, and this exits 1: nothing is lost.
 
@@ -95,7 +96,8 @@ def upload(s3, bucket, tag, files, manifest):
                   Body=json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
     started, ended = cs.parse_time(manifest["started"]), cs.parse_time(manifest["ended"])
     runtime = ended - started if started and ended else 0
-    s3.put_object(Bucket=bucket, Key=cs.marker_key(tag, manifest["exit_code"], runtime), Body=b"")
+    s3.put_object(Bucket=bucket, Key=cs.marker_key(tag, manifest["exit_code"], runtime),
+                  Body=("%s %s\n" % (manifest.get("instance_id"), manifest.get("uploaded"))).encode())
 
 
 def clients(node):

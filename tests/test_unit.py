@@ -326,3 +326,47 @@ def test_durations_for_max_runtime_and_idle_timeout():
         [90, 45, 1800, 7200, 86400, 5400]
     with pytest.raises(argparse.ArgumentTypeError):
         dispatcher.duration("soon")
+
+
+# ---------------------------------------------------------------------------- fetch
+
+def put_job_result(s3, bucket, tag, text, instance):
+    """What a node leaves: its result, a manifest with the result's SHA-256, and a marker."""
+    import hashlib
+    import save_results
+    s3.put_object(Bucket=bucket, Key=tag + "/output/r.txt", Body=text.encode())
+    manifest = {"tag": tag, "exit_code": 0, "started": "2026-01-01T00:00:00Z", "ended": "2026-01-01T00:00:05Z",
+                "instance_id": instance, "uploaded": instance,
+                "files": [{"path": "output/r.txt", "size": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest()}]}
+    save_results.upload(s3, bucket, tag, [], manifest)
+
+
+def test_fetch_skips_listing_until_a_node_finishes_again(aws, tmp_path):
+    import get_s3_files
+    s3 = boto3.client("s3")
+    cs.ensure_bucket(s3, "bucket-a", "us-east-1")
+    put_job_result(s3, "bucket-a", "job0", "first", "i-1")
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    assert get_s3_files.fetch("bucket-a", out) == (2, 0)
+    calls = []
+    cs.client("s3").meta.events.register("before-call", lambda model, **kw: calls.append(model.name))
+    assert get_s3_files.fetch("bucket-a", out) == (0, 2)
+    assert calls == ["ListObjectsV2"]  # the markers only
+    put_job_result(s3, "bucket-a", "job0", "second", "i-2")  # a retry of the same tag
+    assert get_s3_files.fetch("bucket-a", out) == (2, 0)
+    assert open(os.path.join(out, "job0", "output", "r.txt")).read() == "second"
+    os.remove(os.path.join(out, "job0", "output", "r.txt"))  # a file deleted here is fetched again
+    assert get_s3_files.fetch("bucket-a", out) == (1, 1)
+
+
+def test_fetch_refuses_a_damaged_file(aws, tmp_path, capsys):
+    import get_s3_files
+    s3 = boto3.client("s3")
+    cs.ensure_bucket(s3, "bucket-a", "us-east-1")
+    put_job_result(s3, "bucket-a", "job0", "right", "i-1")
+    s3.put_object(Bucket="bucket-a", Key="job0/output/r.txt", Body=b"wrong")  # not what the manifest says
+    assert get_s3_files.main(["bucket-a", str(tmp_path / "out"), "--full"]) == 1
+    assert capsys.readouterr().err == ("error: job0/output/r.txt arrived damaged (their hashes differ from the "
+                                       "manifest or ETag): fetch again\n")
+    assert not (tmp_path / "out" / "job0" / "output" / "r.txt").exists()

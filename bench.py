@@ -1,0 +1,378 @@
+"""Benchmarks of awsrun's hot paths against what a user would use instead, in the sandbox.
+
+    make bench                      # all of it: prints the table and writes BENCHMARKS.md
+    python bench.py --only fetch    # one part: fetch, upload or setup
+    python bench.py --quick         # fewer repetitions and smaller N, for a quick look
+
+Each comparison runs both sides in the same run, alternating, several times, and reports the
+median wall time, the ratio and the peak memory (max RSS) of the measured process. Needs the
+AWS CLI (installed by `make bench` in .venv-bench from bench-requirements.txt) and rclone
+(`sudo apt-get install rclone`). Not run by `make test`: timings are not assertions.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PY = sys.executable
+AWS_CLI = os.path.join(HERE, ".venv-bench", "bin", "aws")
+SMALL_FILES, TAGS, BIG_FILES, BIG_SIZE = 2000, 20, 4, 64 << 20
+
+
+# ---------------------------------------------------------------------------- measuring
+
+# A process's peak memory (ru_maxrss) includes the memory of the process it was forked from,
+# and this one holds the moto server's data; so each command is started by a small launcher
+# that reports its child's peak. The launcher's own ~10 MB is the floor of the measure.
+LAUNCHER = """import os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+os.write(int(os.environ["BENCH_FD"]), ("%f %d" % (time.perf_counter() - start, usage.ru_maxrss)).encode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def measure(argv, env, cwd=None):
+    """Run a command; return (seconds, peak RSS in MB). Fails loudly if it fails."""
+    read, write = os.pipe()
+    proc = subprocess.run([PY, "-c", LAUNCHER] + argv, env=dict(env, BENCH_FD=str(write)), cwd=cwd,
+                          pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    os.close(write)
+    with os.fdopen(read) as f:
+        report = f.read().split()
+    if proc.returncode != 0:
+        raise SystemExit("benchmark command failed (%d): %s\n%s" % (
+            proc.returncode, " ".join(argv), proc.stderr.decode(errors="replace")[-2000:]))
+    return float(report[0]), int(report[1]) / 1024
+
+
+def compare(label, sides, reps, prepare=None):
+    """Run each side `reps` times, alternating; returns {side: (median s, max MB)}."""
+    times = {name: [] for name in sides}
+    memory = {name: 0.0 for name in sides}
+    for rep in range(reps):
+        order = list(sides) if rep % 2 == 0 else list(reversed(sides))
+        for name in order:
+            if prepare:
+                prepare(name)
+            seconds, mb = sides[name]()
+            times[name].append(seconds)
+            memory[name] = max(memory[name], mb)
+        log("%s: rep %d/%d: %s" % (label, rep + 1, reps, ", ".join(
+            "%s %.2fs" % (n, times[n][-1]) for n in sides)))
+    return {name: (statistics.median(times[name]), memory[name]) for name in sides}
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- data
+
+def make_output_tree(folder, seed=7):
+    """output/ of the benchmark's shape: 2,000 files of 1-100 KB in 20 folders, 4 x 64 MB."""
+    rng = random.Random(seed)
+    for i in range(SMALL_FILES):
+        path = os.path.join(folder, "output", "part%02d" % (i % TAGS), "f%04d.dat" % i)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(rng.randbytes(rng.randint(1 << 10, 100 << 10)))
+    block = rng.randbytes(1 << 20)
+    for i in range(BIG_FILES):
+        with open(os.path.join(folder, "output", "big%d.bin" % i), "wb") as f:
+            for j in range(BIG_SIZE >> 20):
+                f.write(hashlib.sha256(block + bytes([i, j])).digest() + block[32:])
+
+
+def fetch_dataset(s3, bucket, source):
+    """The fetch data set: the same files spread over 20 tag folders, each with a manifest,
+    uploaded with save_results's own upload code, as a job's nodes leave them."""
+    import cloud_setup as cs
+    import save_results
+    cs.ensure_bucket(s3, bucket, "us-east-1")
+    files = [(os.path.join(root, n), os.path.relpath(os.path.join(root, n), source))
+             for root, _, names in os.walk(os.path.join(source, "output")) for n in names]
+    for t in range(TAGS):
+        mine = [(p, k) for i, (p, k) in enumerate(sorted(files)) if i % TAGS == t]
+        manifest = {"tag": "bench%d" % t, "exit_code": 0, "started": "", "ended": "",
+                    "files": [{"path": k, "size": os.path.getsize(p), "sha256": save_results.sha256_of(p)}
+                              for p, k in mine]}
+        save_results.upload(s3, bucket, "bench%d" % t, mine, manifest)
+
+
+# ---------------------------------------------------------------------------- the parts
+
+def bench_fetch(box, work, reps):
+    import boto3
+    env = box.child_environment()
+    s3 = boto3.client("s3", endpoint_url=box.endpoint, region_name="us-east-1",
+                      aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+    source = os.path.join(work, "source")
+    if not os.path.exists(os.path.join(source, "output")):
+        make_output_tree(source)
+    fetch_dataset(s3, "bench-fetch", source)
+    rclone_env = dict(env, RCLONE_CONFIG_MOTO_TYPE="s3", RCLONE_CONFIG_MOTO_PROVIDER="Other",
+                      RCLONE_CONFIG_MOTO_ENDPOINT=box.endpoint, RCLONE_CONFIG_MOTO_ACCESS_KEY_ID="sandbox",
+                      RCLONE_CONFIG_MOTO_SECRET_ACCESS_KEY="sandbox", RCLONE_CONFIG_MOTO_REGION="us-east-1",
+                      RCLONE_CONFIG=os.path.join(work, "rclone.conf"))
+    rclone_env.pop("AWS_CA_BUNDLE", None)  # rclone cannot use a CA bundle over plain HTTP
+    dest = {name: os.path.join(work, "fetch-" + name) for name in ("awsrun", "aws s3 sync", "rclone")}
+    sides = {
+        "awsrun": lambda: measure([PY, os.path.join(HERE, "get_s3_files.py"), "bench-fetch", dest["awsrun"]], env),
+        "aws s3 sync": lambda: measure([AWS_CLI, "s3", "sync", "--only-show-errors", "s3://bench-fetch",
+                                        dest["aws s3 sync"]], env),
+        "rclone": lambda: measure(["rclone", "copy", "moto:bench-fetch", dest["rclone"], "--transfers", "16"],
+                                  rclone_env),
+    }
+    cold = compare("fetch cold", sides, reps, prepare=lambda name: shutil.rmtree(dest[name], ignore_errors=True))
+    check_same_files(dest)
+    warm = compare("fetch warm", sides, reps)
+    return cold, warm
+
+
+def check_same_files(dest):
+    """Every tool fetched the same files, byte for byte (a fast wrong answer is no answer)."""
+    listings = {}
+    for name, folder in dest.items():
+        listings[name] = sorted((os.path.relpath(os.path.join(r, n), folder), os.path.getsize(os.path.join(r, n)))
+                                for r, _, names in os.walk(folder) for n in names
+                                if n != ".awsrun-fetch.json" and "_awsrun" not in r)  # awsrun's own
+    first = next(iter(listings.values()))
+    for name, listing in listings.items():
+        if listing != first:
+            raise SystemExit("fetch benchmark: %s fetched other files than %s" % (name, next(iter(listings))))
+
+
+def bench_upload(box, work, reps):
+    import boto3
+    env = box.child_environment()
+    node_env = dict(env, AWS_ACCESS_KEY_ID="sandbox-node", AWS_SECRET_ACCESS_KEY="sandbox-node")
+    ec2 = boto3.client("ec2", endpoint_url=box.endpoint, region_name="us-east-1",
+                       aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+    source = os.path.join(work, "source")
+    if not os.path.exists(os.path.join(source, "output")):
+        make_output_tree(source)
+    node = os.path.join(work, "node")
+    os.makedirs(os.path.join(node, ".awsrun"), exist_ok=True)
+    if not os.path.exists(os.path.join(node, "output")):
+        os.symlink(os.path.join(source, "output"), os.path.join(node, "output"))
+    for name in ("save_results.py", "cloud_setup.py"):
+        shutil.copy(os.path.join(HERE, name), os.path.join(node, ".awsrun", name))
+    for name, text in (("exit_code", "0"), ("started", "2026-01-01T00:00:00Z"), ("ended", "2026-01-01T00:01:00Z")):
+        with open(os.path.join(node, ".awsrun", name), "w") as f:
+            f.write(text)
+    counter = Counter()
+
+    def awsrun():
+        counter["awsrun"] += 1
+        instance = ec2.run_instances(ImageId=box.ami, InstanceType="t3.micro", MinCount=1, MaxCount=1)
+        info = {"job": "bench", "tag": "awsrun%d" % counter["awsrun"], "instance_id": instance["Instances"][0]["InstanceId"],
+                "instance_type": "t3.micro", "bucket": "bench-upload", "region": "us-east-1", "command": "bench",
+                "outputs": []}
+        with open(os.path.join(node, ".awsrun", "node.json"), "w") as f:
+            json.dump(info, f)
+        return measure([PY, os.path.join(node, ".awsrun", "save_results.py")], node_env)
+
+    def aws_cli():
+        counter["aws"] += 1
+        return measure([AWS_CLI, "s3", "cp", "--recursive", "--only-show-errors", os.path.join(source, "output"),
+                        "s3://bench-upload/aws%d/output/" % counter["aws"]], node_env)
+    import cloud_setup as cs
+    cs.ensure_bucket(boto3.client("s3", endpoint_url=box.endpoint, region_name="us-east-1",
+                                  aws_access_key_id="sandbox", aws_secret_access_key="sandbox"),
+                     "bench-upload", "us-east-1")
+    return compare("upload", {"awsrun": awsrun, "aws s3 cp": aws_cli}, reps)
+
+
+MINIMAL = '''
+import os, sys, time, paramiko
+from concurrent.futures import ThreadPoolExecutor
+host, port, user, key, root, n, parallel, payload = sys.argv[1:9]
+pkey = paramiko.PKey.from_path(key)
+data = open(payload, "rb").read()
+
+def node(i):
+    ssh = paramiko.SSHClient()
+    ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    ssh.connect(host, int(port), user, pkey=pkey, allow_agent=False, look_for_keys=False)
+    d = "%s/minimal%d" % (root, i)
+    chan = ssh.get_transport().open_session()            # one file copy
+    chan.exec_command("mkdir -p %s && cat > %s/bundle.tgz" % (d, d))
+    chan.sendall(data); chan.shutdown_write()
+    assert chan.recv_exit_status() == 0
+    chan = ssh.get_transport().open_session()            # one command
+    chan.exec_command("cd %s && (nohup sleep 600 > /dev/null 2>&1 < /dev/null &)" % d)
+    assert chan.recv_exit_status() == 0
+    ssh.close()
+
+with ThreadPoolExecutor(int(parallel)) as pool:
+    list(pool.map(node, range(int(n))))
+'''
+
+COUNTED = '''
+import functools, json, os, sys
+from collections import Counter
+sys.path.insert(0, os.environ["AWSRUN_HOME"])
+import cloud_setup as cs, dispatcher
+calls = Counter()
+make = cs.client.__wrapped__
+
+@functools.lru_cache(maxsize=None)
+def counted(service):
+    client = make(service)
+    client.meta.events.register("before-call", lambda model, **kw: calls.update(["%s:%s" % (service, model.name)]))
+    return client
+cs.client = counted
+code = dispatcher.main(sys.argv[1:])
+with open(os.environ["BENCH_CALLS"], "w") as f:
+    json.dump(calls, f)
+sys.exit(code)
+'''
+
+
+def bench_setup(box, work, sizes, reps, parallel=32):
+    env = box.child_environment()
+    install = os.path.join(work, "trivial-install.sh")
+    with open(install, "w") as f:
+        f.write("touch READY\n")
+    counted = os.path.join(work, "counted.py")
+    with open(counted, "w") as f:
+        f.write(COUNTED)
+    minimal = os.path.join(work, "minimal.py")
+    with open(minimal, "w") as f:
+        f.write(MINIMAL)
+    payload = os.path.join(work, "payload.tgz")
+    results, calls = {}, {}
+    for n in sizes:
+        job = "bench-setup-%d" % n
+        jobs = os.path.join(work, "%s.csv" % job)
+        with open(jobs, "w") as f:
+            f.write("instance_type,command\n")
+            f.writelines("%s,sleep 600\n" % ("t3.micro" if i % 2 else "t3.small") for i in range(n))
+        calls_file = os.path.join(work, "calls-%d.json" % n)
+
+        def ours():
+            return measure([PY, counted, "auto", job, jobs, "-c", "-d", "--install", install,
+                            "--parallel", str(parallel)], dict(env, AWSRUN_HOME=HERE, BENCH_CALLS=calls_file))
+
+        def reset(name):
+            if name == "awsrun" and os.path.exists(calls_file):  # a fresh job each time: end the last one
+                subprocess.run([PY, os.path.join(HERE, "cloud_setup.py"), "clean", job], env=env,
+                               check=True, capture_output=True)
+            if name == "minimal":
+                if not os.path.exists(payload):
+                    make_payload(payload)
+                shutil.rmtree(os.path.join(box.path("nodes")), ignore_errors=True)
+                os.makedirs(box.path("nodes"), exist_ok=True)
+
+        def minimal_side():
+            key = next(os.path.join(box.path("keys"), k) for k in os.listdir(box.path("keys")))
+            return measure([PY, minimal, "127.0.0.1", str(box.ssh_port), env["AWSRUN_SSH_USER"], key,
+                            box.path("nodes"), str(n), str(parallel), payload], env)
+        if not os.listdir(box.path("keys")):
+            reset("awsrun")
+            ours()
+        results[n] = compare("create+dispatch N=%d" % n, {"awsrun": ours, "minimal": minimal_side}, reps,
+                             prepare=reset)
+        with open(calls_file) as f:
+            calls[n] = json.load(f)
+        reset("awsrun")
+    return results, calls
+
+
+def make_payload(path):
+    """The same bundle a node gets (INSTALL.sh, save_results.py, ...), for the minimal script's copy."""
+    args = argparse.Namespace(code=None, inputs=[], install=os.path.join(HERE, "INSTALL.sh"))
+    import dispatcher
+    with dispatcher.make_bundle(args) as bundle, open(path, "wb") as f:
+        bundle.seek(0)
+        shutil.copyfileobj(bundle, f)
+
+
+# ---------------------------------------------------------------------------- report
+
+def table(cold, warm, upload, setup, calls):
+    lines = ["| comparison | awsrun | other | ratio | goal | awsrun peak MB | other peak MB |",
+             "|---|---:|---:|---:|---|---:|---:|"]
+
+    def row(what, ours, other, name, goal):
+        lines.append("| %s vs %s | %.2f s | %.2f s | %.2fx | %s | %.0f | %.0f |" % (
+            what, name, ours[0], other[0], ours[0] / other[0], goal, ours[1], other[1]))
+    if cold:
+        row("fetch, cold", cold["awsrun"], cold["rclone"], "rclone --transfers 16", "<= 1.0x")
+        row("fetch, cold", cold["awsrun"], cold["aws s3 sync"], "aws s3 sync", "-")
+        row("fetch, warm", warm["awsrun"], warm["aws s3 sync"], "aws s3 sync", "<= 0.5x")
+        row("fetch, warm", warm["awsrun"], warm["rclone"], "rclone --transfers 16", "-")
+    if upload:
+        row("node upload", upload["awsrun"], upload["aws s3 cp"], "aws s3 cp --recursive", "<= 1.0x")
+    for n, r in sorted((setup or {}).items()):
+        row("create+dispatch, N=%d" % n, r["awsrun"], r["minimal"], "minimal paramiko", "<= 1.5x")
+    if calls:
+        sizes = sorted(calls)
+        lines += ["", "AWS requests made by `dispatcher.py -c -d`, by operation:", "",
+                  "| operation | " + " | ".join("N=%d" % n for n in sizes) + " |",
+                  "|---|" + "---:|" * len(sizes)]
+        for op in sorted(set().union(*calls.values())):
+            lines.append("| %s | %s |" % (op, " | ".join(str(calls[n].get(op, 0)) for n in sizes)))
+        totals = [sum(v for k, v in calls[n].items() if k.startswith("ec2:")) for n in sizes]
+        lines.append("| **all EC2** | %s |" % " | ".join("**%d**" % t for t in totals))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=("fetch", "upload", "setup"), action="append")
+    p.add_argument("--quick", action="store_true", help="2 repetitions, N up to 64")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--out", default=os.path.join(HERE, "BENCHMARKS.md"))
+    args = p.parse_args(argv)
+    parts = args.only or ["fetch", "upload", "setup"]
+    reps = 2 if args.quick else args.reps
+    if "fetch" in parts and not shutil.which("rclone"):
+        raise SystemExit("the fetch benchmark needs rclone: sudo apt-get install rclone")
+    if set(parts) & {"fetch", "upload"} and not os.path.exists(AWS_CLI):
+        raise SystemExit("the benchmark needs the AWS CLI in .venv-bench: run `make bench`")
+    import sandbox
+    work = tempfile.mkdtemp(prefix="awsrun-bench-")
+    box = sandbox.Sandbox(os.path.join(work, "sandbox")).start()
+    started = time.perf_counter()
+    try:
+        cold = warm = upload = setup = calls = None
+        if "fetch" in parts:
+            cold, warm = bench_fetch(box, work, reps)
+        if "upload" in parts:
+            upload = bench_upload(box, work, reps)
+        if "setup" in parts:
+            sizes = (16, 64) if args.quick else (16, 64, 256)
+            setup, calls = bench_setup(box, work, sizes, reps)
+    finally:
+        box.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    result = table(cold, warm, upload, setup, calls)
+    print(result)
+    with open(args.out, "w") as f:
+        f.write("# awsrun benchmarks\n\n`make bench` on %s (%d cores), %s, %d repetitions each, "
+                "median wall time; the whole run took %.0f s.\n\n%s\n" % (
+                    os.uname().machine, os.cpu_count(), time.strftime("%Y-%m-%d"), reps,
+                    time.perf_counter() - started, result))
+    log("written to %s" % args.out)
+
+
+if __name__ == "__main__":
+    main()
