@@ -57,7 +57,7 @@ def test_demo_flow_end_to_end(box, tmp_path):
     out = tmp_path / "results"
     fetch = box.run("get_s3_files.py", job, str(out))
     assert fetch.returncode == 0, fetch.stderr
-    fetched = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    fetched = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != ".awsrun-fetch.json")
     assert fetched == sorted(k for k in keys if not k.startswith("_awsrun/"))
     assert len(fetched) == 13
     walk = (out / "e2e-demo2/output/plots/walk.csv").read_text()
@@ -102,7 +102,7 @@ def test_failed_command_still_uploads_log_and_manifest_and_terminates(box, tmp_p
     flat = box.run("get_s3_files.py", job, str(tmp_path / "flat"), "--flat")
     assert flat.returncode == 0, flat.stderr
     assert sorted(os.listdir(tmp_path / "flat")) == \
-        ["e2e-exit30_install.1.log", "e2e-exit30_manifest.json", "e2e-exit30_screen_output.txt", "part.txt"]
+        [".awsrun-fetch.json", "e2e-exit30_install.1.log", "e2e-exit30_manifest.json", "e2e-exit30_screen_output.txt", "part.txt"]
 
 
 def test_install_that_always_fails_is_reported_with_its_log_within_its_deadline(box, tmp_path):
