@@ -111,9 +111,8 @@ def fetch_dataset(s3, bucket, source):
     for t in range(TAGS):
         mine = [(p, k) for i, (p, k) in enumerate(sorted(files)) if i % TAGS == t]
         manifest = {"tag": "bench%d" % t, "exit_code": 0, "started": "", "ended": "",
-                    "files": [{"path": k, "size": os.path.getsize(p), "sha256": save_results.sha256_of(p)}
-                              for p, k in mine]}
-        save_results.upload(s3, bucket, "bench%d" % t, mine, manifest)
+                    "files": save_results.upload(s3, bucket, "bench%d" % t, mine)}
+        save_results.finish(s3, bucket, "bench%d" % t, manifest)
 
 
 # ---------------------------------------------------------------------------- the parts

@@ -91,17 +91,6 @@ def client(service):
     return boto3.session.Session().client(service, region_name=region(), config=RETRIES)
 
 
-def account_id():
-    """The caller's account, which also proves that credentials were found."""
-    try:
-        return client("sts").get_caller_identity()["Account"]
-    except NoCredentialsError:
-        raise UserError("no AWS credentials found: run `aws configure` or set AWS_PROFILE")
-    except ClientError as e:
-        raise UserError("AWS refused the credentials (%s): check them with "
-                        "`aws sts get-caller-identity`" % error_code(e))
-
-
 def error_code(e):
     return e.response.get("Error", {}).get("Code", "")
 
@@ -734,6 +723,10 @@ def delete_whole_bucket(bucket):
 
 # ---------------------------------------------------------------------------- command line
 
+BAD_CREDENTIALS = ("AuthFailure", "InvalidClientTokenId", "UnrecognizedClientException",
+                   "SignatureDoesNotMatch", "ExpiredToken", "InvalidAccessKeyId")
+
+
 def run_cli(main):
     """Run main(); print a UserError or an AWS error as one line, with its exit code."""
     try:
@@ -748,7 +741,11 @@ def run_cli(main):
         print("error: no AWS region set: set AWS_REGION", file=sys.stderr)
         return 1
     except ClientError as e:
-        print("error: AWS refused %s: %s" % (e.operation_name, e), file=sys.stderr)
+        if error_code(e) in BAD_CREDENTIALS:
+            print("error: AWS refused your credentials (%s): check them with `aws sts get-caller-identity`"
+                  % error_code(e), file=sys.stderr)
+        else:
+            print("error: AWS refused %s: %s" % (e.operation_name, e), file=sys.stderr)
         return 1
     except BotoCoreError as e:
         print("error: could not reach AWS: %s" % e, file=sys.stderr)

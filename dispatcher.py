@@ -39,6 +39,10 @@ class NodeError(Exception):
     """One node could not be prepared or started; the others go on."""
 
 
+class NotReady(NodeError):
+    """The node took the login but cannot run a command yet (it is still booting)."""
+
+
 # ---------------------------------------------------------------------------- the job file
 
 def read_jobs(path):
@@ -186,8 +190,9 @@ def ssh_target(node):
 
 
 def connect(node, pkey, policy, deadline):
-    """An SSH connection to a node on which a command has run, retried until the deadline:
-    a booting node first refuses connections, then logins. Close it with close()."""
+    """An SSH connection to a node that took our login, retried until the deadline: a booting
+    node first refuses connections, then logins. Close it with close(). Whether it can run a
+    command is learnt from the first real one (see run_on), not from an extra round trip."""
     host, port, user = ssh_target(node)
     if not host:
         raise NodeError("%s has no public address: launch it in a subnet that assigns one" % node["tag"])
@@ -204,13 +209,12 @@ def connect(node, pkey, policy, deadline):
         try:
             ssh.connect(host, port, user, pkey=pkey, timeout=10, banner_timeout=15, auth_timeout=15,
                         allow_agent=False, look_for_keys=False)
-            run(ssh, "true", timeout=30)
             return ssh
         except paramiko.BadHostKeyException as e:
             close(ssh)
             raise NodeError("the host key of %s changed (%s): if the node was replaced, remove its "
                             "line from %s" % (host, e, policy.path))
-        except (paramiko.SSHException, OSError, EOFError, NodeError) as e:
+        except (paramiko.SSHException, OSError, EOFError) as e:
             close(ssh)
             last = e
 
@@ -227,8 +231,8 @@ def run(ssh, command, stdin=None, timeout=60):
     deadline = time.monotonic() + timeout
     try:
         chan = ssh.get_transport().open_session(timeout=30)
-    except (paramiko.SSHException, AttributeError) as e:  # AttributeError: closed by Ctrl-C
-        raise NodeError("SSH failed: %s" % e)
+    except (paramiko.SSHException, AttributeError, EOFError, OSError) as e:  # AttributeError: closed by Ctrl-C
+        raise NotReady("could not open a session: %s" % e)
     try:
         chan.set_combine_stderr(True)
         chan.settimeout(max(1.0, min(30.0, timeout)))
@@ -255,6 +259,24 @@ def run(ssh, command, stdin=None, timeout=60):
         raise NodeError("SSH failed: %s" % e)
     finally:
         chan.close()
+
+
+def run_on(session, node, command, stdin=None, timeout=60):
+    """Run a command on a node, over the connection kept from an earlier step or a new one.
+    A node that takes the login but cannot open a session yet is retried until the SSH
+    deadline. Returns (connection, exit code, output); close the connection or keep it."""
+    deadline = time.monotonic() + session.timeout
+    for delay in cs.backoff(deadline, first=0.5):
+        ssh = session.kept(node)
+        try:
+            return (ssh,) + run(ssh, command, stdin() if callable(stdin) else stdin, timeout)
+        except NotReady as e:
+            close(ssh)
+            if delay is None or STOP.is_set():
+                raise NodeError("%s takes logins but runs no command (%s)" % (node["tag"], e))
+        except BaseException:
+            close(ssh)
+            raise
 
 
 def remote_dir(tag):
@@ -296,19 +318,23 @@ def for_each_node(nodes, work, parallel):
 # with an OS shutdown S seconds + an hour for the upload from now (0: none). `off`: cancel.
 GUARD = """#!/bin/bash
 cd "$(dirname "$0")/.." || exit 1
-as_root() {{ if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }}
-minutes() {{ echo $(( ($1 + 59) / 60 )); }}
-if [ -f .awsrun/watchdog.pid ]; then kill -- -"$(cat .awsrun/watchdog.pid)" 2>/dev/null; rm -f .awsrun/watchdog.pid; fi
-as_root shutdown -c 2>/dev/null
-echo "$(date -u +%FT%TZ) guard $* (shutdown is $(command -v shutdown))" >> .awsrun/guard.log
+as_root() {{ if [ "$EUID" = 0 ]; then "$@"; else sudo -n "$@"; fi; }}
+if [ -f .awsrun/watchdog.pid ]; then
+    read -r pid < .awsrun/watchdog.pid; kill -- -"$pid" 2>/dev/null; rm -f .awsrun/watchdog.pid
+fi
+if [ -f .awsrun/shutdown ]; then as_root shutdown -c 2>/dev/null; rm -f .awsrun/shutdown; fi
+hash shutdown 2>/dev/null
+TZ=UTC printf '%(%Y-%m-%dT%H:%M:%SZ)T guard %s (shutdown is %s)\\n' -1 "$*" "${{BASH_CMDS[shutdown]}}" >> .awsrun/guard.log
 case "$1" in
   idle)
     setsid bash -c 'sleep "$1" && exec {python} .awsrun/save_results.py --expire idle-timeout' \\
         guard "$2" >> .awsrun/guard.log 2>&1 < /dev/null &
     echo $! > .awsrun/watchdog.pid
-    as_root shutdown -h +"$(minutes $(( $2 + 300 )))" >> .awsrun/guard.log 2>&1 ;;
+    as_root shutdown -h +$(( ($2 + 300 + 59) / 60 )) >> .awsrun/guard.log 2>&1 && : > .awsrun/shutdown ;;
   runtime)
-    [ "$2" -gt 0 ] && as_root shutdown -h +"$(minutes $(( $2 + 3600 )))" >> .awsrun/guard.log 2>&1 ;;
+    if [ "$2" -gt 0 ]; then
+        as_root shutdown -h +$(( ($2 + 3600 + 59) / 60 )) >> .awsrun/guard.log 2>&1 && : > .awsrun/shutdown
+    fi ;;
 esac
 exit 0
 """
@@ -381,15 +407,10 @@ def install_script(node, info, tries, seconds, idle):
 
 def prepare(node, args, bundle, session, progress):
     """Connect to one node, copy its files and run the install script until READY."""
-    ssh = session.kept(node)
-    try:
-        budget = args.install_tries * (args.install_timeout + 15) + 120
-        script = install_script(node, node_info(args, node, node["type"]), args.install_tries,
-                                args.install_timeout, args.idle_timeout)
-        code, output = run(ssh, script, stdin=BundleReader(bundle), timeout=budget)
-    except BaseException:
-        close(ssh)
-        raise
+    budget = args.install_tries * (args.install_timeout + 15) + 120
+    script = install_script(node, node_info(args, node, node["type"]), args.install_tries,
+                            args.install_timeout, args.idle_timeout)
+    ssh, code, output = run_on(session, node, script, stdin=lambda: BundleReader(bundle), timeout=budget)
     if args.dispatch and code == 0:
         session.keep(node, ssh)
     else:
@@ -422,7 +443,8 @@ def plan(args, rows):
 
 
 def launch_missing(args, wanted, ami, key_name, group_id, profile, bucket):
-    """Launch the tags that have no live instance: one RunInstances call per instance type."""
+    """Launch the tags that have no live instance: one RunInstances call per instance type.
+    Returns the instance ids of every wanted tag, launched now or before."""
     live = cs.current_nodes(cs.find_nodes(args.job, cs.LIVE))
     for tag, node in live.items():
         if tag in wanted and node["type"] != wanted[tag][1]:
@@ -432,16 +454,15 @@ def launch_missing(args, wanted, ami, key_name, group_id, profile, bucket):
     for tag, (line, itype, command) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
         if tag not in live:
             by_type.setdefault(itype, []).append(int(tag[len(args.job):]))
-    launched = 0
+    ids = [n["id"] for t, n in live.items() if t in wanted]
     for itype, numbers in sorted(by_type.items()):
         for batch in cs.launch_batches(numbers):
-            cs.launch(args.job, ami, itype, batch, key_name, group_id, profile, bucket,
-                      spot=getattr(args, "spot", False))
-            launched += len(batch)
+            ids += cs.launch(args.job, ami, itype, batch, key_name, group_id, profile, bucket,
+                             spot=getattr(args, "spot", False))
             log("launched %d x %s%s" % (len(batch), itype, " (spot)" if getattr(args, "spot", False) else ""))
-    if not launched:
+    if not by_type:
         log("all %d machines already exist" % len(wanted))
-    return launched
+    return ids
 
 
 BUSY = ("running", "uploading", "upload-failed")  # node states that create must not touch
@@ -450,7 +471,6 @@ BUSY = ("running", "uploading", "upload-failed")  # node states that create must
 def create(args, wanted):
     """Key pair, security group, instance profile, bucket, instances; then prepare every node.
     Returns the SSH session, holding the nodes' connections for a dispatch in the same run."""
-    cs.account_id()
     ami = cs.default_ami() if args.ami == "auto" else args.ami
     cs.check_image_and_types(ami, {itype for _, itype, _ in wanted.values()})
     bucket, cidr = args.bucket or args.job, cs.caller_cidr()
@@ -464,9 +484,8 @@ def create(args, wanted):
     log("job %s: key %s, security group %s, instance profile %s, bucket %s" % (args.job, key, group_id, profile, bucket))
     pause(args, "launch up to %d machines with AMI %s" % (len(wanted), ami))
     try:
-        launch_missing(args, wanted, ami, args.job, group_id, profile, bucket)
-        nodes = cs.current_nodes(cs.find_nodes(args.job, cs.LIVE))
-        cs.wait_running([n["id"] for t, n in nodes.items() if t in wanted], timeout=args.ssh_timeout)
+        ids = launch_missing(args, wanted, ami, args.job, group_id, profile, bucket)
+        cs.wait_running(ids, timeout=args.ssh_timeout)
         nodes = [n for t, n in sorted(cs.current_nodes(cs.find_nodes(args.job, cs.LIVE)).items())
                  if t in wanted and n["status"] not in BUSY]
         log("%d machines running; copying files and installing" % len(nodes))
@@ -556,13 +575,10 @@ def node_files(args, node, row):
 
 
 def start(node, args, row, session):
-    ssh = session.kept(node)
-    try:
-        code, output = run(ssh, START.format(d=remote_dir(node["tag"]), id=shlex.quote(node["id"]),
-                                             limit=int(args.max_runtime or 0)),
-                           stdin=node_files(args, node, row))
-    finally:
-        close(ssh)
+    ssh, code, output = run_on(session, node, START.format(
+        d=remote_dir(node["tag"]), id=shlex.quote(node["id"]), limit=int(args.max_runtime or 0)),
+        stdin=node_files(args, node, row))
+    close(ssh)
     if code == 12:
         return "already started"
     if code != 0:

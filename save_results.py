@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
@@ -29,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 import cloud_setup as cs
 
-TRANSFER = TransferConfig(max_concurrency=16, multipart_threshold=64 << 20, multipart_chunksize=16 << 20)
+TRANSFER = TransferConfig(max_concurrency=16, multipart_threshold=128 << 20, multipart_chunksize=16 << 20)
 
 
 def read(path, default=""):
@@ -79,19 +80,28 @@ def make_manifest(node, files, missing):
             "exit_code": int(code) if code.lstrip("-").isdigit() else None,
             "started": read(".awsrun/started"), "ended": read(".awsrun/ended"),
             "uploaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "files": [{"path": key, "size": os.path.getsize(path), "sha256": sha256_of(path)}
-                      for path, key in files],
-            "missing_outputs": missing, "max_runtime": limit,
+            "files": [], "missing_outputs": missing, "max_runtime": limit,
             "timed_out": bool(limit) and code in ("124", "137")}
 
 
-def upload(s3, bucket, tag, files, manifest):
-    """Upload every file in parallel with the transfer manager, then the manifest, then the
-    outcome marker that status reads: a manifest means that everything it lists is there."""
-    with create_transfer_manager(s3, TRANSFER) as manager:
+def describe(path, key):
+    return {"path": key, "size": os.path.getsize(path), "sha256": sha256_of(path)}
+
+
+def upload(s3, bucket, tag, files):
+    """Upload every file to TAG/ in parallel with the transfer manager, hashing them at the
+    same time for the manifest (hashlib lets go of the GIL). Returns the manifest's files."""
+    with create_transfer_manager(s3, TRANSFER) as manager, ThreadPoolExecutor(2) as hashing:
         futures = [manager.upload(path, bucket, "%s/%s" % (tag, key)) for path, key in files]
+        described = [hashing.submit(describe, path, key) for path, key in files]
         for future in futures:
             future.result()
+        return [d.result() for d in described]
+
+
+def finish(s3, bucket, tag, manifest):
+    """Put the manifest, then the outcome marker that status reads: a manifest in the bucket
+    means that everything it lists is there; the marker, that the node is done."""
     s3.put_object(Bucket=bucket, Key=tag + "/manifest.json", ContentType="application/json",
                   Body=json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
     started, ended = cs.parse_time(manifest["started"]), cs.parse_time(manifest["ended"])
@@ -101,8 +111,12 @@ def upload(s3, bucket, tag, files, manifest):
 
 
 def clients(node):
+    """S3 and EC2 clients for the node's region. Uploads carry no per-request checksum: each
+    file's SHA-256 is in the manifest and checked end to end by get_s3_files.py, and HTTPS
+    protects every byte on the way."""
     session = boto3.session.Session(region_name=node["region"])
-    config = Config(retries={"mode": "standard", "max_attempts": 10}, max_pool_connections=32)
+    config = Config(retries={"mode": "standard", "max_attempts": 10}, max_pool_connections=32,
+                    request_checksum_calculation="when_required")
     return session.client("s3", config=config), session.client("ec2", config=config)
 
 
@@ -122,7 +136,8 @@ def save(node):
     try:
         manifest = make_manifest(node, files, missing)
         cs.ensure_bucket(s3, node["bucket"], node["region"])
-        upload(s3, node["bucket"], node["tag"], files, manifest)
+        manifest["files"] = upload(s3, node["bucket"], node["tag"], files)
+        finish(s3, node["bucket"], node["tag"], manifest)
     except (BotoCoreError, ClientError, OSError, cs.UserError) as e:
         print("upload failed, leaving this node up so nothing is lost: %s" % e, file=sys.stderr)
         mark(ec2, node, "upload-failed", {cs.ERROR_TAG: str(e)[:250]})
