@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import urllib.request
 
@@ -85,10 +86,20 @@ def region():
     return boto3.session.Session().region_name or "us-east-1"
 
 
+SESSION_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=None)
+def session():
+    return boto3.session.Session()
+
+
 @functools.lru_cache(maxsize=None)
 def client(service):
-    """One shared client per service: boto3 clients are thread-safe."""
-    return boto3.session.Session().client(service, region_name=region(), config=RETRIES)
+    """One shared client per service, from one shared session (which loads the endpoint and
+    partition data once). Clients are thread-safe; making them from one session is not."""
+    with SESSION_LOCK:
+        return session().client(service, region_name=region(), config=RETRIES)
 
 
 def error_code(e):

@@ -474,13 +474,14 @@ def create(args, wanted):
     ami = cs.default_ami() if args.ami == "auto" else args.ami
     cs.check_image_and_types(ami, {itype for _, itype, _ in wanted.values()})
     bucket, cidr = args.bucket or args.job, cs.caller_cidr()
-    cs.ensure_bucket(cs.client("s3"), bucket, cs.region())
     with open(os.path.join(cs.state_dir(args.job), "bucket"), "w") as f:
         f.write(bucket)
-    key = cs.ensure_key_pair(args.job)
+    with ThreadPoolExecutor(4) as pool:  # four independent resources, made at once
+        made = [pool.submit(cs.ensure_bucket, cs.client("s3"), bucket, cs.region()),
+                pool.submit(cs.ensure_key_pair, args.job), pool.submit(cs.ensure_security_group, args.job, cidr),
+                pool.submit(cs.ensure_instance_profile, args.job, bucket)]
+        _, key, group_id, profile = [m.result() for m in made]
     session = Session(args.job, args.ssh_timeout)
-    group_id = cs.ensure_security_group(args.job, cidr)
-    profile = cs.ensure_instance_profile(args.job, bucket)
     log("job %s: key %s, security group %s, instance profile %s, bucket %s" % (args.job, key, group_id, profile, bucket))
     pause(args, "launch up to %d machines with AMI %s" % (len(wanted), ami))
     try:

@@ -33,8 +33,10 @@ def aws_env(tmp_path, monkeypatch):
     monkeypatch.setenv("AWSRUN_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("AWSRUN_SSH_CIDR", "198.51.100.7/32")
     cs.client.cache_clear()
+    cs.session.cache_clear()
     yield tmp_path
     cs.client.cache_clear()
+    cs.session.cache_clear()
 
 
 @pytest.fixture

@@ -107,6 +107,7 @@ def test_launching_uploading_and_install_failed_states(box, tmp_path, monkeypatc
         monkeypatch.setenv(name, value)
     import cloud_setup as cs
     cs.client.cache_clear()
+    cs.session.cache_clear()
     node = cs.find_nodes(job)[0]
     cs.launch(job, node and box.ec2.describe_images(Owners=["self"])["Images"][0]["ImageId"], "t3.micro", [1],
               job, box.ec2.describe_security_groups(GroupNames=["awsrun-" + job])["SecurityGroups"][0]["GroupId"],
@@ -117,6 +118,7 @@ def test_launching_uploading_and_install_failed_states(box, tmp_path, monkeypatc
     cs.set_status([one["id"]], "uploading")
     assert states(box, job)["op-more1"] == "uploading"
     cs.client.cache_clear()
+    cs.session.cache_clear()
     box.ec2.terminate_instances(InstanceIds=[one["id"]])
 
 
