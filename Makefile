@@ -24,7 +24,7 @@ DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)
 STATUS_JOB = $(if $(filter command line environment,$(origin JOB)),$(JOB))
 SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-server
 
-.PHONY: help create dispatch status watch wait logs retry down clean fetch demo _demo test venv
+.PHONY: help create dispatch status watch wait logs retry down clean fetch demo _demo test bench venv
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -79,3 +79,14 @@ _demo:
 
 test: $(PY)  ## unit and end-to-end tests (the end-to-end ones need sshd)
 	$(PY) -m pytest -q tests
+
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/bin/aws: bench-requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check -r bench-requirements.txt
+	touch $@
+
+bench: $(PY) $(BENCH_VENV)/bin/aws  ## time fetch, upload and setup against aws s3, rclone and plain paramiko; writes BENCHMARKS.md
+	@command -v rclone >/dev/null 2>&1 || { echo "make bench needs rclone: sudo apt-get install rclone" >&2; exit 1; }
+	@command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd || { echo "$(SSHD_MISSING)" >&2; exit 1; }
+	$(PY) bench.py $(ARGS)

@@ -143,22 +143,29 @@ def tag_name(job, number):
 
 
 def encode_rows(numbers):
-    """[0, 1, 2, 5] -> '0-2,5': the node numbers of one launch, in launch order."""
+    """[0, 1, 2, 5] -> '0-2,5' and [1, 3, 5, 7] -> '1-7:2': the node numbers of one launch,
+    in launch order, as runs (job files often alternate instance types row by row)."""
     parts, i = [], 0
     while i < len(numbers):
-        j = i
-        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+        j = i + 1
+        step = numbers[j] - numbers[i] if j < len(numbers) else 0
+        while j + 1 < len(numbers) and numbers[j + 1] - numbers[j] == step:
             j += 1
-        parts.append(str(numbers[i]) if i == j else "%d-%d" % (numbers[i], numbers[j]))
-        i = j + 1
+        if step > 0 and (j - i >= 2 or step == 1):
+            parts.append("%d-%d" % (numbers[i], numbers[j]) + (":%d" % step if step > 1 else ""))
+            i = j + 1
+        else:
+            parts.append(str(numbers[i]))
+            i += 1
     return ",".join(parts)
 
 
 def decode_rows(text):
     numbers = []
     for part in filter(None, text.split(",")):
-        first, _, last = part.partition("-")
-        numbers.extend(range(int(first), int(last or first) + 1))
+        span, _, step = part.partition(":")
+        first, _, last = span.partition("-")
+        numbers.extend(range(int(first), int(last or first) + 1, int(step or 1)))
     return numbers
 
 

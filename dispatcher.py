@@ -317,12 +317,12 @@ def for_each_node(nodes, work, parallel):
 # the instance) 5 minutes later in case the API cannot be reached. `runtime S`: replace that
 # with an OS shutdown S seconds + an hour for the upload from now (0: none). `off`: cancel.
 GUARD = """#!/bin/bash
-cd "$(dirname "$0")/.." || exit 1
+cd "${{0%/*}}/.." || exit 1
 as_root() {{ if [ "$EUID" = 0 ]; then "$@"; else sudo -n "$@"; fi; }}
-if [ -f .awsrun/watchdog.pid ]; then
-    read -r pid < .awsrun/watchdog.pid; kill -- -"$pid" 2>/dev/null; rm -f .awsrun/watchdog.pid
+if [ -s .awsrun/watchdog.pid ]; then
+    read -r pid < .awsrun/watchdog.pid; kill -- -"$pid" 2>/dev/null; : > .awsrun/watchdog.pid
 fi
-if [ -f .awsrun/shutdown ]; then as_root shutdown -c 2>/dev/null; rm -f .awsrun/shutdown; fi
+if [ -s .awsrun/shutdown ]; then as_root shutdown -c 2>/dev/null; : > .awsrun/shutdown; fi
 hash shutdown 2>/dev/null
 TZ=UTC printf '%(%Y-%m-%dT%H:%M:%SZ)T guard %s (shutdown is %s)\\n' -1 "$*" "${{BASH_CMDS[shutdown]}}" >> .awsrun/guard.log
 case "$1" in
@@ -330,10 +330,10 @@ case "$1" in
     setsid bash -c 'sleep "$1" && exec {python} .awsrun/save_results.py --expire idle-timeout' \\
         guard "$2" >> .awsrun/guard.log 2>&1 < /dev/null &
     echo $! > .awsrun/watchdog.pid
-    as_root shutdown -h +$(( ($2 + 300 + 59) / 60 )) >> .awsrun/guard.log 2>&1 && : > .awsrun/shutdown ;;
+    as_root shutdown -h +$(( ($2 + 300 + 59) / 60 )) >> .awsrun/guard.log 2>&1 && echo "$2" > .awsrun/shutdown ;;
   runtime)
     if [ "$2" -gt 0 ]; then
-        as_root shutdown -h +$(( ($2 + 3600 + 59) / 60 )) >> .awsrun/guard.log 2>&1 && : > .awsrun/shutdown
+        as_root shutdown -h +$(( ($2 + 3600 + 59) / 60 )) >> .awsrun/guard.log 2>&1 && echo "$2" > .awsrun/shutdown
     fi ;;
 esac
 exit 0
@@ -385,10 +385,10 @@ def install_script(node, info, tries, seconds, idle):
     logged to .awsrun/install.N.log; then arm the idle guard."""
     return (
         "mkdir -p {d} && cd {d} || exit 2\n"
-        "[ \"$(cat .awsrun/instance 2>/dev/null)\" = {id} ] || find . -mindepth 1 -delete\n"
+        "owner=; read -r owner < .awsrun/instance 2>/dev/null; [ \"$owner\" = {id} ] || find . -mindepth 1 -delete\n"
         "tar -xzf - && echo {id} > .awsrun/instance && printf '%s\\n' {info} > .awsrun/node.json || exit 2\n"
         "if [ ! -f READY ]; then\n"
-        "  for i in $(seq 1 {tries}); do\n"
+        "  i=0; while [ $i -lt {tries} ]; do i=$((i + 1))\n"
         "    AWSRUN_PYTHON={py} TAG={tag} timeout -k 10 {s} bash INSTALL.sh"
         " > .awsrun/install.$i.log 2>&1 < /dev/null\n"
         "    code=$?; [ -f READY ] && break\n"
@@ -540,23 +540,24 @@ def report(args, nodes, results, word, terminate_failed=False):
 
 RUNNER = """#!/bin/bash
 # Written by awsrun's dispatcher: runs this node's command, then uploads its results.
-cd "$(dirname "$0")/.." || exit 1
+cd "${{0%/*}}/.." || exit 1
 export TAG={tag}
-mkdir -p output
-date -u +%Y-%m-%dT%H:%M:%SZ > .awsrun/started
+[ -d output ] || mkdir output
+TZ=UTC printf '%(%Y-%m-%dT%H:%M:%SZ)T\\n' -1 > .awsrun/started
 {limit}bash .awsrun/command.sh > screen_output.txt 2>&1 < /dev/null
 echo $? > .awsrun/exit_code
-date -u +%Y-%m-%dT%H:%M:%SZ > .awsrun/ended
+TZ=UTC printf '%(%Y-%m-%dT%H:%M:%SZ)T\\n' -1 > .awsrun/ended
 exec {python} .awsrun/save_results.py
 """
 
 START = """cd {d} || exit 10
-[ "$(cat .awsrun/instance 2>/dev/null)" = {id} ] && [ -f READY ] || {{ echo "not ready: run create again"; exit 11; }}
+owner=; read -r owner < .awsrun/instance 2>/dev/null
+[ "$owner" = {id} ] && [ -f READY ] || {{ echo "not ready: run create again"; exit 11; }}
 [ -e .awsrun/dispatched ] && {{ echo "already started"; exit 12; }}
 tar -xf - || exit 13
-touch .awsrun/dispatched
+: > .awsrun/dispatched
 bash .awsrun/guard.sh runtime {limit}
-(nohup setsid bash .awsrun/run.sh > .awsrun/runner.log 2>&1 < /dev/null &)
+setsid -f bash .awsrun/run.sh > .awsrun/runner.log 2>&1 < /dev/null
 echo started
 """
 

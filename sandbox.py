@@ -49,8 +49,8 @@ STANDIN = """#!/bin/sh
 # awsrun sandbox stand-in: nothing in the sandbox may change this machine. The power
 # commands (and sudo of them) are logged and succeed, so the cost guards can be tested;
 # everything else is logged and refused.
-echo "$(basename "$0") $*" >> {log}
-name=$(basename "$0")
+name=${{0##*/}}
+echo "$name $*" >> {log}
 if [ "$name" = sudo ]; then
     while [ "${{1#-}}" != "$1" ]; do shift; done
     name=$1; echo "$*" >> {log}

@@ -102,6 +102,13 @@ def test_rows_tag_round_trips_and_fits_a_tag_value():
     assert sum(batches, []) == numbers
     assert all(len(cs.encode_rows(b)) <= 255 for b in batches)
     assert cs.launch_batches(list(range(500))) == [list(range(500))]
+    assert cs.encode_rows(list(range(1, 512, 2))) == "1-511:2"  # rows alternating between two types
+    assert cs.decode_rows("1-511:2,600,700-702") == list(range(1, 512, 2)) + [600, 700, 701, 702]
+    import random
+    scattered = sorted(random.Random(3).sample(range(5000), 400))
+    batches = cs.launch_batches(scattered)
+    assert sum(batches, []) == scattered and all(len(cs.encode_rows(b)) <= 255 for b in batches)
+    assert all(cs.decode_rows(cs.encode_rows(b)) == b for b in batches)
 
 
 # ---------------------------------------------------------------------------- images and types
