@@ -81,17 +81,19 @@ def key_path(job):
     return os.path.join(setting("KEY_DIR", os.path.expanduser("~/.ssh")), job + ".pem")
 
 
-def region():
-    """The usual boto3 chain (AWS_REGION, AWS_DEFAULT_REGION, profile), else us-east-1."""
-    return boto3.session.Session().region_name or "us-east-1"
-
-
-SESSION_LOCK = threading.Lock()
+SESSION_LOCK = threading.RLock()  # client() asks region() while holding it
 
 
 @functools.lru_cache(maxsize=None)
 def session():
+    """One boto3 session for the whole run: it reads the configuration and credentials once."""
     return boto3.session.Session()
+
+
+def region():
+    """The usual boto3 chain (AWS_REGION, AWS_DEFAULT_REGION, profile), else us-east-1."""
+    with SESSION_LOCK:
+        return session().region_name or "us-east-1"
 
 
 @functools.lru_cache(maxsize=None)
