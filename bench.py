@@ -12,7 +12,6 @@ AWS CLI (installed by `make bench` in .venv-bench from bench-requirements.txt) a
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import os
@@ -24,7 +23,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable

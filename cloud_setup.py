@@ -19,6 +19,7 @@ import argparse
 import calendar
 import functools
 import getpass
+import hashlib
 import json
 import os
 import re
@@ -100,8 +101,22 @@ def region():
 def client(service):
     """One shared client per service, from one shared session (which loads the endpoint and
     partition data once). Clients are thread-safe; making them from one session is not."""
+    return client_with(service)
+
+
+def client_with(service, **config):
+    """A new client from the shared session, with these botocore Config settings on top."""
     with SESSION_LOCK:
-        return session().client(service, region_name=region(), config=RETRIES)
+        return session().client(service, region_name=region(), config=RETRIES.merge(Config(**config)))
+
+
+def file_hash(path, algorithm):
+    """The hex digest of a file, read in 1 MB chunks (hashlib lets go of the GIL on them)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def error_code(e):
@@ -409,7 +424,7 @@ def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket
 
 def launch_error(e, instance_type, ami):
     """Turn the launch failures a user can fix into one clear line."""
-    code, message = error_code(e), e.response.get("Error", {}).get("Message", "")
+    code = error_code(e)
     hints = {
         "InstanceLimitExceeded": "an instance quota is reached: ask AWS for more, or run fewer rows",
         "VcpuLimitExceeded": "the vCPU quota for %s is reached: request an increase in Service Quotas" % instance_type,

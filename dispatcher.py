@@ -315,7 +315,7 @@ def for_each_node(nodes, work, parallel):
 # The cost guard on each node. `idle S`: unless the job is dispatched first, terminate this
 # node through the EC2 API after S seconds, and schedule an OS shutdown (which terminates
 # the instance) 5 minutes later in case the API cannot be reached. `runtime S`: replace that
-# with an OS shutdown S seconds + an hour for the upload from now (0: none). `off`: cancel.
+# with an OS shutdown S seconds + an hour for the upload from now (0: no shutdown at all).
 GUARD = """#!/bin/bash
 cd "${{0%/*}}/.." || exit 1
 as_root() {{ if [ "$EUID" = 0 ]; then "$@"; else sudo -n "$@"; fi; }}
@@ -454,12 +454,12 @@ def launch_missing(args, wanted, ami, key_name, group_id, profile, bucket):
     for tag, (line, itype, command) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
         if tag not in live:
             by_type.setdefault(itype, []).append(int(tag[len(args.job):]))
-    ids = [n["id"] for t, n in live.items() if t in wanted]
+    ids, spot = [n["id"] for t, n in live.items() if t in wanted], getattr(args, "spot", False)
     for itype, numbers in sorted(by_type.items()):
         for batch in cs.launch_batches(numbers):
             ids += cs.launch(args.job, ami, itype, batch, key_name, group_id, profile, bucket,
-                             spot=getattr(args, "spot", False))
-            log("launched %d x %s%s" % (len(batch), itype, " (spot)" if getattr(args, "spot", False) else ""))
+                             spot=spot)
+            log("launched %d x %s%s" % (len(batch), itype, " (spot)" if spot else ""))
     if not by_type:
         log("all %d machines already exist" % len(wanted))
     return ids

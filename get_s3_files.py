@@ -19,16 +19,13 @@ status markers (_awsrun/) are not downloaded.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
-from botocore.config import Config
 from s3transfer.subscribers import BaseSubscriber
 
 import cloud_setup as cs
@@ -95,14 +92,6 @@ def plan(objects, flat):
     return names
 
 
-def file_hash(path, algorithm):
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Cache:
     """OUT_DIR/.awsrun-fetch.json: the hashes of files this command wrote, keyed by their
     size and modification time, and the manifests it read, keyed by their ETag."""
@@ -123,7 +112,7 @@ class Cache:
         known = self.files.get(os.path.relpath(path, self.out))
         if known and known[:2] == [st.st_size, st.st_mtime_ns] and known[2] == algorithm:
             return known[3]
-        digest = file_hash(path, algorithm)
+        digest = cs.file_hash(path, algorithm)
         self.remember(path, algorithm, digest, st)
         return digest
 
@@ -193,7 +182,7 @@ class KnownSize(BaseSubscriber):
 
 def verify(path, obj, want, cache):
     """Check a downloaded file against its expected hash; remove it and return its key if damaged."""
-    digest = file_hash(path, want[0])
+    digest = cs.file_hash(path, want[0])
     if digest != want[1]:
         os.remove(path)
         return obj["Key"]
@@ -231,8 +220,8 @@ def fetch(bucket, out, flat=False, full=False):
     if todo:
         # Every file gets checked against its SHA-256 or MD5 above, end to end, so S3's
         # response checksums need not be computed as well: those go to objects without one.
-        fast = boto3.session.Session().client("s3", region_name=cs.region(), config=cs.RETRIES.merge(
-            Config(response_checksum_validation="when_required", max_pool_connections=TRANSFER.max_request_concurrency)))
+        fast = cs.client_with("s3", response_checksum_validation="when_required",
+                              max_pool_connections=TRANSFER.max_request_concurrency)
         for client, group in ((fast, [o for o in todo if wants[o["Key"]]]),
                               (s3, [o for o in todo if not wants[o["Key"]]])):
             download(client, bucket, out, names, group, wants, cache, damaged)

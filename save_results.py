@@ -16,7 +16,6 @@ only the standard library and boto3, on Python 3.8 or later.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -42,14 +41,6 @@ def read(path, default=""):
             return f.read().strip()
     except OSError:
         return default
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def result_files(outputs):
@@ -88,7 +79,7 @@ def make_manifest(node, files, missing):
 
 
 def describe(path, key):
-    return {"path": key, "size": os.path.getsize(path), "sha256": sha256_of(path)}
+    return {"path": key, "size": os.path.getsize(path), "sha256": cs.file_hash(path, "sha256")}
 
 
 def upload(s3, bucket, tag, files):
