@@ -7,6 +7,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+NODE_VENV := .venv-node
+NODE_PY   := $(NODE_VENV)/.installed
 
 JOBS   ?= awsjobs/demo.csv
 JOB    ?= $(shell $(PY) cloud_setup.py job-name $(JOBS))
@@ -24,17 +26,26 @@ DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)
 STATUS_JOB = $(if $(filter command line environment,$(origin JOB)),$(JOB))
 SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-server
 
-.PHONY: help create dispatch status watch wait logs retry down clean fetch demo _demo test bench venv
+.PHONY: help create dispatch status watch wait logs retry down clean fetch demo _demo test bench venv node-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
 venv: $(PY)  ## create .venv from the pinned requirements (done on first use)
 
-$(PY): requirements.txt
+# The stamp files mark a finished install (touching the venv's python would follow its link).
+$(PY): $(VENV)/.installed
+$(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
-	touch $(PY)
+	touch $@
+
+node-venv: $(NODE_PY)  ## the sandbox's node image: Ubuntu 24.04's boto3, in .venv-node
+
+$(NODE_PY): requirements-node.txt
+	$(PYTHON) -m venv $(NODE_VENV)
+	$(NODE_VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-node.txt
+	touch $@
 
 create: $(PY)  ## launch and prepare one machine per row of JOBS
 	$(DISPATCH) -c
@@ -67,7 +78,7 @@ clean: $(PY)  ## down, then delete JOB's security group, key pair and role (DELE
 fetch: $(PY)  ## download every result of BUCKET into OUT/TAG/...
 	$(PY) get_s3_files.py $(BUCKET) $(OUT)
 
-demo: $(PY)  ## the whole workflow in a local sandbox, no AWS account needed
+demo: $(PY) $(NODE_PY)  ## the whole workflow in a local sandbox, no AWS account needed
 	@command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd || { echo "$(SSHD_MISSING)" >&2; exit 1; }
 	$(PY) sandbox.py run -- $(MAKE) --no-print-directory _demo
 
@@ -77,7 +88,7 @@ _demo:
 	@echo "--- fetched files:"; find results/awsrun-demo -type f | sort
 	@echo "--- one result:"; cat results/awsrun-demo/awsrun-demo0/output/summary.txt
 
-test: $(PY)  ## unit and end-to-end tests (the end-to-end ones need sshd)
+test: $(PY) $(NODE_PY)  ## unit and end-to-end tests (the end-to-end ones need sshd)
 	$(PY) -m pytest -q tests
 
 BENCH_VENV := .venv-bench
@@ -86,7 +97,7 @@ $(BENCH_VENV)/bin/aws: bench-requirements.txt
 	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check -r bench-requirements.txt
 	touch $@
 
-bench: $(PY) $(BENCH_VENV)/bin/aws  ## time fetch, upload and setup against aws s3, rclone and plain paramiko; writes BENCHMARKS.md
+bench: $(PY) $(NODE_PY) $(BENCH_VENV)/bin/aws  ## time fetch, upload and setup against aws s3, rclone and plain paramiko; writes BENCHMARKS.md
 	@command -v rclone >/dev/null 2>&1 || { echo "make bench needs rclone: sudo apt-get install rclone" >&2; exit 1; }
 	@command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd || { echo "$(SSHD_MISSING)" >&2; exit 1; }
 	$(PY) bench.py $(ARGS)

@@ -43,6 +43,8 @@ STATUS_TAG = "awsrun:status"
 ERROR_TAG = "awsrun:error"
 SINCE_TAG = "awsrun:since"        # when awsrun:status last changed
 PROGRESS_TAG = "awsrun:progress"  # the latest value set with update_tags.py
+UNTIL_TAG = "awsrun:until"        # an upload-failed node is kept up until then
+PROTECTED_TAGS = (JOB_TAG, ROWS_TAG, BUCKET_TAG)  # what a node may never change
 
 UBUNTU_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
 RETRIES = Config(retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=64)
@@ -222,16 +224,22 @@ def ensure_key_pair(job):
         in_aws = False
     if os.path.exists(path):
         if not in_aws:
-            ec2.import_key_pair(KeyName=job, PublicKeyMaterial=public_key_of(path).encode())
+            ec2.import_key_pair(KeyName=job, PublicKeyMaterial=public_key_of(path).encode(),
+                                TagSpecifications=job_tags("key-pair", job))
         return path
     if in_aws:
         raise UserError("key pair %r exists in AWS but its private key %s is gone: restore the file, "
                         "or delete the key pair with `aws ec2 delete-key-pair --key-name %s` and run "
                         "create again" % (job, path, job))
-    material = ec2.create_key_pair(KeyName=job, KeyType="rsa", TagSpecifications=[
-        {"ResourceType": "key-pair", "Tags": [{"Key": JOB_TAG, "Value": job}]}])["KeyMaterial"]
+    material = ec2.create_key_pair(KeyName=job, KeyType="rsa",
+                                   TagSpecifications=job_tags("key-pair", job))["KeyMaterial"]
     write_private_key(path, material)
     return path
+
+
+def job_tags(kind, job):
+    """TagSpecifications that mark a new resource as the job's (the policies rely on it)."""
+    return [{"ResourceType": kind, "Tags": [{"Key": JOB_TAG, "Value": job}]}]
 
 
 def public_key_of(path):
@@ -277,8 +285,7 @@ def ensure_security_group(job, cidr):
     else:
         group_id = ec2.create_security_group(
             GroupName=name, Description="awsrun job %s: SSH from the dispatcher only" % job,
-            TagSpecifications=[{"ResourceType": "security-group",
-                                "Tags": [{"Key": JOB_TAG, "Value": job}]}])["GroupId"]
+            TagSpecifications=job_tags("security-group", job))["GroupId"]
         group = {"GroupId": group_id, "IpPermissions": []}
     allowed = [r["CidrIp"] for p in group["IpPermissions"] if p.get("FromPort") == 22
                for r in p.get("IpRanges", [])]
@@ -290,16 +297,17 @@ def ensure_security_group(job, cidr):
 # ---------------------------------------------------------------------------- instance profile
 
 def node_policy(job, bucket):
-    """Everything a node may do: write its job's bucket, tag and terminate its job's instances."""
+    """Everything a node may do: write objects to its job's bucket (never its settings), tag
+    and terminate its job's instances, but never change the tags that say whose they are."""
     return {"Version": "2012-10-17", "Statement": [
         {"Sid": "WriteResults", "Effect": "Allow",
-         "Action": ["s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:CreateBucket",
-                    "s3:PutBucketPublicAccessBlock", "s3:PutEncryptionConfiguration"],
-         "Resource": ["arn:aws:s3:::%s" % bucket, "arn:aws:s3:::%s/*" % bucket]},
-        {"Sid": "EndOwnJob", "Effect": "Allow",
+         "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+         "Resource": "arn:aws:s3:::%s/*" % bucket},
+        {"Sid": "TagAndEndOwnJob", "Effect": "Allow",
          "Action": ["ec2:CreateTags", "ec2:TerminateInstances"],
          "Resource": "arn:aws:ec2:*:*:instance/*",
-         "Condition": {"StringEquals": {"aws:ResourceTag/" + JOB_TAG: job}}},
+         "Condition": {"StringEquals": {"aws:ResourceTag/" + JOB_TAG: job},
+                       "ForAllValues:StringNotEquals": {"aws:TagKeys": list(PROTECTED_TAGS)}}},
     ]}
 
 
@@ -331,7 +339,18 @@ def ensure_instance_profile(job, bucket):
 # ---------------------------------------------------------------------------- bucket
 
 def ensure_bucket(s3, bucket, where):
-    """Create the bucket if it is missing: public access blocked, encrypted at rest."""
+    """Create the bucket, public access blocked and encrypted at rest, if it does not exist.
+    An existing bucket of yours is left as it is: its settings may be your own. (In us-east-1
+    CreateBucket on a bucket you own succeeds again, so its answer cannot tell.)"""
+    try:
+        s3.head_bucket(Bucket=bucket)
+        return False
+    except ClientError as e:
+        if error_code(e) in ("403", "AccessDenied"):
+            raise UserError("bucket %r belongs to another AWS account, or your credentials may not read "
+                            "it: choose another job name (JOB=...) or bucket (--bucket)" % bucket)
+        if error_code(e) not in ("404", "NoSuchBucket"):
+            raise
     try:
         if where == "us-east-1":
             s3.create_bucket(Bucket=bucket)
@@ -341,14 +360,15 @@ def ensure_bucket(s3, bucket, where):
         if error_code(e) == "BucketAlreadyExists":
             raise UserError("bucket %r belongs to another AWS account: choose another job name "
                             "(JOB=...) or bucket (--bucket)" % bucket)
-        if error_code(e) != "BucketAlreadyOwnedByYou":
-            raise
-        return
+        if error_code(e) == "BucketAlreadyOwnedByYou":
+            return False  # made a moment ago by another run: its settings are its own
+        raise
     s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
         "BlockPublicAcls": True, "IgnorePublicAcls": True,
         "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
     s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
         "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
+    return True
 
 
 # ---------------------------------------------------------------------------- images and types
@@ -409,6 +429,7 @@ def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket
                   TagSpecifications=[{"ResourceType": "instance", "Tags": tags},
                                      {"ResourceType": "volume", "Tags": tags[:2]}])
     if spot:  # an interrupted spot node is terminated, shows as lost, and `retry` runs it again
+        ensure_spot_role()
         params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
             "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
     deadline = time.monotonic() + 90
@@ -420,6 +441,19 @@ def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket
             if not ("instance profile" in str(e).lower() and error_code(e) == "InvalidParameterValue"
                     and delay is not None):
                 raise launch_error(e, instance_type, ami)
+
+
+@functools.lru_cache(maxsize=None)
+def ensure_spot_role():
+    """Spot launches through the API need the account's spot service-linked role: the first
+    one in an account makes it (EC2 User Guide, "Service-linked role for Spot Instances")."""
+    iam = client("iam")
+    try:
+        iam.create_service_linked_role(AWSServiceName="spot.amazonaws.com")
+    except ClientError as e:
+        # AWS answers InvalidInput ("has been taken") when it exists; moto, EntityAlreadyExists.
+        if error_code(e) not in ("InvalidInput", "EntityAlreadyExists"):
+            raise
 
 
 def launch_error(e, instance_type, ami):
@@ -461,6 +495,7 @@ def node_of(instance):
             "bucket": tags.get(BUCKET_TAG, job), "status": tags.get(STATUS_TAG, ""),
             "error": tags.get(ERROR_TAG, ""), "launched": instance["LaunchTime"],
             "since": parse_time(tags.get(SINCE_TAG, "")), "progress": tags.get(PROGRESS_TAG, ""),
+            "until": tags.get(UNTIL_TAG, ""),
             "address": instance.get("PublicIpAddress") or instance.get("PublicDnsName") or ""}
 
 
@@ -584,17 +619,23 @@ def job_bucket(job, nodes=()):
 
 
 def node_state(node, marker):
-    """The state of one tag, from its newest instance and its newest outcome marker."""
+    """The state of one tag, from its newest instance and its newest outcome marker. A tag
+    whose results are in but whose instance still runs is `succeeded (ending)`: its machine
+    has not ended yet, and is still billing."""
     live = node is not None and node["state"] in LIVE
     if marker is not None and not (live and node["launched"] > marker["when"]):
-        return "succeeded" if marker["exit"] == 0 else "failed (exit %s)" % marker["exit"]
+        done = "succeeded" if marker["exit"] == 0 else "failed (exit %s)" % marker["exit"]
+        if live:
+            return done + " (ending)" if done == "succeeded" else done[:-1] + ", ending)"
+        return done
     if node is None:
         return "lost"
     if node["status"] in ("install-failed", "upload-failed"):
         return node["status"]
     if not live:
         return "stopped" if node["state"] in ("stopping", "stopped") else (
-            "lost (idle)" if node["status"] == "idle-timeout" else "lost")
+            "lost (idle)" if node["status"] == "idle-timeout" else
+            "lost (uploader crashed)" if node["status"] == "crashed" else "lost")
     return node["status"] if node["status"] in ("installing", "ready", "running", "uploading") else "launching"
 
 
@@ -624,12 +665,14 @@ def job_status(job, now=None):
             seconds = 0
         rows.append({"tag": tag, "instance": node["id"] if node else "", "type": node["type"] if node else "",
                      "state": state, "exit": marker["exit"] if marker and state.startswith(("succ", "fail")) else None,
-                     "elapsed": int(seconds), "progress": node["progress"] if node else ""})
+                     "elapsed": int(seconds), "progress": node["progress"] if node else "",
+                     "held_until": node["until"] if node and state == "upload-failed" else ""})
     return rows
 
 
 def is_finished(row):
-    return row["state"].startswith(FINISHED)
+    """Finished, and its machine has ended (or is kept up on purpose: upload-failed)."""
+    return row["state"].startswith(FINISHED) and not row["state"].endswith("ending)")
 
 
 STATUS_FORMAT = "%-16s %-20s %-11s %-16s %8s  %s"
@@ -641,8 +684,9 @@ def print_job_status(job, rows):
         return
     print(STATUS_FORMAT % ("TAG", "INSTANCE", "TYPE", "STATE", "ELAPSED", "PROGRESS"))
     for r in rows:
+        progress = "kept up until %s" % r["held_until"] if r.get("held_until") else r["progress"]
         print(STATUS_FORMAT % (r["tag"], r["instance"] or "-", r["type"] or "-", r["state"],
-                               elapsed(r["elapsed"]), r["progress"]))
+                               elapsed(r["elapsed"]), progress))
     counts = {}
     for r in rows:
         key = r["state"].split(" (")[0]
@@ -678,10 +722,10 @@ def wait_finished(job, timeout):
         if delay is None:
             raise UserError("still running after %d s: %s (see `make status JOB=%s`)"
                             % (timeout, " ".join(busy), job))
-    stuck = [r["tag"] for r in rows if r["state"] == "upload-failed"]
+    stuck = [r for r in rows if r["state"] == "upload-failed"]
     if stuck:
-        raise UserError("upload failed on %s: those nodes are kept up; see `make status JOB=%s`"
-                        % (" ".join(stuck), job))
+        raise UserError("upload failed on %s: those nodes are kept up until %s; see `make status JOB=%s`"
+                        % (" ".join(r["tag"] for r in stuck), min(r["held_until"] or "?" for r in stuck), job))
     log("every node of job %s has finished: %s" % (job, ", ".join(
         "%s %s" % (r["tag"], r["state"]) for r in rows)))
 

@@ -335,6 +335,10 @@ case "$1" in
     if [ "$2" -gt 0 ]; then
         as_root shutdown -h +$(( ($2 + 3600 + 59) / 60 )) >> .awsrun/guard.log 2>&1 && echo "$2" > .awsrun/shutdown
     fi ;;
+  hold)
+    as_root shutdown -h +$(( ($2 + 59) / 60 )) >> .awsrun/guard.log 2>&1 && echo "$2" > .awsrun/shutdown ;;
+  end)
+    as_root shutdown -h now >> .awsrun/guard.log 2>&1 ;;
 esac
 exit 0
 """
@@ -376,7 +380,8 @@ def node_info(args, node, itype, command=None):
     """What the node-side scripts know of their node, in .awsrun/node.json."""
     return {"job": args.job, "tag": node["tag"], "instance_id": node["id"], "instance_type": itype,
             "bucket": node["bucket"], "region": cs.region(), "command": command,
-            "outputs": args.output, "max_runtime": args.max_runtime or None}
+            "outputs": args.output, "max_runtime": args.max_runtime or None,
+            "upload_hold": getattr(args, "upload_hold", None)}
 
 
 def install_script(node, info, tries, seconds, idle):
@@ -539,7 +544,8 @@ def report(args, nodes, results, word, terminate_failed=False):
 # ---------------------------------------------------------------------------- dispatch
 
 RUNNER = """#!/bin/bash
-# Written by awsrun's dispatcher: runs this node's command, then uploads its results.
+# Written by awsrun's dispatcher: runs this node's command, uploads its results, and ends the
+# machine whatever the uploader did, unless the upload failed: then it holds it up for a while.
 cd "${{0%/*}}/.." || exit 1
 export TAG={tag}
 [ -d output ] || mkdir output
@@ -547,7 +553,8 @@ TZ=UTC printf '%(%Y-%m-%dT%H:%M:%SZ)T\\n' -1 > .awsrun/started
 {limit}bash .awsrun/command.sh > screen_output.txt 2>&1 < /dev/null
 echo $? > .awsrun/exit_code
 TZ=UTC printf '%(%Y-%m-%dT%H:%M:%SZ)T\\n' -1 > .awsrun/ended
-exec {python} .awsrun/save_results.py
+{python} .awsrun/save_results.py
+if [ $? = 75 ]; then bash .awsrun/guard.sh hold {hold}; else bash .awsrun/guard.sh end; fi
 """
 
 START = """cd {d} || exit 10
@@ -572,7 +579,7 @@ def node_files(args, node, row):
         add_text(tar, ".awsrun/node.json", json.dumps(info, indent=1, ensure_ascii=False))
         add_text(tar, ".awsrun/command.sh", command + "\n")
         add_text(tar, ".awsrun/run.sh", RUNNER.format(tag=shlex.quote(node["tag"]), python=node_python(),
-                                                      limit=limit))
+                                                      limit=limit, hold=int(args.upload_hold)))
     return data.getvalue()
 
 
@@ -668,6 +675,8 @@ def parse_args(argv):
     p.add_argument("--spot", action="store_true", help="launch spot instances")
     p.add_argument("--max-runtime", type=duration, default=0, metavar="DURATION",
                    help="stop each command after this long (e.g. 6h); its results are still uploaded")
+    p.add_argument("--upload-hold", type=duration, default=24 * 3600, metavar="DURATION",
+                   help="a node whose upload failed stays up this long to keep its results (default 24h)")
     p.add_argument("--idle-timeout", type=duration, default=3600, metavar="DURATION",
                    help="a prepared node never dispatched terminates itself after this long (default 1h)")
     p.add_argument("--install-tries", type=int, default=3)

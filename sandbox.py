@@ -5,22 +5,37 @@
     python sandbox.py serve DIR             # run until stopped; DIR/env.json says how to reach it
 
 boto3 talks to the moto server over HTTP (AWS_ENDPOINT_URL). One sshd stands in for every
-node: each node gets its own work directory under DIR/nodes, and sshd gives each session what
-an EC2 node gets from its instance profile (the moto endpoint and throwaway credentials), so
-the dispatcher never forwards a credential. Like cloud-init on EC2, the sandbox authorizes a
-key pair's public key when an instance is launched with it; and when an instance is
-terminated, the processes of its node folder end, as they would with the machine.
+node: each node gets its own work directory under DIR/nodes. The sandbox is as strict as a
+real account (README, "What the sandbox checks"):
 
-Nothing here touches the machine outside DIR: job keys, known hosts and node folders all live
-there, and `shutdown`, `apt-get` and `sudo` are harmless stand-ins on the nodes' PATH.
+- IAM checked: every request is authorized as IAM would (sandbox_iam.py), for the user against
+  awsrun-user-policy.json and for a node against its role's policy in moto, and denied with
+  AWS's error if a permission is missing. Every decision is appended to DIR/iam.jsonl.
+- Node credentials the EC2 way: a metadata service on 127.0.0.1 hands each node temporary keys
+  for its own instance profile's role (botocore finds it through
+  AWS_EC2_METADATA_SERVICE_ENDPOINT); the node is told apart by the process that asks.
+- Node image: node sessions run the Python of .venv-node, pinned to Ubuntu 24.04's boto3.
+- Like EC2: a launched key pair may log in (as cloud-init would); a terminated instance's
+  processes end; `shutdown` on a node terminates its instance (InstanceInitiatedShutdownBehavior).
+- Faults on demand: DIR/faults.json (or AWSRUN_SANDBOX_FAULTS at start) lists AWS errors to
+  answer instead, e.g. [{"action": "s3:PutObject", "principal": "node*", "code": "SlowDown",
+  "status": 503, "times": 2}].
+
+Nothing here touches the machine outside DIR, except the empty privilege separation folder
+/run/sshd that a root sshd requires (its service would make it). `shutdown`, `apt-get` and
+`sudo` are stand-ins on the nodes' PATH.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import getpass
+import http.server
+import io
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -31,9 +46,15 @@ import threading
 import time
 
 import cloud_setup as cs
+import sandbox_iam
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
+USER_KEY, ADMIN_KEY = "sandbox", "sandbox-admin"  # the user's access key; the tests' own, unchecked
+USER_ARN = "arn:aws:iam::%s:user/awsrun-user" % ACCOUNT
+NODE_VENV = os.path.join(HERE, ".venv-node")
 UBUNTU_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-sandbox"
 POWER = ("shutdown", "poweroff", "reboot", "halt")
 STANDINS = POWER + ("apt-get", "apt", "sudo")
@@ -45,20 +66,35 @@ PATH={path}; export PATH; unset SSH_CLIENT SSH2_CLIENT
 [ -n "$SSH_ORIGINAL_COMMAND" ] || exec /bin/bash -i
 exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"
 """
-STANDIN = """#!/bin/sh
-# awsrun sandbox stand-in: nothing in the sandbox may change this machine. The power
-# commands (and sudo of them) are logged and succeed, so the cost guards can be tested;
-# everything else is logged and refused.
-name=${{0##*/}}
-echo "$name $*" >> {log}
-if [ "$name" = sudo ]; then
-    while [ "${{1#-}}" != "$1" ]; do shift; done
-    name=$1; echo "$*" >> {log}
-fi
-case "$name" in {power}) exit 0 ;; esac
-echo "sandbox: $name is not run in the sandbox" >&2
-exit 1
-"""
+STANDIN = '''#!{python}
+"""awsrun sandbox stand-in: nothing in the sandbox may change this machine. Every call is
+logged. The power commands (also through sudo) act on the calling node's instance as on EC2:
+shutdown ends it (now, +M minutes, or -c to cancel). Everything else is refused."""
+import os, sys, urllib.request
+name, args = os.path.basename(sys.argv[0]), sys.argv[1:]
+def log(words):
+    with open({log!r}, "a") as f:
+        f.write(" ".join(words) + "\\n")
+log([name] + args)
+if name == "sudo":
+    while args and args[0].startswith("-"):
+        args = args[1:]
+    if not args:
+        sys.exit(1)
+    name, args = os.path.basename(args[0]), args[1:]
+    log([name] + args)
+if name not in {power!r}:
+    print("sandbox: %s is not run in the sandbox" % name, file=sys.stderr)
+    sys.exit(1)
+if name == "reboot":
+    sys.exit(0)
+when = "now" if name != "shutdown" else "cancel" if "-c" in args else next(
+    (a for a in args if a == "now" or a.startswith("+")), "+1")
+try:
+    urllib.request.urlopen(urllib.request.Request({control!r}, data=when.encode(), method="POST"), timeout=10)
+except OSError as e:
+    print("sandbox: %s: %s" % (name, e), file=sys.stderr)
+'''
 
 
 class SandboxError(Exception):
@@ -80,33 +116,49 @@ def free_port():
 
 
 class Sandbox:
-    """A moto server in a thread of this process and an sshd child process, under `folder`."""
+    """A moto server behind the IAM gate, a metadata service, and an sshd, under `folder`."""
 
     def __init__(self, folder):
         self.dir = os.path.abspath(folder)
-        self.moto = self.sshd = None
+        self.moto = self.sshd = self.imds = None
+        self.lock = threading.Lock()
+        self.node_keys = {}     # access key -> (instance id, role name)
+        self.credentials = {}   # instance id -> the metadata service's answer
+        self.power = {}         # instance id -> the timer of its scheduled shutdown
+        self.fault_hits = {}
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
 
     def start(self):
         sshd = find_sshd()
+        node_python = os.path.join(setting_node_venv(), "bin", "python3")
+        if not os.path.exists(node_python):
+            raise SandboxError("the node image's Python is missing: run `make node-venv` (it installs "
+                               "requirements-node.txt into %s)" % setting_node_venv())
         if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
-            raise SandboxError("sshd needs its privilege separation folder: run `sudo mkdir -p /run/sshd`")
+            os.makedirs("/run/sshd", mode=0o755)  # what the openssh-server service would make
         for sub in ("ssh", "bin", "nodes", "keys", "state", "aws"):
             os.makedirs(self.path(sub), mode=0o700, exist_ok=True)
+        faults = os.environ.get("AWSRUN_SANDBOX_FAULTS")
+        if faults:
+            with open(self.path("faults.json"), "w") as f:
+                f.write(faults)
         self.start_moto()
-        self.start_sshd(sshd)
+        self.start_imds()
+        self.start_sshd(sshd, node_python)
         return self
 
-    # -- AWS
+    # -- AWS, behind the IAM gate
 
     def start_moto(self):
-        from moto.server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.moto = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
-        self.moto.start()
-        self.endpoint = "http://127.0.0.1:%d" % self.moto.get_host_and_port()[1]
+        app = DomainDispatcherApplication(create_backend_app)
+        self.moto = make_server("127.0.0.1", 0, lambda env, start: self.gate(app, env, start), threaded=True)
+        threading.Thread(target=self.moto.serve_forever, daemon=True).start()
+        self.endpoint = "http://127.0.0.1:%d" % self.moto.server_port
         play_ec2(self.path("ssh", "authorized_keys"), self.path("nodes"))
         self.seed_ubuntu()
 
@@ -115,7 +167,7 @@ class Sandbox:
         import boto3
         from moto.ssm.models import Parameter, ssm_backends
         ec2 = boto3.client("ec2", endpoint_url=self.endpoint, region_name=REGION,
-                           aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+                           aws_access_key_id=ADMIN_KEY, aws_secret_access_key=ADMIN_KEY)
         ami = ec2.register_image(Name=UBUNTU_NAME, Architecture="x86_64", RootDeviceName="/dev/sda1")["ImageId"]
         params = ssm_backends[ACCOUNT][REGION]._parameters
         params[cs.UBUNTU_PARAMETER].append(Parameter(
@@ -124,9 +176,181 @@ class Sandbox:
             version=1, data_type="aws:ec2:image"))
         self.ami = ami
 
+    def gate(self, app, environ, start_response):
+        """Authorize one request as IAM would, or answer a fault; else pass it to moto."""
+        from werkzeug.wrappers import Request
+        body = Request(environ).get_data()
+        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
+        headers["content-type"] = environ.get("CONTENT_TYPE", "")
+        request = sandbox_iam.parse(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""),
+                                    environ.get("QUERY_STRING", ""), headers, body)
+        answer = self.authorize(request)
+        if answer is None:
+            return app(environ, start_response)
+        status, response_headers, payload = answer
+        start_response("%d %s" % (status, http.server.BaseHTTPRequestHandler.responses.get(status, ("",))[0]),
+                       response_headers + [("Content-Length", str(len(payload)))])
+        return [payload]
+
+    def principal(self, key):
+        """(name, ARN, policies) of the signer of a request; None for the tests' own key."""
+        if key == ADMIN_KEY:
+            return None
+        if key == USER_KEY:
+            with open(os.path.join(HERE, "awsrun-user-policy.json")) as f:
+                return "user", USER_ARN, [json.load(f)]
+        if key in self.node_keys:
+            from moto.iam.models import iam_backends
+            instance, role = self.node_keys[key]
+            found = iam_backends[ACCOUNT]["aws"].roles.values()
+            policies = [json.loads(p) for r in found if r.name == role for p in r.policies.values()]
+            return "node:" + instance, "arn:aws:sts::%s:assumed-role/%s/%s" % (ACCOUNT, role, instance), policies
+        return "unknown", "unknown", []
+
+    def authorize(self, request):
+        """None to let the request through, or the error answer (status, headers, body)."""
+        who = self.principal(request["key"])
+        if who is None:
+            return None
+        name, arn, policies = who
+        try:
+            checks = sandbox_iam.needs(request, MotoWorld())
+        except (sandbox_iam.Unmapped, KeyError, ValueError) as e:
+            self.record({"principal": name, "request": "%s %s" % (request["method"], request["path"]),
+                         "decision": "unmapped", "why": str(e)})
+            return sandbox_iam.denial(request["service"], arn, str(e), "*")
+        denied = None
+        for action, resource, context in checks:
+            decision = sandbox_iam.decide(policies, action, resource, context)
+            self.record({"principal": name, "action": action, "resource": resource, "decision": decision})
+            if decision != "allowed" and denied is None:
+                denied = sandbox_iam.denial(request["service"], arn, action, resource)
+        return denied or self.fault(request["service"], name, checks)
+
+    def fault(self, service, name, checks):
+        """The first fault rule of DIR/faults.json that matches, while it has times left."""
+        try:
+            with open(self.path("faults.json")) as f:
+                rules = json.load(f)
+        except (OSError, ValueError):
+            return None
+        for n, rule in enumerate(rules):
+            if any(sandbox_iam.fault_matches(rule, name, a, r) for a, r, _ in checks):
+                with self.lock:
+                    key = json.dumps(rule, sort_keys=True)
+                    hits = self.fault_hits.get(key, 0)
+                    if "times" in rule and hits >= rule["times"]:
+                        continue
+                    self.fault_hits[key] = hits + 1
+                self.record({"principal": name, "action": checks[0][0], "resource": checks[0][1],
+                             "fault": rule["code"]})
+                return sandbox_iam.error_response(service, rule["code"], rule.get("message", "sandbox fault"),
+                                                  int(rule.get("status", 400)))
+        return None
+
+    def record(self, entry):
+        with self.lock, open(self.path("iam.jsonl"), "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    # -- the instance metadata service, and the nodes' power button
+
+    def start_imds(self):
+        box = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self, code, text, kind="text/plain"):
+                data = text.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_PUT(self):  # IMDSv2: a session token first
+                if self.path != "/latest/api/token":
+                    return self.answer(404, "")
+                self.answer(200, secrets.token_hex(16))
+
+            def do_GET(self):
+                instance = box.caller_instance(self.client_address[1])
+                role = instance and instance_role(instance)
+                base = "/latest/meta-data/iam/security-credentials/"
+                if self.path == "/latest/meta-data/instance-id" and instance:
+                    return self.answer(200, instance)
+                if not role or not self.path.startswith(base):
+                    box.record({"metadata": self.path, "caller": instance, "role": role})
+                    return self.answer(404, "")
+                if self.path == base:
+                    return self.answer(200, role)
+                if self.path == base + role:
+                    return self.answer(200, json.dumps(box.node_credentials(instance, role)), "application/json")
+                self.answer(404, "")
+
+            def do_POST(self):  # from the power stand-ins: now, +M (minutes) or cancel
+                instance = box.caller_instance(self.client_address[1])
+                when = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                if instance:
+                    box.schedule_power(instance, when)
+                self.answer(200 if instance else 404, "")
+
+        self.imds = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.imds.daemon_threads = True
+        threading.Thread(target=self.imds.serve_forever, daemon=True).start()
+        self.imds_url = "http://127.0.0.1:%d" % self.imds.server_port
+
+    def caller_instance(self, port):
+        """The instance whose node folder holds the process that connected from `port`."""
+        pid = socket_owner(port, self.imds.server_port, processes_under(self.path("nodes")))
+        try:
+            cwd = os.readlink("/proc/%d/cwd" % pid) if pid else ""
+        except OSError:
+            return None
+        relative = os.path.relpath(cwd, self.path("nodes"))
+        if relative.startswith(".."):
+            return None
+        try:
+            with open(os.path.join(self.path("nodes"), relative.split(os.sep)[0], ".awsrun", "instance")) as f:
+                return f.read().strip() or None
+        except OSError:
+            return None
+
+    def node_credentials(self, instance, role):
+        """Temporary keys for the instance's role, as EC2's metadata service gives them."""
+        with self.lock:
+            if instance not in self.credentials:
+                key = "ASIA" + secrets.token_hex(8).upper()
+                expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=6)
+                self.node_keys[key] = (instance, role)
+                self.credentials[instance] = {
+                    "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": key,
+                    "SecretAccessKey": secrets.token_hex(20), "Token": secrets.token_hex(64),
+                    "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "LastUpdated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            return self.credentials[instance]
+
+    def schedule_power(self, instance, when):
+        """An OS shutdown on the node: terminates (or stops) the instance, as its
+        InstanceInitiatedShutdownBehavior says; `cancel` undoes a scheduled one."""
+        with self.lock:
+            timer = self.power.pop(instance, None)
+            if timer:
+                timer.cancel()
+            if when == "cancel":
+                return
+            minutes = 0 if when == "now" else int(when.lstrip("+") or 0)
+            timer = threading.Timer(max(0.2, minutes * 60.0), power_off, [instance])
+            timer.daemon = True
+            self.power[instance] = timer
+            timer.start()
+
     # -- the nodes' SSH server
 
-    def start_sshd(self, sshd):
+    def start_sshd(self, sshd, node_python):
         ssh = self.path("ssh")
         host_key = os.path.join(ssh, "host_ed25519_key")
         if not os.path.exists(host_key):
@@ -134,13 +358,13 @@ class Sandbox:
         open(os.path.join(ssh, "authorized_keys"), "a").close()
         for name in STANDINS:
             with open(self.path("bin", name), "w") as f:
-                f.write(STANDIN.format(log=self.path("standins.log"), power="|".join(POWER)))
+                f.write(STANDIN.format(python=sys.executable, log=self.path("standins.log"), power=POWER,
+                                       control=self.imds_url + "/sandbox/power"))
             os.chmod(self.path("bin", name), 0o755)
         self.ssh_port = free_port()
-        node_path = ":".join([self.path("bin"), os.path.dirname(sys.executable),
+        node_path = ":".join([self.path("bin"), os.path.dirname(node_python),
                               "/usr/local/bin", "/usr/bin", "/bin"])
-        node_env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "sandbox-node",
-                    "AWS_SECRET_ACCESS_KEY": "sandbox-node", "AWS_DEFAULT_REGION": REGION,
+        node_env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds_url,
                     "AWS_CONFIG_FILE": self.path("aws", "config"),
                     "AWS_SHARED_CREDENTIALS_FILE": self.path("aws", "credentials"), "PATH": node_path}
         node_shell = os.path.join(ssh, "node-shell")
@@ -178,14 +402,14 @@ class Sandbox:
     # -- what the caller's processes see
 
     def environment(self):
-        """Variables that point awsrun (and boto3) at the sandbox, with throwaway credentials."""
+        """Variables that point awsrun (and boto3) at the sandbox, with the user's credentials."""
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION,
-                "AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox",
+                "AWS_ACCESS_KEY_ID": USER_KEY, "AWS_SECRET_ACCESS_KEY": USER_KEY,
                 "AWS_CONFIG_FILE": self.path("aws", "config"),
                 "AWS_SHARED_CREDENTIALS_FILE": self.path("aws", "credentials"),
                 "AWSRUN_SSH_HOST": "127.0.0.1", "AWSRUN_SSH_PORT": str(self.ssh_port),
                 "AWSRUN_SSH_USER": getpass.getuser(), "AWSRUN_REMOTE_ROOT": self.path("nodes"),
-                "AWSRUN_NODE_PYTHON": sys.executable, "AWSRUN_SSH_CIDR": "127.0.0.1/32",
+                "AWSRUN_SSH_CIDR": "127.0.0.1/32",
                 "AWSRUN_KEY_DIR": self.path("keys"), "AWSRUN_STATE_DIR": self.path("state"),
                 "AWSRUN_SANDBOX": self.dir}
 
@@ -196,7 +420,7 @@ class Sandbox:
         return env
 
     def stop(self):
-        """Stop sshd, every job process still running in a node folder, and the moto server."""
+        """Stop sshd, every job process still running in a node folder, and the servers."""
         if self.sshd and self.sshd.poll() is None:
             self.sshd.terminate()
             try:
@@ -204,14 +428,94 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 self.sshd.kill()
                 self.sshd.wait()
+        for timer in self.power.values():
+            timer.cancel()
         for pid in processes_under(self.path("nodes")):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        if self.moto:
-            self.moto.stop()
-            self.moto = None
+        for server in (self.moto, self.imds):
+            if server:
+                server.shutdown()
+        self.moto = self.imds = None
+
+
+def setting_node_venv():
+    return os.environ.get("AWSRUN_SANDBOX_NODE_VENV") or NODE_VENV
+
+
+class MotoWorld(sandbox_iam.World):
+    """What IAM would know when it authorizes a request: resource tags and roles, from moto."""
+
+    account = ACCOUNT
+
+    def tags(self, kind, name):
+        from moto.ec2.models import ec2_backends
+        from moto.iam.models import iam_backends
+        if kind == "role":
+            role = next((r for r in iam_backends[ACCOUNT]["aws"].roles.values() if r.name == name), None)
+            tags = (role.tags.values() if isinstance(role.tags, dict) else role.tags) if role else []
+            return {t["Key"]: t["Value"] for t in tags}
+        ec2 = ec2_backends[ACCOUNT][REGION]
+        if kind == "key-pair":
+            pair = ec2.key_pairs.get(name)
+            name = pair.id if pair else name
+        return dict(ec2.tags.get(name, {}))
+
+    def default_vpc(self):
+        from moto.ec2.models import ec2_backends
+        vpcs = [v for v in ec2_backends[ACCOUNT][REGION].vpcs.values() if v.is_default]
+        return vpcs[0].id if vpcs else "vpc-*"
+
+    def profile_role(self, profile):
+        from moto.iam.models import iam_backends
+        found = [p for p in iam_backends[ACCOUNT]["aws"].instance_profiles.values() if p.name == profile]
+        return found[0].roles[0].name if found and found[0].roles else None
+
+
+def instance_role(instance_id):
+    """The role of the instance profile an instance was launched with, from moto."""
+    from moto.ec2.models import ec2_backends
+    association = ec2_backends[ACCOUNT][REGION].iam_instance_profile_associations.get(instance_id)
+    roles = association.iam_instance_profile.roles if association else []
+    return roles[0].name if roles else None
+
+
+def power_off(instance_id):
+    """What an OS shutdown does to an EC2 instance: terminate it, or stop it."""
+    from moto.ec2.models import ec2_backends
+    ec2 = ec2_backends[ACCOUNT][REGION]
+    instance = ec2.get_instance(instance_id)
+    if instance._state.name in ("pending", "running"):
+        if instance.instance_initiated_shutdown_behavior == "terminate":
+            ec2.terminate_instances([instance_id])
+        else:
+            ec2.stop_instances([instance_id])
+
+
+def socket_owner(port, server_port, among=None):
+    """The process id that holds the loopback TCP connection from `port` to `server_port`,
+    looked for among the given process ids (default: all)."""
+    inode = None
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote = fields[1].split(":"), fields[2].split(":")
+            if int(local[1], 16) == port and int(remote[1], 16) == server_port:
+                inode = fields[9]
+                break
+    if inode is None:
+        return None
+    target = "socket:[%s]" % inode
+    for pid in map(str, among) if among is not None else filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir("/proc/%s/fd" % pid):
+                if os.readlink("/proc/%s/fd/%s" % (pid, fd)) == target:
+                    return int(pid)
+        except OSError:
+            continue
+    return None
 
 
 def processes_under(folder):
@@ -230,8 +534,9 @@ def processes_under(folder):
 
 def play_ec2(authorized_keys, nodes_dir):
     """Make moto's instances act on this machine as EC2's do on theirs: like cloud-init, let
-    an instance's key pair log in when it is launched; and when an instance is terminated,
-    end every process of its node folder (the one whose .awsrun/instance names it)."""
+    an instance's key pair log in when it is launched, and give every instance of a launch its
+    instance profile; when an instance is terminated, end every process of its node folder
+    (the one whose .awsrun/instance names it)."""
     from moto.ec2.models.instances import InstanceBackend
     launch = getattr(InstanceBackend.run_instances, "awsrun_original", InstanceBackend.run_instances)
     end = getattr(InstanceBackend.terminate_instances, "awsrun_original", InstanceBackend.terminate_instances)
@@ -239,6 +544,12 @@ def play_ec2(authorized_keys, nodes_dir):
 
     def run_instances(self, *args, **kwargs):
         reservation = launch(self, *args, **kwargs)
+        # moto gives the instance profile to the first instance of a launch only; EC2, to all.
+        for instance in reservation.instances[1:]:
+            if kwargs.get("iam_instance_profile_name") or kwargs.get("iam_instance_profile_arn"):
+                self.associate_iam_instance_profile(
+                    instance_id=instance.id, iam_instance_profile_name=kwargs.get("iam_instance_profile_name"),
+                    iam_instance_profile_arn=kwargs.get("iam_instance_profile_arn"))
         pair = self.key_pairs.get(kwargs.get("key_name") or "")
         if pair is not None:
             line = pair.public_key.strip()

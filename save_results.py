@@ -2,13 +2,19 @@
 
     python3 .awsrun/save_results.py     # from the node's work directory (run.sh does this)
 
+Runs on the node image's own boto3: Ubuntu 24.04's packaged 1.34.46 or later.
+
 Uploads to s3://BUCKET/TAG/: every file under output/ (relative paths kept), the extra
 output files (-o), screen_output.txt, the install logs (logs/), then manifest.json (job,
 tag, instance, command, exit code, start and end times, and every file with its size and
 SHA-256), and last a small marker _awsrun/TAG/exit=N,runtime=S that status lists (it names the
 instance and the upload's time, so every upload's marker differs). Then it
-terminates its own instance through the EC2 API. If the upload fails, the node stays up,
-is tagged awsrun:status=upload-failed, and this exits 1: nothing is lost.
+terminates its own instance through the EC2 API. It never changes the bucket's settings.
+
+Exit status, which run.sh acts on: 0 when the results are in the bucket (run.sh then also
+shuts the machine down, in case the API call did not get through); 75 when the upload
+failed: the node is tagged awsrun:status=upload-failed with awsrun:until, and run.sh keeps
+it up until then so that nothing is lost; anything else (a crash) and run.sh shuts it down.
 
 Reads what the dispatcher wrote in .awsrun/ (node.json, started, ended, exit_code); needs
 only the standard library and boto3, on Python 3.8 or later.
@@ -28,6 +34,14 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 import cloud_setup as cs
+
+UPLOAD_FAILED = 75  # EX_TEMPFAIL: run.sh holds the node up for the upload hold
+# botocore 1.36 added per-request checksums and the option to turn them off; older ones send none.
+NO_CHECKSUMS = ({"request_checksum_calculation": "when_required"}
+                if "request_checksum_calculation" in Config.OPTION_DEFAULTS else {})
+# S3 answers a busy prefix with 503 SlowDown and a conflicting operation with 409
+# OperationAborted; botocore's standard mode retries the first only, so both are retried here.
+RETRIED = ("OperationAborted", "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout")
 
 # Uploads at once: 4 per core, at most 32 (measured: on 2 cores, 8 beat 16 by 10%, as the
 # uploader's Python competes for the CPU). Files under 128 MB go in one request each.
@@ -52,7 +66,7 @@ def result_files(outputs):
         for name in sorted(names):
             path = os.path.join(root, name)
             if os.path.isfile(path):
-                files.append((path, os.path.relpath(path, ".").replace(os.sep, "/")))
+                files.append((path, key_of(os.path.relpath(path, "."))))
     for out in outputs:
         if os.path.isfile(out):
             files.append((out, out.replace(os.sep, "/")))
@@ -64,6 +78,24 @@ def result_files(outputs):
         if name.startswith("install.") and name.endswith(".log"):
             files.append((os.path.join(".awsrun", name), "logs/" + name))
     return files, missing
+
+
+def key_of(path):
+    """A file's name in the bucket: its relative path, with bytes that are not UTF-8 written
+    as \\xNN (S3 keys are UTF-8; such a name would otherwise stop the upload)."""
+    raw = os.fsencode(path).replace(os.sep.encode(), b"/")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def retrying(call, what, seconds=300):
+    """call() again, with backoff, while S3 answers with one of RETRIED, up to `seconds`."""
+    for delay in cs.backoff(time.monotonic() + seconds, first=1.0, cap=20.0):
+        try:
+            return call()
+        except ClientError as e:
+            if cs.error_code(e) not in RETRIED or delay is None:
+                raise
+            print("%s: %s, trying again" % (what, cs.error_code(e)), file=sys.stderr)
 
 
 def make_manifest(node, files, missing):
@@ -84,34 +116,51 @@ def describe(path, key):
 
 def upload(s3, bucket, tag, files):
     """Upload every file to TAG/ in parallel with the transfer manager, hashing them at the
-    same time for the manifest (hashlib lets go of the GIL). Returns the manifest's files."""
-    with create_transfer_manager(s3, TRANSFER) as manager, ThreadPoolExecutor(2) as hashing:
-        futures = [manager.upload(path, bucket, "%s/%s" % (tag, key)) for path, key in files]
+    same time for the manifest (hashlib lets go of the GIL). A file that S3 turned away with
+    a retryable answer is sent again. Returns the manifest's files."""
+    with ThreadPoolExecutor(2) as hashing:
         described = [hashing.submit(describe, path, key) for path, key in files]
-        for future in futures:
-            future.result()
+        pending = files
+        for delay in cs.backoff(time.monotonic() + 300, first=1.0, cap=20.0):
+            again = []
+            with create_transfer_manager(s3, TRANSFER) as manager:
+                futures = [(f, manager.upload(f[0], bucket, "%s/%s" % (tag, f[1]))) for f in pending]
+                for f, future in futures:
+                    try:
+                        future.result()
+                    except ClientError as e:
+                        if cs.error_code(e) not in RETRIED or delay is None:
+                            raise
+                        again.append(f)
+            if not again:
+                break
+            print("%d files: S3 asked to try again" % len(again), file=sys.stderr)
+            pending = again
         return [d.result() for d in described]
 
 
 def finish(s3, bucket, tag, manifest):
     """Put the manifest, then the outcome marker that status reads: a manifest in the bucket
     means that everything it lists is there; the marker, that the node is done."""
-    s3.put_object(Bucket=bucket, Key=tag + "/manifest.json", ContentType="application/json",
-                  Body=json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
+    body = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
+    retrying(lambda: s3.put_object(Bucket=bucket, Key=tag + "/manifest.json", ContentType="application/json",
+                                   Body=body), "manifest")
     started, ended = cs.parse_time(manifest["started"]), cs.parse_time(manifest["ended"])
     runtime = ended - started if started and ended else 0
-    s3.put_object(Bucket=bucket, Key=cs.marker_key(tag, manifest["exit_code"], runtime),
-                  Body=("%s %s\n" % (manifest.get("instance_id"), manifest.get("uploaded"))).encode())
+    marker = ("%s %s\n" % (manifest.get("instance_id"), manifest.get("uploaded"))).encode()
+    retrying(lambda: s3.put_object(Bucket=bucket, Key=cs.marker_key(tag, manifest["exit_code"], runtime),
+                                   Body=marker), "marker")
 
 
 def clients(node):
     """S3 and EC2 clients for the node's region. Uploads carry no per-request checksum: each
     file's SHA-256 is in the manifest and checked end to end by get_s3_files.py, and HTTPS
-    protects every byte on the way."""
+    protects every byte on the way. EC2 calls retry little: an OS shutdown backs them."""
     session = boto3.session.Session(region_name=node["region"])
-    config = Config(retries={"mode": "standard", "max_attempts": 10}, max_pool_connections=32,
-                    request_checksum_calculation="when_required")
-    return session.client("s3", config=config), session.client("ec2", config=config)
+    s3 = session.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 10},
+                                            max_pool_connections=32, **NO_CHECKSUMS))
+    ec2 = session.client("ec2", config=Config(retries={"mode": "standard", "max_attempts": 4}))
+    return s3, ec2
 
 
 def mark(ec2, node, status, extra=None):
@@ -123,23 +172,34 @@ def mark(ec2, node, status, extra=None):
 
 
 def save(node):
-    """Upload the results; terminate this node if they are all in the bucket."""
+    """Upload the results; terminate this node if they are all in the bucket. Returns the
+    exit status for run.sh: 0, or UPLOAD_FAILED with the node tagged upload-failed."""
     s3, ec2 = clients(node)
     mark(ec2, node, "uploading")
     files, missing = result_files(node.get("outputs", []))
     try:
         manifest = make_manifest(node, files, missing)
-        cs.ensure_bucket(s3, node["bucket"], node["region"])
         manifest["files"] = upload(s3, node["bucket"], node["tag"], files)
         finish(s3, node["bucket"], node["tag"], manifest)
-    except (BotoCoreError, ClientError, OSError, cs.UserError) as e:
-        print("upload failed, leaving this node up so nothing is lost: %s" % e, file=sys.stderr)
-        mark(ec2, node, "upload-failed", {cs.ERROR_TAG: str(e)[:250]})
-        return 1
+    except (BotoCoreError, ClientError, OSError) as e:
+        hold = int(node.get("upload_hold") or 0)
+        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + hold))
+        print("upload failed, leaving this node up until %s so nothing is lost: %s" % (until, e), file=sys.stderr)
+        mark(ec2, node, "upload-failed", {cs.ERROR_TAG: str(e)[:250], cs.UNTIL_TAG: until})
+        return UPLOAD_FAILED
     print("uploaded %d files to s3://%s/%s/" % (len(files) + 1, node["bucket"], node["tag"]))
-    ec2.terminate_instances(InstanceIds=[node["instance_id"]])
-    print("terminating %s" % node["instance_id"])
+    end(ec2, node)
     return 0
+
+
+def end(ec2, node):
+    """Terminate this instance through the API; run.sh's OS shutdown backs it if this fails."""
+    try:
+        ec2.terminate_instances(InstanceIds=[node["instance_id"]])
+        print("terminating %s" % node["instance_id"])
+    except (BotoCoreError, ClientError) as e:
+        print("could not terminate %s through the API, the OS shutdown will: %s" % (node["instance_id"], e),
+              file=sys.stderr)
 
 
 def main(argv=None):
@@ -159,10 +219,15 @@ def main(argv=None):
             return 0
         ec2 = clients(node)[1]
         mark(ec2, node, args.expire)
-        ec2.terminate_instances(InstanceIds=[node["instance_id"]])
-        print("%s: terminating %s" % (args.expire, node["instance_id"]))
+        end(ec2, node)
         return 0
-    return save(node)
+    try:
+        return save(node)
+    except Exception as e:  # a bug here must still end the machine: run.sh shuts it down
+        try:  # say so in `make status` if the API can be reached at all
+            mark(clients(node)[1], node, "crashed", {cs.ERROR_TAG: ("%s: %s" % (type(e).__name__, e))[:250]})
+        finally:
+            raise e
 
 
 if __name__ == "__main__":
