@@ -429,7 +429,8 @@ def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket
                   TagSpecifications=[{"ResourceType": "instance", "Tags": tags},
                                      {"ResourceType": "volume", "Tags": tags[:2]}])
     if spot:  # an interrupted spot node is terminated, shows as lost, and `retry` runs it again
-        ensure_spot_role()
+        # The first spot launch of an account makes its spot service-linked role, with the
+        # caller's iam:CreateServiceLinkedRole (the policy grants it for spot.amazonaws.com).
         params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
             "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
     deadline = time.monotonic() + 90
@@ -441,19 +442,6 @@ def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket
             if not ("instance profile" in str(e).lower() and error_code(e) == "InvalidParameterValue"
                     and delay is not None):
                 raise launch_error(e, instance_type, ami)
-
-
-@functools.lru_cache(maxsize=None)
-def ensure_spot_role():
-    """Spot launches through the API need the account's spot service-linked role: the first
-    one in an account makes it (EC2 User Guide, "Service-linked role for Spot Instances")."""
-    iam = client("iam")
-    try:
-        iam.create_service_linked_role(AWSServiceName="spot.amazonaws.com")
-    except ClientError as e:
-        # AWS answers InvalidInput ("has been taken") when it exists; moto, EntityAlreadyExists.
-        if error_code(e) not in ("InvalidInput", "EntityAlreadyExists"):
-            raise
 
 
 def launch_error(e, instance_type, ami):
@@ -764,7 +752,10 @@ def clean(job, delete_bucket=False, timeout=600):
             except ClientError as e:
                 if error_code(e) != "DependencyViolation" or delay is None:
                     raise
-    ec2.delete_key_pair(KeyName=job)
+    # Only a key pair that exists: IAM checks the job tag of the key pair named, so deleting
+    # one that is gone already is refused, not ignored.
+    for pair in ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [job]}])["KeyPairs"]:
+        ec2.delete_key_pair(KeyName=pair["KeyName"])
     if os.path.exists(key_path(job)):
         os.remove(key_path(job))
     try:

@@ -218,8 +218,8 @@ class Sandbox:
         try:
             checks = sandbox_iam.needs(request, MotoWorld())
         except (sandbox_iam.Unmapped, KeyError, ValueError) as e:
-            self.record({"principal": name, "request": "%s %s" % (request["method"], request["path"]),
-                         "decision": "unmapped", "why": str(e)})
+            self.record({"principal": name, "action": str(e), "decision": "unmapped",
+                         "request": "%s %s" % (request["method"], request["path"])})
             return sandbox_iam.denial(request["service"], arn, str(e), "*")
         denied = None
         for action, resource, context in checks:
@@ -227,6 +227,8 @@ class Sandbox:
             self.record({"principal": name, "action": action, "resource": resource, "decision": decision})
             if decision != "allowed" and denied is None:
                 denied = sandbox_iam.denial(request["service"], arn, action, resource)
+        if denied is None and any(a == "iam:CreateServiceLinkedRole" for a, _, _ in checks):
+            MotoWorld().make_spot_role()  # as EC2 does on the first spot launch
         return denied or self.fault(request["service"], name, checks)
 
     def fault(self, service, name, checks):
@@ -249,6 +251,15 @@ class Sandbox:
                 return sandbox_iam.error_response(service, rule["code"], rule.get("message", "sandbox fault"),
                                                   int(rule.get("status", 400)))
         return None
+
+    def refused_calls(self):
+        """Every recorded IAM decision that was not `allowed` (faults on demand are not refusals)."""
+        try:
+            with open(self.path("iam.jsonl")) as f:
+                entries = [json.loads(line) for line in f]
+        except OSError:
+            return []
+        return [e for e in entries if e.get("decision", "allowed") != "allowed"]
 
     def record(self, entry):
         with self.lock, open(self.path("iam.jsonl"), "a") as f:
@@ -468,6 +479,16 @@ class MotoWorld(sandbox_iam.World):
         vpcs = [v for v in ec2_backends[ACCOUNT][REGION].vpcs.values() if v.is_default]
         return vpcs[0].id if vpcs else "vpc-*"
 
+    def has_spot_role(self):
+        from moto.iam.models import iam_backends
+        return any(r.path == "/aws-service-role/spot.amazonaws.com/"
+                   for r in iam_backends[ACCOUNT]["aws"].roles.values())
+
+    def make_spot_role(self):
+        from moto.iam.models import iam_backends
+        if not self.has_spot_role():
+            iam_backends[ACCOUNT]["aws"].create_service_linked_role("spot.amazonaws.com", "", "")
+
     def profile_role(self, profile):
         from moto.iam.models import iam_backends
         found = [p for p in iam_backends[ACCOUNT]["aws"].instance_profiles.values() if p.name == profile]
@@ -620,7 +641,14 @@ def main(argv=None):
         box.start()
         cs.log("sandbox: AWS at %s, nodes' sshd at 127.0.0.1:%d, files in %s"
                % (box.endpoint, box.ssh_port, folder))
-        return subprocess.call(command, env=box.child_environment())
+        code = subprocess.call(command, env=box.child_environment())
+        refused = box.refused_calls()
+        for entry in refused:
+            cs.log("sandbox: IAM would refuse %s" % json.dumps(entry))
+        if refused:
+            cs.log("sandbox: %d calls would fail on AWS: grant them in the policy that governs them"
+                   % len(refused))
+        return code or (1 if refused else 0)
     except SandboxError as e:
         print("error: %s" % e, file=sys.stderr)
         return 1

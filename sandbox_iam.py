@@ -156,6 +156,9 @@ def _tag_context(tags):
     return context
 
 
+SPOT_ROLE = "aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot"
+
+
 class World:
     """What the authorizer needs to know of AWS's state: account, region and resource tags.
     sandbox.py fills it from moto's backends; tests give a plain one."""
@@ -171,6 +174,10 @@ class World:
     def profile_role(self, profile):
         """The role in an instance profile, or None."""
         return None
+
+    def has_spot_role(self):
+        """Whether the account has the spot service-linked role yet."""
+        return True
 
 
 def needs(request, world):
@@ -214,6 +221,9 @@ def needs(request, world):
                 checks.append((action, ec2("key-pair", p["KeyName"]), with_tags("key-pair", p["KeyName"])))
             if market == "spot":
                 checks.append((action, ec2("spot-instances-request", "*"), {}))
+                if not world.has_spot_role():  # EC2 makes it, as the caller (EC2 User Guide)
+                    checks.append(("iam:CreateServiceLinkedRole", "arn:aws:iam::%s:role/%s" % (account, SPOT_ROLE),
+                                   {"iam:AWSServiceName": "spot.amazonaws.com"}))
             role = world.profile_role(p["IamInstanceProfile.Name"]) if p.get("IamInstanceProfile.Name") else None
             if role:
                 checks.append(("iam:PassRole", "arn:aws:iam::%s:role/%s" % (account, role),

@@ -69,6 +69,23 @@ def sandbox(tmp_path_factory):
     yield env
     proc.terminate()
     proc.wait(20)
+    refused = [e for e in iam_decisions(env) if e.get("decision", "allowed") != "allowed"
+               and (e.get("principal"), e.get("action")) not in DELIBERATE]
+    if refused:  # every call of every test, checked against the policy that governs it
+        pytest.fail("%d calls would be refused on AWS, e.g. %s" % (len(refused), refused[:5]))
+
+
+# Calls that a test makes on purpose to see the sandbox refuse them as AWS would.
+DELIBERATE = {("user", "s3:PutBucketPolicy"), ("user", "ec2:DeleteVpc")}
+
+
+def iam_decisions(env):
+    """Every IAM decision the sandbox has recorded so far (sandbox.py: DIR/iam.jsonl)."""
+    try:
+        with open(os.path.join(env["AWSRUN_SANDBOX"], "iam.jsonl")) as f:
+            return [json.loads(line) for line in f]
+    except OSError:
+        return []
 
 
 class Sandbox:
@@ -80,8 +97,10 @@ class Sandbox:
             if name.startswith(("AWS_", "AWSRUN_")):
                 del self.env[name]
         self.env.update(env)
+        # The tests look at AWS with the sandbox's own key, which its IAM does not check;
+        # awsrun's commands sign as the user (env), whose every call is checked.
         self.kw = dict(endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
-                       aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+                       aws_access_key_id="sandbox-admin", aws_secret_access_key="sandbox-admin")
         self.ec2, self.s3 = self.client("ec2"), self.client("s3")
         self.nodes_dir = env["AWSRUN_REMOTE_ROOT"]
 
@@ -112,10 +131,21 @@ class Sandbox:
     def manifest(self, bucket, tag):
         return json.loads(self.read(bucket, tag + "/manifest.json"))
 
+    def decisions(self):
+        return iam_decisions(self.env)
+
+    def faults(self, rules):
+        """Make the sandbox's AWS answer with these errors (sandbox.py: faults on demand)."""
+        with open(os.path.join(self.env["AWSRUN_SANDBOX"], "faults.json"), "w") as f:
+            json.dump(rules, f)
+
 
 @pytest.fixture
 def box(sandbox):
-    return Sandbox(sandbox)
+    yield Sandbox(sandbox)
+    faults = os.path.join(sandbox["AWSRUN_SANDBOX"], "faults.json")
+    if os.path.exists(faults):
+        os.remove(faults)
 
 
 def write(path, text):

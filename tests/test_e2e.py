@@ -1,5 +1,6 @@
 """End-to-end tests: the commands a user types, against the sandbox (moto server + sshd).
 They assert what the user would check: the bucket, the instances, the files fetched."""
+import calendar
 import json
 import os
 import subprocess
@@ -177,21 +178,29 @@ def test_no_file_sent_to_a_node_holds_the_callers_secret(box, tmp_path):
     assert all(secret not in box.read(job, key) for key in box.objects(job))
 
 
-def test_upload_failure_keeps_the_node_up_and_tagged(box, tmp_path):
+def test_upload_failure_keeps_the_node_up_and_tagged_until_its_hold_ends(box, tmp_path):
     job = "e2e-upfail"
-    # The command points its own uploader at a bucket name that S3 refuses.
-    breaker = ("python3 -c \"import json; p='.awsrun/node.json'; d=json.load(open(p)); "
-               "d['bucket']='ab'; json.dump(d, open(p, 'w'))\"")
-    jobs = write(tmp_path / "jobs.csv", 'instance_type,command\nt3.micro,"%s"\n' % breaker.replace('"', '""'))
-    run = create_dispatch(box, job, jobs)
+    box.faults([{"action": "s3:PutObject", "resource": "arn:aws:s3:::%s/*" % job, "principal": "node*",
+                 "code": "AccessDenied", "status": 403, "message": "sandbox: the bucket refuses writes"}])
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,echo result\n")
+    started = time.time()
+    run = create_dispatch(box, job, jobs, "--upload-hold", "2h")
     assert run.returncode == 0, run.stderr
     done = box.run("cloud_setup.py", "wait", job, "--timeout", "60")
     assert done.returncode == 1
-    assert done.stderr == ("error: upload failed on e2e-upfail0: those nodes are kept up; "
-                           "see `make status JOB=e2e-upfail`\n")
-    assert box.states(job) == ["running"]
-    tags = {t["Key"]: t["Value"] for t in box.instances(job)[0]["Tags"]}
-    assert tags["awsrun:status"] == "upload-failed"
     status = json.loads(box.run("cloud_setup.py", "status", job, "--json").stdout)
     assert [r["state"] for r in status] == ["upload-failed"]
+    until = status[0]["held_until"]
+    assert done.stderr == ("error: upload failed on e2e-upfail0: those nodes are kept up until %s; "
+                           "see `make status JOB=e2e-upfail`\n" % until)
+    assert started + 7200 - 60 <= calendar.timegm(time.strptime(until, "%Y-%m-%dT%H:%M:%SZ")) <= time.time() + 7200
+    assert box.states(job) == ["running"]
+    tags = {t["Key"]: t["Value"] for t in box.instances(job)[0]["Tags"]}
+    assert tags["awsrun:status"] == "upload-failed" and tags["awsrun:until"] == until
+    assert "the bucket refuses writes" in tags["awsrun:error"]
+    table = box.run("cloud_setup.py", "status", job).stdout.splitlines()
+    assert table[1].split()[3:] == ["upload-failed", table[1].split()[4], "kept", "up", "until", until]
+    with open(os.path.join(box.nodes_dir, job + "0", ".awsrun", "guard.log")) as f:
+        assert "guard hold 7200" in f.read()  # run.sh scheduled the OS shutdown for the hold's end
+    assert os.path.exists(os.path.join(box.nodes_dir, job + "0", "screen_output.txt"))  # kept on the node
     box.ec2.terminate_instances(InstanceIds=[box.instances(job)[0]["InstanceId"]])

@@ -57,8 +57,9 @@ def test_every_state_in_the_table(box, tmp_path):
             "echo broken; exit 4",                                           # 1 failed (exit 4)
             "python3 update_tags.py percent_complete 40; " + waits_for(tmp_path, "r2"),  # 2 running
             waits_for(tmp_path, "never"),                                    # 3 lost
-            "python3 -c \"import json; p='.awsrun/node.json'; d=json.load(open(p)); "  # 4 upload-failed
-            "d['bucket']='ab'; json.dump(d, open(p, 'w'))\""]
+            "echo its bucket refuses it"]                                    # 4 upload-failed
+    box.faults([{"action": "s3:PutObject", "resource": "arn:aws:s3:::%s/%s4/*" % (job, job), "code": "AccessDenied",
+                 "status": 403}])
     jobs = write(tmp_path / "jobs.csv", "instance_type,command\n" + "".join(
         't3.micro,"%s"\n' % r.replace('"', '""') for r in rows))
     install = write(tmp_path / "install.sh", waits_for(tmp_path, "installed") + "\ntouch READY\n")

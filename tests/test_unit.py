@@ -198,22 +198,36 @@ def test_instance_profile_policy_is_scoped_to_bucket_and_job(aws):
     policy = iam.get_role_policy(RoleName=name, PolicyName="awsrun-node")["PolicyDocument"]
     policy = json.loads(policy) if isinstance(policy, str) else policy
     s3, ec2 = policy["Statement"]
-    assert s3["Resource"] == ["arn:aws:s3:::bucket-a", "arn:aws:s3:::bucket-a/*"]
-    assert all(a.startswith("s3:") and "*" not in a for a in s3["Action"])
+    assert s3["Resource"] == "arn:aws:s3:::bucket-a/*"  # objects only: never the bucket's settings
+    assert sorted(s3["Action"]) == ["s3:AbortMultipartUpload", "s3:PutObject"]
     assert sorted(ec2["Action"]) == ["ec2:CreateTags", "ec2:TerminateInstances"]
-    assert ec2["Condition"] == {"StringEquals": {"aws:ResourceTag/awsrun:job": "job-a"}}
+    assert ec2["Condition"] == {"StringEquals": {"aws:ResourceTag/awsrun:job": "job-a"},
+                                "ForAllValues:StringNotEquals": {
+                                    "aws:TagKeys": ["awsrun:job", "awsrun:rows", "awsrun:bucket"]}}
     trust = iam.get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"]
     assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
 
 
 def test_bucket_blocks_public_access_and_encrypts(aws):
     s3 = boto3.client("s3")
-    cs.ensure_bucket(s3, "bucket-a", "us-east-1")
-    cs.ensure_bucket(s3, "bucket-a", "us-east-1")  # again: no error
+    assert cs.ensure_bucket(s3, "bucket-a", "us-east-1") is True
     block = s3.get_public_access_block(Bucket="bucket-a")["PublicAccessBlockConfiguration"]
     assert all(block.values()) and len(block) == 4
     rules = s3.get_bucket_encryption(Bucket="bucket-a")["ServerSideEncryptionConfiguration"]["Rules"]
     assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+
+
+def test_an_existing_bucket_keeps_its_own_settings(aws):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="users-own")
+    kms = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "k-1"}}]}
+    s3.put_bucket_encryption(Bucket="users-own", ServerSideEncryptionConfiguration=kms)
+    calls = []
+    s3.meta.events.register("before-call.s3", lambda model, **kw: calls.append(model.name))
+    assert cs.ensure_bucket(s3, "users-own", "us-east-1") is False  # in us-east-1 CreateBucket would succeed
+    assert calls == ["HeadBucket"]
+    rule = s3.get_bucket_encryption(Bucket="users-own")["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert rule["ApplyServerSideEncryptionByDefault"] == kms["Rules"][0]["ApplyServerSideEncryptionByDefault"]
 
 
 # ---------------------------------------------------------------------------- launching
@@ -307,7 +321,9 @@ def test_a_status_refresh_costs_the_same_for_5_jobs_as_for_50(aws):
     five, rows5 = status_calls(aws, "job-five", 5)
     fifty, rows50 = status_calls(aws, "job-fifty", 50)
     assert five == fifty == ["DescribeInstances", "ListObjectsV2"]
-    assert [r["state"] for r in rows5] == ["succeeded", "launching", "failed (exit 2)", "launching", "failed (exit 1)"]
+    # results are in, but the machines still run: never plain `succeeded` while they bill
+    assert [r["state"] for r in rows5] == ["succeeded (ending)", "launching", "failed (exit 2, ending)", "launching",
+                                           "failed (exit 1, ending)"]
 
 
 def test_state_of_a_tag_from_its_instance_and_outcome():
@@ -318,7 +334,9 @@ def test_state_of_a_tag_from_its_instance_and_outcome():
     def node(state="running", status="", launched=t0):
         return {"state": state, "status": status, "launched": launched}
     ok, bad = {"exit": 0, "when": later}, {"exit": 3, "when": later}
-    cases = [(node(), None, "launching"), (node(status="installing"), None, "installing"),
+    cases = [(node(), ok, "succeeded (ending)"), (node(), bad, "failed (exit 3, ending)"),
+             (node("terminated", "crashed"), None, "lost (uploader crashed)"),
+             (node(), None, "launching"), (node(status="installing"), None, "installing"),
              (node(status="ready"), None, "ready"), (node(status="running"), None, "running"),
              (node(status="uploading"), None, "uploading"), (node("terminated", "uploading"), ok, "succeeded"),
              (node("terminated", "uploading"), bad, "failed (exit 3)"), (node("terminated", "running"), None, "lost"),

@@ -1,0 +1,157 @@
+"""The sandbox's IAM (sandbox_iam.py) decides as IAM does, and both policies pass a linter.
+The end-to-end tests then run every call awsrun makes through it (see conftest.sandbox)."""
+import json
+import os
+
+import pytest
+from parliament import analyze_policy_string
+
+import cloud_setup as cs
+import sandbox_iam as iam
+from conftest import ROOT
+
+USER_POLICY = json.load(open(os.path.join(ROOT, "awsrun-user-policy.json")))
+ACCOUNT, REGION = "123456789012", "us-east-1"
+INSTANCE = "arn:aws:ec2:%s:%s:instance/i-0abc" % (REGION, ACCOUNT)
+
+
+class Tagged(iam.World):
+    """One instance of job j1, one untagged instance, and a node role in its profile."""
+
+    def tags(self, kind, name):
+        return {"awsrun:job": "j1"} if name == "i-0abc" else {}
+
+    def profile_role(self, profile):
+        return "awsrun-j1-node"
+
+    def has_spot_role(self):
+        return False
+
+
+def checks(service, operation, **params):
+    request = {"service": service, "region": REGION, "operation": operation,
+               "params": dict(params, Action=operation)}
+    return iam.needs(request, Tagged())
+
+
+def allowed(policy, service, operation, **params):
+    return [iam.decide([policy], a, r, c) for a, r, c in checks(service, operation, **params)]
+
+
+def test_create_action_exists_only_inside_run_instances():
+    only_while_creating = {"Statement": [{"Effect": "Allow", "Action": "ec2:CreateTags", "Resource": "*",
+                                          "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}}}]}
+    direct = dict(**{"ResourceId.1": "i-0abc", "Tag.1.Key": "awsrun:status", "Tag.1.Value": "running"})
+    assert allowed(only_while_creating, "ec2", "CreateTags", **direct) == ["not allowed"]
+    launch = {"ImageId": "ami-1", "TagSpecification.1.ResourceType": "instance",
+              "TagSpecification.1.Tag.1.Key": "awsrun:job", "TagSpecification.1.Tag.1.Value": "j1"}
+    tagging = [(a, c) for a, _, c in checks("ec2", "RunInstances", **launch) if a == "ec2:CreateTags"]
+    assert tagging == [("ec2:CreateTags", {"aws:RequestTag/awsrun:job": "j1", "aws:TagKeys": ["awsrun:job"],
+                                           "ec2:CreateAction": "RunInstances"})]
+    # The shipped policy allows the direct status tags on the job's instances, and no others:
+    assert allowed(USER_POLICY, "ec2", "CreateTags", **direct) == ["allowed"]
+    untagged = dict(direct, **{"ResourceId.1": "i-0other"})
+    assert allowed(USER_POLICY, "ec2", "CreateTags", **untagged) == ["not allowed"]
+    job_tag = dict(direct, **{"Tag.1.Key": "awsrun:job", "Tag.1.Value": "someone-else"})
+    assert allowed(USER_POLICY, "ec2", "CreateTags", **job_tag) == ["not allowed"]
+
+
+@pytest.mark.parametrize("operator, key, wanted, context, expected", [
+    ("StringEquals", "k", "a", {}, False),                     # an absent key fails...
+    ("StringEqualsIfExists", "k", "a", {}, True),              # ...unless IfExists
+    ("StringEqualsIfExists", "k", "a", {"k": "b"}, False),
+    ("StringNotEquals", "k", "a", {}, True),                   # negated operators pass an absent key
+    ("StringNotEquals", "k", ["a", "b"], {"k": "b"}, False),   # NOR over the policy's values
+    ("StringLike", "k", "awsrun-*-node", {"k": "awsrun-j1-node"}, True),
+    ("StringLike", "k", "a?c", {"k": "abbc"}, False),
+    ("Null", "k", "true", {}, True),
+    ("Null", "k", "false", {}, False),
+    ("ForAllValues:StringEquals", "k", ["a", "b"], {"k": ["a", "b"]}, True),
+    ("ForAllValues:StringEquals", "k", ["a"], {"k": ["a", "c"]}, False),
+    ("ForAllValues:StringEquals", "k", ["a"], {}, True),        # vacuously true: pair it with a Null check
+    ("ForAllValues:StringNotEquals", "k", ["x"], {"k": ["a", "x"]}, False),
+    ("ForAnyValue:StringEquals", "k", ["a"], {"k": ["c", "a"]}, True),
+    ("ForAnyValue:StringEquals", "k", ["a"], {}, False),
+])
+def test_condition_operators(operator, key, wanted, context, expected):
+    assert iam.condition_holds(operator, key, wanted, context) is expected
+
+
+def test_an_explicit_deny_wins_and_unknown_operators_are_refused():
+    allow = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+    deny = {"Effect": "Deny", "Action": "s3:DeleteBucket", "Resource": "arn:aws:s3:::keep"}
+    assert iam.decide([{"Statement": [allow, deny]}], "s3:DeleteBucket", "arn:aws:s3:::keep", {}) == "denied"
+    assert iam.decide([{"Statement": [allow, deny]}], "s3:DeleteBucket", "arn:aws:s3:::other", {}) == "allowed"
+    odd = {"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {"IpAddress": {"aws:SourceIp": "1.2.3.4"}}}
+    with pytest.raises(ValueError):
+        iam.decide([{"Statement": [odd]}], "s3:GetObject", "*", {})
+
+
+def test_run_instances_is_authorized_on_every_resource_it_touches():
+    launch = {"ImageId": "ami-1", "KeyName": "j1", "SecurityGroupId.1": "sg-1",
+              "IamInstanceProfile.Name": "awsrun-j1-node", "InstanceMarketOptions.MarketType": "spot",
+              "TagSpecification.1.ResourceType": "instance",
+              "TagSpecification.1.Tag.1.Key": "awsrun:job", "TagSpecification.1.Tag.1.Value": "j1"}
+    needed = checks("ec2", "RunInstances", **launch)
+    assert sorted({(a, r.split(":")[-1].split("/")[0]) for a, r, _ in needed}) == [
+        ("ec2:CreateTags", "instance"), ("ec2:RunInstances", "image"), ("ec2:RunInstances", "instance"),
+        ("ec2:RunInstances", "key-pair"), ("ec2:RunInstances", "network-interface"),
+        ("ec2:RunInstances", "security-group"), ("ec2:RunInstances", "spot-instances-request"),
+        ("ec2:RunInstances", "subnet"), ("ec2:RunInstances", "volume"),
+        ("iam:CreateServiceLinkedRole", "role"), ("iam:PassRole", "role")]
+    assert set(allowed(USER_POLICY, "ec2", "RunInstances", **launch)) == {"allowed"}
+    only_instances = {"Statement": [{"Effect": "Allow", "Action": "ec2:RunInstances",
+                                     "Resource": "arn:aws:ec2:*:*:instance/*"}]}
+    assert "not allowed" in allowed(only_instances, "ec2", "RunInstances", **launch)
+    untagged = {k: v for k, v in launch.items() if not k.startswith("TagSpecification")}
+    assert "not allowed" in allowed(USER_POLICY, "ec2", "RunInstances", **untagged)  # every instance is the job's
+
+
+def test_the_node_policy_writes_objects_only_and_keeps_the_ownership_tags():
+    node = cs.node_policy("j1", "b1")
+
+    def s3(method, path, query=""):
+        request = {"service": "s3", "region": REGION, "method": method, "path": path, "query": query,
+                   "headers": {"host": "127.0.0.1:5000"}, "body": b""}
+        return [iam.decide([node], a, r, c) for a, r, c in iam.needs(request, Tagged())]
+    assert s3("PUT", "/b1/j10/output/x.txt") == ["allowed"]
+    assert s3("DELETE", "/b1/j10/big.bin", "uploadId=u1") == ["allowed"]
+    assert s3("PUT", "/b1", "encryption") == ["not allowed"]
+    assert s3("PUT", "/b1", "publicAccessBlock") == ["not allowed"]
+    assert s3("PUT", "/b1") == ["not allowed"]                      # CreateBucket
+    assert s3("PUT", "/other-bucket/x") == ["not allowed"]
+    status = {"ResourceId.1": "i-0abc", "Tag.1.Key": "awsrun:status", "Tag.1.Value": "uploading"}
+    assert allowed(node, "ec2", "CreateTags", **status) == ["allowed"]
+    assert allowed(node, "ec2", "CreateTags", **dict(status, **{"Tag.1.Key": "percent_complete"})) == ["allowed"]
+    for owned in cs.PROTECTED_TAGS:
+        assert allowed(node, "ec2", "CreateTags", **dict(status, **{"Tag.2.Key": owned})) == ["not allowed"]
+    assert allowed(node, "ec2", "TerminateInstances", **{"InstanceId.1": "i-0abc"}) == ["allowed"]
+    assert allowed(node, "ec2", "TerminateInstances", **{"InstanceId.1": "i-0other"}) == ["not allowed"]
+
+
+def test_clean_and_spot_are_granted_to_the_user():
+    role = {"RoleName": "awsrun-j1-node"}
+    for op in ("ListRolePolicies", "DeleteRolePolicy", "DeleteRole"):
+        assert allowed(USER_POLICY, "iam", op, **role) == ["allowed"]
+    profile = {"InstanceProfileName": "awsrun-j1-node", "RoleName": "awsrun-j1-node"}
+    for op in ("RemoveRoleFromInstanceProfile", "DeleteInstanceProfile", "AddRoleToInstanceProfile"):
+        assert set(allowed(USER_POLICY, "iam", op, **profile)) == {"allowed"}
+    assert allowed(USER_POLICY, "ec2", "DeleteSecurityGroup", GroupId="sg-1") == ["not allowed"]  # not the job's
+    assert allowed(USER_POLICY, "iam", "DeleteRole", RoleName="someone-elses") == ["not allowed"]
+    assert allowed(USER_POLICY, "iam", "CreateServiceLinkedRole", AWSServiceName="spot.amazonaws.com") == ["allowed"]
+    assert allowed(USER_POLICY, "iam", "CreateServiceLinkedRole", AWSServiceName="rds.amazonaws.com") == \
+        ["not allowed"]
+
+
+def lint(policy):
+    return [(f.issue, f.detail) for f in analyze_policy_string(json.dumps(policy)).findings]
+
+
+def test_both_policies_name_only_real_actions_and_condition_keys():
+    assert lint(cs.node_policy("j1", "b1")) == []
+    # parliament checks each statement alone; RunInstances is split on purpose (AWS's own
+    # example: a tag condition on instances only), so its per-statement mismatch is expected.
+    for issue, detail in lint(USER_POLICY):
+        assert issue == "RESOURCE_MISMATCH" and {d["action"] for d in detail} == {"ec2:RunInstances"}, (issue, detail)
+    typo = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:CreateTag", "Resource": "*"}]}
+    assert [issue for issue, _ in lint(typo)] == ["UNKNOWN_ACTION"]

@@ -1,0 +1,124 @@
+"""End-to-end tests of what a real account does that a kind sandbox would hide: the node
+image's own boto3, IAM on every call, a bucket whose settings are the user's, S3 asking to
+try again, and nodes that must end whatever goes wrong on them."""
+import json
+import os
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from conftest import write
+from test_operate import states, until
+
+
+def create_dispatch(box, job, rows, *extra):
+    jobs = write(box_tmp(box, job) / "jobs.csv", "instance_type,command\n" + "".join(
+        't3.micro,"%s"\n' % r.replace('"', '""') for r in rows))
+    run = box.run("dispatcher.py", "auto", job, jobs, "-c", "-d", *extra)
+    assert run.returncode == 0, run.stderr
+    return run
+
+
+def box_tmp(box, job):
+    import pathlib
+    path = pathlib.Path(box.env["AWSRUN_SANDBOX"]) / "jobs" / job
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def node_log(box, tag, name):
+    with open(os.path.join(box.nodes_dir, tag, ".awsrun", name)) as f:
+        return f.read()
+
+
+def test_nodes_run_the_images_boto3_and_act_with_their_own_roles_keys(box):
+    job = "strict-image"
+    create_dispatch(box, job, ["python3 -c 'import boto3, botocore, s3transfer; print(boto3.__version__, "
+                               "botocore.__version__, s3transfer.__version__)' > output/versions.txt"])
+    until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the upload")
+    assert box.read(job, job + "0/output/versions.txt") == "1.34.46 1.34.46 0.10.1\n"  # Ubuntu 24.04's
+    instance = box.instances(job)[0]["InstanceId"]
+    node_calls = {(e["action"], e["decision"]) for e in box.decisions() if e.get("principal") == "node:" + instance}
+    assert node_calls == {("ec2:CreateTags", "allowed"), ("s3:PutObject", "allowed"),
+                          ("ec2:TerminateInstances", "allowed")}  # objects only: no bucket settings
+
+
+def test_the_bucket_keeps_the_users_own_settings(box):
+    job = "strict-bucket"
+    box.s3.create_bucket(Bucket=job)
+    kms = {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/the-users-key"}
+    box.s3.put_bucket_encryption(Bucket=job, ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": kms}]})
+    create_dispatch(box, job, ["echo one", "echo two"])
+    until(lambda: set(states(box, job).values()) == {"succeeded"}, what="both uploads")
+    rules = box.s3.get_bucket_encryption(Bucket=job)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules[0]["ApplyServerSideEncryptionByDefault"] == kms
+    with pytest.raises(ClientError) as e:
+        box.s3.get_public_access_block(Bucket=job)
+    assert e.value.response["Error"]["Code"] == "NoSuchPublicAccessBlockConfiguration"
+    bucket_calls = [e for e in box.decisions() if e.get("resource") == "arn:aws:s3:::" + job]
+    assert {e["action"] for e in bucket_calls} <= {"s3:ListBucket"}  # HeadBucket and listings, nothing else
+
+
+def test_uploads_go_on_through_409_and_503_answers(box):
+    job = "strict-retry"
+    where = "arn:aws:s3:::%s/*" % job
+    box.faults([{"action": "s3:PutObject", "resource": where, "principal": "node*", "code": "OperationAborted",
+                 "status": 409, "times": 2, "message": "A conflicting conditional operation is in progress"},
+                {"action": "s3:PutObject", "resource": where, "principal": "node*", "code": "SlowDown",
+                 "status": 503, "times": 2, "message": "Please reduce your request rate."}])
+    create_dispatch(box, job, ["echo x > output/a.txt; echo y > output/b.txt"])
+    until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the upload", timeout=90)
+    assert box.read(job, job + "0/output/a.txt") == "x\n" and box.read(job, job + "0/output/b.txt") == "y\n"
+    assert sorted(f["path"] for f in box.manifest(job, job + "0")["files"]) == \
+        ["logs/install.1.log", "output/a.txt", "output/b.txt", "screen_output.txt"]
+    faults = [e["fault"] for e in box.decisions() if "fault" in e and e["resource"].startswith(where[:-1])]
+    assert sorted(faults) == ["OperationAborted"] * 2 + ["SlowDown"] * 2
+    assert box.states(job) == ["terminated"]
+
+
+def test_a_crashing_uploader_still_ends_its_machine(box):
+    job = "strict-crash"
+    # The row leaves a boto3 that cannot be imported where the uploader looks first, as an
+    # image without boto3 would.
+    create_dispatch(box, job, ["echo 'raise ImportError(\"No module named boto3\")' > .awsrun/boto3.py"])
+    until(lambda: box.states(job) == ["terminated"], what="the machine to end")
+    assert "ImportError: No module named boto3" in node_log(box, job + "0", "runner.log")
+    assert "guard end" in node_log(box, job + "0", "guard.log")  # the OS shutdown ended it
+    assert states(box, job) == {job + "0": "lost"}
+
+
+def test_a_throttled_terminate_still_ends_its_machine(box):
+    job = "strict-throttle"
+    jobs = write(box_tmp(box, job) / "jobs.csv", "instance_type,command\nt3.micro,echo done\n")
+    assert box.run("dispatcher.py", "auto", job, jobs, "-c").returncode == 0
+    instance = box.instances(job)[0]["InstanceId"]
+    box.faults([{"action": "ec2:TerminateInstances", "principal": "node:" + instance,
+                 "code": "RequestLimitExceeded", "status": 503, "message": "Request limit exceeded."}])
+    assert box.run("dispatcher.py", "auto", job, jobs, "-d").returncode == 0
+    until(lambda: box.states(job) == ["terminated"], what="the machine to end", timeout=90)
+    assert "could not terminate %s through the API" % instance in node_log(box, job + "0", "runner.log")
+    assert "guard end" in node_log(box, job + "0", "guard.log")
+    assert states(box, job) == {job + "0": "succeeded"}
+    assert box.read(job, job + "0/screen_output.txt") == "done\n"
+
+
+def test_an_output_name_that_is_not_utf8_is_uploaded_under_an_escaped_key(box):
+    job = "strict-names"
+    create_dispatch(box, job, ["python3 -c 'open(b\"output/caf\\xe9.txt\", \"wb\").write(b\"latin-1 name\")'"])
+    until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the upload")
+    assert box.read(job, job + "0/output/caf\\xe9.txt") == "latin-1 name"
+    assert box.states(job) == ["terminated"]
+
+
+def test_a_call_the_policy_does_not_grant_is_refused_as_on_aws(box):
+    kw = dict(endpoint_url=box.env["AWS_ENDPOINT_URL"], region_name=box.env["AWS_REGION"],
+              aws_access_key_id=box.env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=box.env["AWS_SECRET_ACCESS_KEY"])
+    with pytest.raises(ClientError) as e:
+        boto3.client("s3", **kw).put_bucket_policy(Bucket="strict-image", Policy=json.dumps({}))
+    assert e.value.response["Error"]["Code"] == "AccessDenied"
+    assert "is not authorized to perform: s3:PutBucketPolicy on resource: arn:aws:s3:::strict-image" in str(e.value)
+    with pytest.raises(ClientError) as e:
+        boto3.client("ec2", **kw).delete_vpc(VpcId="vpc-12345678")
+    assert e.value.response["Error"]["Code"] == "UnauthorizedOperation"
