@@ -238,7 +238,7 @@ class Sandbox:
                 rules = json.load(f)
         except (OSError, ValueError):
             return None
-        for n, rule in enumerate(rules):
+        for rule in rules:
             if any(sandbox_iam.fault_matches(rule, name, a, r) for a, r, _ in checks):
                 with self.lock:
                     key = json.dumps(rule, sort_keys=True)
