@@ -9,6 +9,7 @@ import pytest
 
 import cloud_setup as cs
 import dispatcher
+import save_results
 from conftest import instance_states, write
 
 
@@ -395,3 +396,43 @@ def test_fetch_refuses_a_damaged_file(aws, tmp_path, capsys):
     assert capsys.readouterr().err == ("error: job0/output/r.txt arrived damaged (their hashes differ from the "
                                        "manifest or ETag): fetch again\n")
     assert not (tmp_path / "out" / "job0" / "output" / "r.txt").exists()
+
+
+# ---------------------------------------------------------------------------- the node's uploader
+
+def node_folder(aws, tmp_path, monkeypatch, bucket):
+    """A node's work directory after its command, on an instance of job j1 (current boto3)."""
+    ami = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    instance = aws.run_instances(ImageId=ami, MinCount=1, MaxCount=1, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": cs.JOB_TAG, "Value": "j1"}]}])["Instances"][0]["InstanceId"]
+    node = {"job": "j1", "tag": "j10", "instance_id": instance, "instance_type": "t3.micro", "bucket": bucket,
+            "region": "us-east-1", "command": "echo hi", "outputs": [], "max_runtime": None, "upload_hold": 3600}
+    write(tmp_path / "node" / ".awsrun" / "node.json", json.dumps(node))
+    for name, text in [(".awsrun/exit_code", "0\n"), (".awsrun/started", "2026-01-01T00:00:00Z\n"),
+                       (".awsrun/ended", "2026-01-01T00:01:00Z\n"), ("screen_output.txt", "hi\n"),
+                       ("output/result.txt", "42\n")]:
+        write(tmp_path / "node" / name, text)
+    monkeypatch.chdir(tmp_path / "node")
+    return instance
+
+
+def test_uploader_on_current_boto3_uploads_then_ends_its_instance(aws, tmp_path, monkeypatch):
+    boto3.client("s3").create_bucket(Bucket="bucket-1")
+    instance = node_folder(aws, tmp_path, monkeypatch, "bucket-1")
+    assert save_results.main([]) == 0
+    s3 = boto3.client("s3")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="bucket-1")["Contents"])
+    assert keys == ["_awsrun/j10/exit=0,runtime=60", "j10/manifest.json", "j10/output/result.txt",
+                    "j10/screen_output.txt"]
+    assert s3.get_object(Bucket="bucket-1", Key="j10/output/result.txt")["Body"].read() == b"42\n"
+    assert instance_states(aws) == ["terminated"]
+
+
+def test_uploader_that_cannot_upload_holds_its_node_with_a_deadline(aws, tmp_path, monkeypatch):
+    instance = node_folder(aws, tmp_path, monkeypatch, "no-such-bucket")
+    assert save_results.main([]) == save_results.UPLOAD_FAILED == 75  # run.sh holds the node on 75
+    tags = {t["Key"]: t["Value"] for t in aws.describe_tags(
+        Filters=[{"Name": "resource-id", "Values": [instance]}])["Tags"]}
+    assert tags[cs.STATUS_TAG] == "upload-failed" and "NoSuchBucket" in tags[cs.ERROR_TAG]
+    assert 3500 < cs.parse_time(tags[cs.UNTIL_TAG]) - cs.parse_time(cs.now_text()) <= 3600
+    assert instance_states(aws) == ["running"]
