@@ -276,22 +276,53 @@ def ssh_rule(cidr):
             "IpRanges": [{"CidrIp": cidr, "Description": "awsrun: SSH from the dispatcher"}]}
 
 
-def ensure_security_group(job, cidr):
-    """Security group awsrun-JOB in the default VPC, allowing port 22 from `cidr` only."""
+def ensure_security_group(job, cidr, vpc_id=None):
+    """Security group awsrun-JOB in the launch's VPC, allowing port 22 from `cidr` only."""
     ec2, name = client("ec2"), "awsrun-" + job
-    groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])
-    if groups["SecurityGroups"]:
-        group = groups["SecurityGroups"][0]
+    filters = [{"Name": "group-name", "Values": [name]}] + (
+        [{"Name": "vpc-id", "Values": [vpc_id]}] if vpc_id else [])
+    groups = ec2.describe_security_groups(Filters=filters)["SecurityGroups"]
+    if groups:
+        group = groups[0]
     else:
-        group_id = ec2.create_security_group(
-            GroupName=name, Description="awsrun job %s: SSH from the dispatcher only" % job,
-            TagSpecifications=job_tags("security-group", job))["GroupId"]
-        group = {"GroupId": group_id, "IpPermissions": []}
+        made = dict(GroupName=name, Description="awsrun job %s: SSH from the dispatcher only" % job,
+                    TagSpecifications=job_tags("security-group", job))
+        group = {"GroupId": ec2.create_security_group(**made, **({"VpcId": vpc_id} if vpc_id else {}))["GroupId"],
+                 "IpPermissions": []}
+    allow_ssh_only_from(group, cidr)
+    return group["GroupId"]
+
+
+def allow_ssh_only_from(group, cidr):
+    """Keep the group's one SSH rule on `cidr`: a rule for an address used before is replaced.
+    A group made a moment ago may not be visible yet (InvalidGroup.NotFound): retried."""
+    ec2 = client("ec2")
     allowed = [r["CidrIp"] for p in group["IpPermissions"] if p.get("FromPort") == 22
                for r in p.get("IpRanges", [])]
     if cidr not in allowed:
-        ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[ssh_rule(cidr)])
-    return group["GroupId"]
+        for delay in backoff(time.monotonic() + 60, first=0.5):
+            try:
+                ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[ssh_rule(cidr)])
+                break
+            except ClientError as e:
+                if error_code(e) != "InvalidGroup.NotFound" or delay is None:
+                    raise
+    stale = [c for c in allowed if c != cidr]
+    if stale:
+        ec2.revoke_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": c} for c in stale]}])
+        log("SSH to job machines: now from %s only (was %s)" % (cidr, ", ".join(stale)))
+
+
+def refresh_ssh_rule(job):
+    """Before SSH to a job's machines: if the caller's address changed since create (another
+    network), replace the old rule with one for the new address."""
+    groups = client("ec2").describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["awsrun-" + job]}])["SecurityGroups"]
+    if groups:
+        cidr = caller_cidr()
+        for group in groups:
+            allow_ssh_only_from(group, cidr)
 
 
 # ---------------------------------------------------------------------------- instance profile
@@ -330,7 +361,13 @@ def ensure_instance_profile(job, bucket):
         iam.create_instance_profile(InstanceProfileName=name)
     except iam.exceptions.EntityAlreadyExistsException:
         pass
-    roles = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]
+    for delay in backoff(time.monotonic() + 60, first=0.5):
+        try:  # a profile made a moment ago may not be visible yet
+            roles = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]
+            break
+        except iam.exceptions.NoSuchEntityException:
+            if delay is None:
+                raise
     if not any(r["RoleName"] == name for r in roles):
         iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
     return name
@@ -383,7 +420,8 @@ def default_ami():
 
 
 def check_image_and_types(ami, types):
-    """Before any launch: the AMI exists, every instance type exists and can run it."""
+    """Before any launch: the AMI exists, every instance type exists and can run it.
+    Returns {instance type: its vCPUs}."""
     ec2 = client("ec2")
     try:
         images = ec2.describe_images(ImageIds=[ami])["Images"]
@@ -414,34 +452,174 @@ def check_image_and_types(ami, types):
         if arch not in archs:
             raise UserError("instance type %s runs %s, but AMI %s is %s: pick a matching AMI or type"
                             % (t, "/".join(archs), ami, arch), 2)
+    return {t: known[t].get("VCpuInfo", {}).get("DefaultVCpus", 1) for t in types}
 
 
 # ---------------------------------------------------------------------------- instances
 
-def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket, spot=False):
-    """One RunInstances call for a list of node numbers, every instance tagged in that call.
-    All or nothing (MinCount = MaxCount). Returns the instance ids."""
+MAX_PER_LAUNCH = 250  # RunInstances' resource bucket holds 1,000 instances and refills at 2 a second
+CAPACITY_ERRORS = ("InsufficientInstanceCapacity", "InsufficientHostCapacity", "Unsupported")
+BOOT_GUARD = """#!/bin/bash
+# awsrun: a machine that is never prepared ends by itself. awsrun's guard cancels this when
+# the machine is ready, and arms its own.
+shutdown -h +%d
+"""
+
+
+def launch_subnets(subnet_ids=()):
+    """The subnets to launch in, in order: the given ones, else the default VPC's default
+    subnets (one per zone). Each {id, zone, vpc, public}. UserError when there are none."""
+    ec2 = client("ec2")
+    if subnet_ids:
+        try:
+            found = ec2.describe_subnets(SubnetIds=list(subnet_ids))["Subnets"]
+        except ClientError as e:
+            if not error_code(e).startswith("InvalidSubnetID"):
+                raise
+            raise UserError("--subnet: %s: check the ids with `aws ec2 describe-subnets`"
+                            % e.response["Error"].get("Message", e), code=2) from None
+        found.sort(key=lambda s: list(subnet_ids).index(s["SubnetId"]))
+    else:
+        found = sorted(ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"],
+                       key=lambda s: s["AvailabilityZone"])
+        if not found:
+            raise UserError("region %s has no default VPC: name the subnets to launch in, e.g. "
+                            "ARGS=\"--subnet subnet-0abc --subnet subnet-0def\" (one per zone, for failover)"
+                            % region(), code=2)
+    vpcs = sorted({s["VpcId"] for s in found})
+    if len(vpcs) > 1:
+        raise UserError("--subnet: the subnets are in %d VPCs (%s): give subnets of one VPC"
+                        % (len(vpcs), ", ".join(vpcs)), code=2)
+    return [{"id": s["SubnetId"], "zone": s["AvailabilityZone"], "vpc": s["VpcId"],
+             "public": bool(s.get("MapPublicIpOnLaunch"))} for s in found]
+
+
+def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket, subnets, spot=False,
+           boot_guard=0):
+    """Launch one instance type's nodes: calls of at most MAX_PER_LAUNCH instances with
+    MinCount=1, each in one subnet, every instance tagged in its call. What a zone has no
+    capacity for is tried in the next subnet, until every one was tried. Returns (instance ids,
+    {node number: why it could not be launched})."""
+    ids, pending, zones, why = [], list(numbers), list(subnets), ""
+    while pending and zones:
+        batch = launch_batches(pending[:MAX_PER_LAUNCH])[0]
+        params = launch_params(job, ami, instance_type, batch, key_name, group_id, profile, bucket, zones[0],
+                               spot, boot_guard)
+        try:
+            got = run_instances(params)
+        except ClientError as e:
+            if error_code(e) not in CAPACITY_ERRORS:
+                problem = launch_error(e, instance_type, ami)
+                if not isinstance(problem, UserError):
+                    raise
+                why = str(problem)
+                break
+            why = "no %s capacity in %s (%s)" % (instance_type, zones[0]["zone"], error_code(e))
+            log("%s: trying the next zone" % why)
+            zones.pop(0)
+            continue
+        ids += got
+        pending = batch[len(got):] + pending[len(batch):]
+        if len(got) < len(batch):
+            why = "%s had %s capacity for %d of %d" % (zones[0]["zone"], instance_type, len(got), len(batch))
+            zones.pop(0)
+    if pending and not zones:
+        why = "AWS has no %s capacity in any of the %d zones tried (%s): try later, another type, or more " \
+              "subnets (--subnet), then `make retry`" % (instance_type, len(subnets), why)
+    return ids, {n: why for n in pending}
+
+
+def launch_params(job, ami, instance_type, numbers, key_name, group_id, profile, bucket, subnet, spot, boot_guard):
+    """The RunInstances arguments for one launch: tagged in the call, ended by an OS shutdown,
+    with a boot-time guard, in one subnet (given a public address if it maps none)."""
     tags = [{"Key": "Name", "Value": job}, {"Key": JOB_TAG, "Value": job},
             {"Key": ROWS_TAG, "Value": encode_rows(numbers)}, {"Key": BUCKET_TAG, "Value": bucket}]
-    params = dict(ImageId=ami, InstanceType=instance_type, MinCount=len(numbers), MaxCount=len(numbers),
-                  KeyName=key_name, SecurityGroupIds=[group_id], IamInstanceProfile={"Name": profile},
+    params = dict(ImageId=ami, InstanceType=instance_type, MinCount=1, MaxCount=len(numbers),
+                  KeyName=key_name, IamInstanceProfile={"Name": profile},
                   InstanceInitiatedShutdownBehavior="terminate",
                   TagSpecifications=[{"ResourceType": "instance", "Tags": tags},
                                      {"ResourceType": "volume", "Tags": tags[:2]}])
+    if boot_guard:
+        params["UserData"] = BOOT_GUARD % max(1, (boot_guard + 59) // 60)
+    if subnet["public"] or setting("SSH_ADDRESS", "public") == "private":
+        params.update(SubnetId=subnet["id"], SecurityGroupIds=[group_id])
+    else:  # a subnet that maps no public IP: ask for one, or the node cannot be reached
+        params["NetworkInterfaces"] = [{"DeviceIndex": 0, "SubnetId": subnet["id"], "Groups": [group_id],
+                                        "AssociatePublicIpAddress": True}]
     if spot:  # an interrupted spot node is terminated, shows as lost, and `retry` runs it again
         # The first spot launch of an account makes its spot service-linked role, with the
         # caller's iam:CreateServiceLinkedRole (the policy grants it for spot.amazonaws.com).
         params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
             "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
-    deadline = time.monotonic() + 90
-    for delay in backoff(deadline):
+    return params
+
+
+def run_instances(params, seconds=300):
+    """One RunInstances call; returns the new instance ids. Throttling past botocore's own
+    retries is waited out, and a new instance profile, which takes a few seconds to reach EC2,
+    is waited for; both up to a deadline."""
+    for delay in backoff(time.monotonic() + seconds, first=1.0, cap=30.0):
         try:
             return [i["InstanceId"] for i in client("ec2").run_instances(**params)["Instances"]]
         except ClientError as e:
-            # A new instance profile takes a few seconds to reach EC2; nothing else is retried.
-            if not ("instance profile" in str(e).lower() and error_code(e) == "InvalidParameterValue"
-                    and delay is not None):
-                raise launch_error(e, instance_type, ami)
+            waiting = error_code(e) == "RequestLimitExceeded" or (
+                error_code(e) == "InvalidParameterValue" and "instance profile" in str(e).lower())
+            if not waiting or delay is None:
+                raise
+
+
+# Service Quotas' codes of EC2's vCPU quotas, per group of instance families: (on-demand, spot).
+QUOTAS = {"standard": ("L-1216C47A", "L-34B43A08"), "g": ("L-DB2E81BA", "L-3819A6DF"),
+          "p": ("L-417A185B", "L-7212CCBC"), "x": ("L-7295265B", "L-E3A00192"),
+          "f": ("L-74FC7D96", "L-88CF9481"), "inf": ("L-1945791B", "L-B5D1601B")}
+QUOTA_NAMES = {"standard": "Standard (A, C, D, H, I, M, R, T, Z)", "g": "G and VT", "p": "P", "x": "X",
+               "f": "F", "inf": "Inf"}
+
+
+def quota_family(instance_type):
+    """The vCPU quota group of an instance type (t3.micro -> standard, g5.xlarge -> g), or None."""
+    prefix = re.match(r"[a-z]*", instance_type).group(0)
+    if prefix.startswith(("dl", "hpc", "mac", "trn", "u")):
+        return None
+    if prefix.startswith("inf"):
+        return "inf"
+    if prefix.startswith(("g", "vt")):
+        return "g"
+    if prefix[:1] in ("p", "x", "f"):
+        return prefix[0]
+    return "standard" if prefix[:1] and prefix[0] in "acdhimrtz" else None
+
+
+def quota_advice(instance_type, needed=None, spot=False):
+    family = quota_family(instance_type)
+    if family is None:
+        return "ask for more in Service Quotas, or run fewer rows at once"
+    code = QUOTAS[family][spot]
+    return ("ask for more (`aws service-quotas request-service-quota-increase --service-code ec2 --quota-code %s "
+            "--desired-value %s`), or run fewer rows at once" % (code, needed or "N"))
+
+
+def check_quotas(need, spot=False):
+    """Before launching: refuse a job that needs more vCPUs of a quota group than the account's
+    quota allows. `need` is {instance type: (count, vCPUs each)}. A quota that cannot be read
+    is not checked: the launch's own error then says the same."""
+    groups = {}
+    for itype, (count, each) in need.items():
+        family = quota_family(itype)
+        if family:
+            total, types = groups.get(family, (0, []))
+            groups[family] = (total + count * each, types + ["%d x %s" % (count, itype)])
+    for family, (needed, types) in sorted(groups.items()):
+        try:
+            quota = client("service-quotas").get_service_quota(ServiceCode="ec2", QuotaCode=QUOTAS[family][spot])
+            allowed = int(quota["Quota"]["Value"])
+        except (ClientError, BotoCoreError):
+            continue
+        if needed > allowed:
+            raise UserError("the job needs %d vCPUs of %s %s instances (%s), but the account's quota in %s "
+                            "allows %d: %s" % (needed, "spot" if spot else "on-demand", QUOTA_NAMES[family],
+                                               ", ".join(types), region(), allowed,
+                                               quota_advice(types[0].split(" x ")[1], needed, spot)))
 
 
 def launch_error(e, instance_type, ami):
@@ -449,7 +627,8 @@ def launch_error(e, instance_type, ami):
     code = error_code(e)
     hints = {
         "InstanceLimitExceeded": "an instance quota is reached: ask AWS for more, or run fewer rows",
-        "VcpuLimitExceeded": "the vCPU quota for %s is reached: request an increase in Service Quotas" % instance_type,
+        "VcpuLimitExceeded": "the account's vCPU quota for %s instances is reached: %s" % (
+            instance_type, quota_advice(instance_type)),
         "InsufficientInstanceCapacity": "AWS has no %s capacity right now: try later or another type" % instance_type,
         "OptInRequired": "accept the terms of AMI %s in the AWS Marketplace first" % ami,
         "UnauthorizedOperation": "your credentials may not launch instances: see awsrun-user-policy.json",
@@ -484,7 +663,8 @@ def node_of(instance):
             "error": tags.get(ERROR_TAG, ""), "launched": instance["LaunchTime"],
             "since": parse_time(tags.get(SINCE_TAG, "")), "progress": tags.get(PROGRESS_TAG, ""),
             "until": tags.get(UNTIL_TAG, ""),
-            "address": instance.get("PublicIpAddress") or instance.get("PublicDnsName") or ""}
+            "address": instance.get("PrivateIpAddress", "") if setting("SSH_ADDRESS", "public") == "private"
+            else instance.get("PublicIpAddress") or instance.get("PublicDnsName") or ""}
 
 
 def parse_time(text):
@@ -530,16 +710,30 @@ def current_nodes(nodes):
 
 
 def wait_running(ids, timeout=600):
-    """Wait, with boto3's waiter, until every instance is running."""
-    if not ids:
-        return
-    try:
-        client("ec2").get_waiter("instance_running").wait(
-            InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": max(1, timeout // 5)})
-    except WaiterError as e:
-        raise UserError("the machines did not all reach `running` (%s): see `make status JOB=...` "
-                        "and each instance's state reason in the EC2 console" % e.last_response.get(
-                            "Error", {}).get("Message", e))
+    """Wait until every instance is running or has ended. Returns (the running ids, {id: why}
+    for those that ended or were still pending at the deadline, which are terminated)."""
+    ids, states = list(ids), {}
+    for delay in backoff(time.monotonic() + timeout, first=1.0, cap=10.0):
+        try:
+            pages = client("ec2").get_paginator("describe_instances").paginate(InstanceIds=ids)
+            states = {i["InstanceId"]: i for p in pages for r in p["Reservations"] for i in r["Instances"]}
+        except ClientError as e:
+            if error_code(e) != "InvalidInstanceID.NotFound":  # new ids take a moment to be seen
+                raise
+        if len(states) == len(ids) and all(i["State"]["Name"] != "pending" for i in states.values()):
+            break
+        if delay is None:
+            break
+    running = [i for i in ids if i in states and states[i]["State"]["Name"] == "running"]
+    failed = {}
+    for i in ids:
+        if i not in running:
+            state = states.get(i, {}).get("State", {}).get("Name", "not seen")
+            reason = states.get(i, {}).get("StateReason", {}).get("Message", "")
+            failed[i] = "%s after %d s%s" % (state, timeout, ": " + reason if reason else "") if state in (
+                "pending", "not seen") else "%s%s" % (state, ": " + reason if reason else "")
+    terminate([i for i in failed if states.get(i, {}).get("State", {}).get("Name") in ("pending", "running", None)])
+    return running, failed
 
 
 def terminate(ids):

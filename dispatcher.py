@@ -322,7 +322,7 @@ as_root() {{ if [ "$EUID" = 0 ]; then "$@"; else sudo -n "$@"; fi; }}
 if [ -s .awsrun/watchdog.pid ]; then
     read -r pid < .awsrun/watchdog.pid; kill -- -"$pid" 2>/dev/null; : > .awsrun/watchdog.pid
 fi
-if [ -s .awsrun/shutdown ]; then as_root shutdown -c 2>/dev/null; : > .awsrun/shutdown; fi
+as_root shutdown -c 2>/dev/null; : > .awsrun/shutdown  # also the boot-time guard of the launch
 hash shutdown 2>/dev/null
 TZ=UTC printf '%(%Y-%m-%dT%H:%M:%SZ)T guard %s (shutdown is %s)\\n' -1 "$*" "${{BASH_CMDS[shutdown]}}" >> .awsrun/guard.log
 case "$1" in
@@ -447,9 +447,9 @@ def plan(args, rows):
     return {cs.tag_name(args.job, i + args.tag_offset): row for i, row in enumerate(rows)}
 
 
-def launch_missing(args, wanted, ami, key_name, group_id, profile, bucket):
-    """Launch the tags that have no live instance: one RunInstances call per instance type.
-    Returns the instance ids of every wanted tag, launched now or before."""
+def to_launch(args, wanted):
+    """instance type -> the node numbers of the wanted tags that have no live instance.
+    UserError if a tag runs already as another type."""
     live = cs.current_nodes(cs.find_nodes(args.job, cs.LIVE))
     for tag, node in live.items():
         if tag in wanted and node["type"] != wanted[tag][1]:
@@ -459,15 +459,24 @@ def launch_missing(args, wanted, ami, key_name, group_id, profile, bucket):
     for tag, (line, itype, command) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
         if tag not in live:
             by_type.setdefault(itype, []).append(int(tag[len(args.job):]))
-    ids, spot = [n["id"] for t, n in live.items() if t in wanted], getattr(args, "spot", False)
+    return by_type
+
+
+def launch_missing(args, by_type, ami, key_name, group_id, profile, bucket, subnets):
+    """Launch every missing node, per instance type, failing over between zones. Returns
+    (the new instance ids, {tag: why it could not be launched})."""
+    ids, missing, spot = [], {}, getattr(args, "spot", False)
+    guard = args.ssh_timeout + args.install_tries * (args.install_timeout + 15) + 600
     for itype, numbers in sorted(by_type.items()):
-        for batch in cs.launch_batches(numbers):
-            ids += cs.launch(args.job, ami, itype, batch, key_name, group_id, profile, bucket,
-                             spot=spot)
-            log("launched %d x %s%s" % (len(batch), itype, " (spot)" if spot else ""))
+        got, lacking = cs.launch(args.job, ami, itype, numbers, key_name, group_id, profile, bucket, subnets,
+                                 spot=spot, boot_guard=guard)
+        ids += got
+        missing.update({cs.tag_name(args.job, n): why for n, why in lacking.items()})
+        log("launched %d x %s%s" % (len(got), itype, " (spot)" if spot else "") +
+            (" (%d could not be launched)" % len(lacking) if lacking else ""))
     if not by_type:
-        log("all %d machines already exist" % len(wanted))
-    return ids
+        log("all machines already exist")
+    return ids, missing
 
 
 BUSY = ("running", "uploading", "upload-failed")  # node states that create must not touch
@@ -475,33 +484,50 @@ BUSY = ("running", "uploading", "upload-failed")  # node states that create must
 
 def create(args, wanted):
     """Key pair, security group, instance profile, bucket, instances; then prepare every node.
-    Returns the SSH session, holding the nodes' connections for a dispatch in the same run."""
+    Returns the SSH session, holding the nodes' connections for a dispatch in the same run, and
+    {tag: why} for the rows that could not be launched (the others go on)."""
     ami = cs.default_ami() if args.ami == "auto" else args.ami
-    cs.check_image_and_types(ami, {itype for _, itype, _ in wanted.values()})
+    vcpus = cs.check_image_and_types(ami, {itype for _, itype, _ in wanted.values()})
+    subnets = cs.launch_subnets(args.subnet)
+    by_type = to_launch(args, wanted)
+    cs.check_quotas({t: (len(n), vcpus[t]) for t, n in by_type.items()}, getattr(args, "spot", False))
     bucket, cidr = args.bucket or args.job, cs.caller_cidr()
     with open(os.path.join(cs.state_dir(args.job), "bucket"), "w") as f:
         f.write(bucket)
     with ThreadPoolExecutor(4) as pool:  # four independent resources, made at once
         made = [pool.submit(cs.ensure_bucket, cs.client("s3"), bucket, cs.region()),
-                pool.submit(cs.ensure_key_pair, args.job), pool.submit(cs.ensure_security_group, args.job, cidr),
+                pool.submit(cs.ensure_key_pair, args.job),
+                pool.submit(cs.ensure_security_group, args.job, cidr, subnets[0]["vpc"]),
                 pool.submit(cs.ensure_instance_profile, args.job, bucket)]
         _, key, group_id, profile = [m.result() for m in made]
     session = Session(args.job, args.ssh_timeout)
     log("job %s: key %s, security group %s, instance profile %s, bucket %s" % (args.job, key, group_id, profile, bucket))
     pause(args, "launch up to %d machines with AMI %s" % (len(wanted), ami))
     try:
-        ids = launch_missing(args, wanted, ami, args.job, group_id, profile, bucket)
-        cs.wait_running(ids, timeout=args.ssh_timeout)
+        ids, missing = launch_missing(args, by_type, ami, args.job, group_id, profile, bucket, subnets)
+        running, failed = cs.wait_running(ids, timeout=args.ssh_timeout)
         nodes = [n for t, n in sorted(cs.current_nodes(cs.find_nodes(args.job, cs.LIVE)).items())
                  if t in wanted and n["status"] not in BUSY]
+        for node in cs.find_nodes(args.job):
+            if node["id"] in failed:
+                missing[node["tag"]] = "its instance %s %s" % (node["id"], failed[node["id"]])
+        for tag, why in sorted(missing.items()):
+            log("%s (line %d) was not launched: %s" % (tag, wanted[tag][0], why))
         log("%d machines running; copying files and installing" % len(nodes))
         pause(args, "prepare the machines over SSH")
-        prepare_all(args, nodes, session)
-        return session
+        if nodes:
+            prepare_all(args, nodes, session)
+        return session, missing
     except KeyboardInterrupt:
         raise UserError("interrupted: every machine launched so far is tagged awsrun:job=%s; "
                         "`make status JOB=%s` shows them and `make down JOB=%s` removes them"
-                        % (args.job, args.job, args.job), code=130)
+                        % (args.job, args.job, args.job), code=130) from None
+
+
+def missing_error(missing):
+    """The one line for rows that could not be launched (each was named with its reason above)."""
+    return UserError("%d rows could not be launched: %s; `make retry` launches them later"
+                     % (len(missing), " ".join(sorted(missing, key=lambda t: (len(t), t)))))
 
 
 def prepare_all(args, nodes, session):
@@ -673,6 +699,9 @@ def parse_args(argv):
     p.add_argument("--tag_offset", type=int, default=0, help="number the machines from N")
     p.add_argument("--bucket", help="results bucket (default: the job name)")
     p.add_argument("--spot", action="store_true", help="launch spot instances")
+    p.add_argument("--subnet", action="append", default=[], metavar="ID",
+                   help="launch in this subnet (repeatable: the next is tried when a zone has no capacity); "
+                        "default: the default VPC's subnets")
     p.add_argument("--max-runtime", type=duration, default=0, metavar="DURATION",
                    help="stop each command after this long (e.g. 6h); its results are still uploaded")
     p.add_argument("--upload-hold", type=duration, default=24 * 3600, metavar="DURATION",
@@ -703,13 +732,15 @@ def main(argv=None):
             wanted = retry_plan(args, wanted)
             if not wanted:
                 return 0
-        session = create(args, wanted) if args.create else None  # dispatch reuses its connections
-        try:
-            if args.dispatch:
-                dispatch(args, wanted, session)
+        session, missing = create(args, wanted) if args.create else (None, {})
+        try:  # dispatch reuses create's connections; it starts what did launch
+            if args.dispatch and len(missing) < len(wanted):
+                dispatch(args, {t: r for t, r in wanted.items() if t not in missing}, session)
         finally:
             if session is not None:
                 session.close_all()
+        if missing:
+            raise missing_error(missing)
         return 0
     return cs.run_cli(run_all)
 

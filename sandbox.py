@@ -44,14 +44,15 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 
 import cloud_setup as cs
 import sandbox_iam
+import sandbox_ec2
+from sandbox_ec2 import ACCOUNT, REGION, MotoWorld, instance_role, play_ec2, power_off, processes_under
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-REGION = "us-east-1"
-ACCOUNT = "123456789012"
 USER_KEY, ADMIN_KEY = "sandbox", "sandbox-admin"  # the user's access key; the tests' own, unchecked
 USER_ARN = "arn:aws:iam::%s:user/awsrun-user" % ACCOUNT
 NODE_VENV = os.path.join(HERE, ".venv-node")
@@ -140,13 +141,15 @@ class Sandbox:
             os.makedirs("/run/sshd", mode=0o755)  # what the openssh-server service would make
         for sub in ("ssh", "bin", "nodes", "keys", "state", "aws"):
             os.makedirs(self.path(sub), mode=0o700, exist_ok=True)
-        faults = os.environ.get("AWSRUN_SANDBOX_FAULTS")
-        if faults:
-            with open(self.path("faults.json"), "w") as f:
-                f.write(faults)
+        for name, variable in (("faults.json", "AWSRUN_SANDBOX_FAULTS"), ("account.json", "AWSRUN_SANDBOX_ACCOUNT")):
+            if os.environ.get(variable):
+                with open(self.path(name), "w") as f:
+                    f.write(os.environ[variable])
+        self.node_path = ":".join([self.path("bin"), os.path.dirname(node_python), "/usr/local/bin", "/usr/bin", "/bin"])
         self.start_moto()
+        sandbox_ec2.shape_network(self.account())
         self.start_imds()
-        self.start_sshd(sshd, node_python)
+        self.start_sshd(sshd)
         return self
 
     # -- AWS, behind the IAM gate
@@ -159,7 +162,7 @@ class Sandbox:
         self.moto = make_server("127.0.0.1", 0, lambda env, start: self.gate(app, env, start), threaded=True)
         threading.Thread(target=self.moto.serve_forever, daemon=True).start()
         self.endpoint = "http://127.0.0.1:%d" % self.moto.server_port
-        play_ec2(self.path("ssh", "authorized_keys"), self.path("nodes"))
+        play_ec2(self.path("ssh", "authorized_keys"), self.path("nodes"), self.node_path)
         self.seed_ubuntu()
 
     def seed_ubuntu(self):
@@ -186,7 +189,7 @@ class Sandbox:
         headers["content-type"] = environ.get("CONTENT_TYPE", "")
         request = sandbox_iam.parse(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""),
                                     environ.get("QUERY_STRING", ""), headers, body)
-        answer = self.authorize(request)
+        answer = self.authorize(request) or self.play_account(request, environ)
         if answer is None:
             return app(environ, start_response)
         status, response_headers, payload = answer
@@ -229,16 +232,45 @@ class Sandbox:
                 denied = sandbox_iam.denial(request["service"], arn, action, resource)
         if denied is None and any(a == "iam:CreateServiceLinkedRole" for a, _, _ in checks):
             MotoWorld().make_spot_role()  # as EC2 does on the first spot launch
-        return denied or self.fault(request["service"], name, checks)
+        return denied or self.fault(request["service"], name, checks, request)
 
-    def fault(self, service, name, checks):
+    def account(self):
+        """The account's settings (sandbox_ec2.py): DIR/account.json, read on every call."""
+        try:
+            with open(self.path("account.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def play_account(self, request, environ):
+        """What a real account answers where moto differs: Service Quotas for EC2, and how many
+        instances a launch gets (the body moto sees is rewritten to that count)."""
+        if request["service"] == "servicequotas" and request.get("operation") == "GetServiceQuota":
+            return sandbox_ec2.quota_answer(request["params"], self.account())
+        if request["service"] != "ec2" or request.get("operation") != "RunInstances":
+            return None
+        count, error = sandbox_ec2.launch_count(request["params"], self.account())
+        if error:
+            return sandbox_iam.error_response("ec2", error[0], error[1], 400)
+        params = dict(request["params"], MinCount=str(count), MaxCount=str(count))
+        body = urllib.parse.urlencode(params).encode()
+        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+        environ["QUERY_STRING"] = ""
+        return None
+
+    def fault(self, service, name, checks, request=None):
         """The first fault rule of DIR/faults.json that matches, while it has times left."""
         try:
             with open(self.path("faults.json")) as f:
                 rules = json.load(f)
         except (OSError, ValueError):
             return None
+        params = (request or {}).get("params", {})
         for rule in rules:
+            if any(str(params.get(k)) != str(v) for k, v in rule.get("params", {}).items()):
+                continue
+            if "zone" in rule and MotoWorld().zone_of(params) != rule["zone"]:
+                continue
             if any(sandbox_iam.fault_matches(rule, name, a, r) for a, r, _ in checks):
                 with self.lock:
                     key = json.dumps(rule, sort_keys=True)
@@ -361,7 +393,7 @@ class Sandbox:
 
     # -- the nodes' SSH server
 
-    def start_sshd(self, sshd, node_python):
+    def start_sshd(self, sshd):
         ssh = self.path("ssh")
         host_key = os.path.join(ssh, "host_ed25519_key")
         if not os.path.exists(host_key):
@@ -373,8 +405,7 @@ class Sandbox:
                                        control=self.imds_url + "/sandbox/power"))
             os.chmod(self.path("bin", name), 0o755)
         self.ssh_port = free_port()
-        node_path = ":".join([self.path("bin"), os.path.dirname(node_python),
-                              "/usr/local/bin", "/usr/bin", "/bin"])
+        node_path = self.node_path
         node_env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds_url,
                     "AWS_CONFIG_FILE": self.path("aws", "config"),
                     "AWS_SHARED_CREDENTIALS_FILE": self.path("aws", "credentials"), "PATH": node_path}
@@ -456,65 +487,6 @@ def setting_node_venv():
     return os.environ.get("AWSRUN_SANDBOX_NODE_VENV") or NODE_VENV
 
 
-class MotoWorld(sandbox_iam.World):
-    """What IAM would know when it authorizes a request: resource tags and roles, from moto."""
-
-    account = ACCOUNT
-
-    def tags(self, kind, name):
-        from moto.ec2.models import ec2_backends
-        from moto.iam.models import iam_backends
-        if kind == "role":
-            role = next((r for r in iam_backends[ACCOUNT]["aws"].roles.values() if r.name == name), None)
-            tags = (role.tags.values() if isinstance(role.tags, dict) else role.tags) if role else []
-            return {t["Key"]: t["Value"] for t in tags}
-        ec2 = ec2_backends[ACCOUNT][REGION]
-        if kind == "key-pair":
-            pair = ec2.key_pairs.get(name)
-            name = pair.id if pair else name
-        return dict(ec2.tags.get(name, {}))
-
-    def default_vpc(self):
-        from moto.ec2.models import ec2_backends
-        vpcs = [v for v in ec2_backends[ACCOUNT][REGION].vpcs.values() if v.is_default]
-        return vpcs[0].id if vpcs else "vpc-*"
-
-    def has_spot_role(self):
-        from moto.iam.models import iam_backends
-        return any(r.path == "/aws-service-role/spot.amazonaws.com/"
-                   for r in iam_backends[ACCOUNT]["aws"].roles.values())
-
-    def make_spot_role(self):
-        from moto.iam.models import iam_backends
-        if not self.has_spot_role():
-            iam_backends[ACCOUNT]["aws"].create_service_linked_role("spot.amazonaws.com", "", "")
-
-    def profile_role(self, profile):
-        from moto.iam.models import iam_backends
-        found = [p for p in iam_backends[ACCOUNT]["aws"].instance_profiles.values() if p.name == profile]
-        return found[0].roles[0].name if found and found[0].roles else None
-
-
-def instance_role(instance_id):
-    """The role of the instance profile an instance was launched with, from moto."""
-    from moto.ec2.models import ec2_backends
-    association = ec2_backends[ACCOUNT][REGION].iam_instance_profile_associations.get(instance_id)
-    roles = association.iam_instance_profile.roles if association else []
-    return roles[0].name if roles else None
-
-
-def power_off(instance_id):
-    """What an OS shutdown does to an EC2 instance: terminate it, or stop it."""
-    from moto.ec2.models import ec2_backends
-    ec2 = ec2_backends[ACCOUNT][REGION]
-    instance = ec2.get_instance(instance_id)
-    if instance._state.name in ("pending", "running"):
-        if instance.instance_initiated_shutdown_behavior == "terminate":
-            ec2.terminate_instances([instance_id])
-        else:
-            ec2.stop_instances([instance_id])
-
-
 def socket_owner(port, server_port, among=None):
     """The process id that holds the loopback TCP connection from `port` to `server_port`,
     looked for among the given process ids (default: all)."""
@@ -537,70 +509,6 @@ def socket_owner(port, server_port, among=None):
         except OSError:
             continue
     return None
-
-
-def processes_under(folder):
-    """Process ids whose working directory is inside `folder` (left-over node jobs)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                cwd = os.readlink("/proc/%s/cwd" % name)
-            except OSError:
-                continue
-            if cwd == folder or cwd.startswith(folder + os.sep):
-                found.append(int(name))
-    return found
-
-
-def play_ec2(authorized_keys, nodes_dir):
-    """Make moto's instances act on this machine as EC2's do on theirs: like cloud-init, let
-    an instance's key pair log in when it is launched, and give every instance of a launch its
-    instance profile; when an instance is terminated, end every process of its node folder
-    (the one whose .awsrun/instance names it)."""
-    from moto.ec2.models.instances import InstanceBackend
-    launch = getattr(InstanceBackend.run_instances, "awsrun_original", InstanceBackend.run_instances)
-    end = getattr(InstanceBackend.terminate_instances, "awsrun_original", InstanceBackend.terminate_instances)
-    lock = threading.Lock()
-
-    def run_instances(self, *args, **kwargs):
-        reservation = launch(self, *args, **kwargs)
-        # moto gives the instance profile to the first instance of a launch only; EC2, to all.
-        for instance in reservation.instances[1:]:
-            if kwargs.get("iam_instance_profile_name") or kwargs.get("iam_instance_profile_arn"):
-                self.associate_iam_instance_profile(
-                    instance_id=instance.id, iam_instance_profile_name=kwargs.get("iam_instance_profile_name"),
-                    iam_instance_profile_arn=kwargs.get("iam_instance_profile_arn"))
-        pair = self.key_pairs.get(kwargs.get("key_name") or "")
-        if pair is not None:
-            line = pair.public_key.strip()
-            with lock:
-                with open(authorized_keys) as f:
-                    known = f.read().splitlines()
-                if line not in known:
-                    with open(authorized_keys, "a") as f:
-                        f.write(line + "\n")
-        return reservation
-
-    def terminate_instances(self, instance_ids):
-        result = end(self, instance_ids)
-        for name in os.listdir(nodes_dir):
-            folder = os.path.join(nodes_dir, name)
-            try:
-                with open(os.path.join(folder, ".awsrun", "instance")) as f:
-                    owner = f.read().strip()
-            except OSError:
-                continue
-            if owner in instance_ids:
-                for pid in processes_under(folder):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-        return result
-
-    run_instances.awsrun_original, terminate_instances.awsrun_original = launch, end
-    InstanceBackend.run_instances, InstanceBackend.terminate_instances = run_instances, terminate_instances
 
 
 def main(argv=None):

@@ -120,7 +120,7 @@ def parse(method, path, query, headers, body):
         if body and "x-www-form-urlencoded" in headers.get("content-type", ""):
             params.update(urllib.parse.parse_qsl(body.decode("utf-8")))
         request["operation"], request["params"] = params.get("Action", ""), params
-    elif service == "ssm":
+    elif service in ("ssm", "servicequotas"):
         request["operation"] = headers.get("x-amz-target", "").rpartition(".")[2]
         request["params"] = json.loads(body or b"{}")
     return request
@@ -190,6 +190,11 @@ def needs(request, world):
         if op == "GetCallerIdentity":
             return []
         raise Unmapped("sts:%s" % op)
+    if service == "servicequotas":
+        if op == "GetServiceQuota":
+            return [("servicequotas:GetServiceQuota", "arn:aws:servicequotas:%s:%s:%s/%s" % (
+                region, account, p.get("ServiceCode"), p.get("QuotaCode")), {})]
+        raise Unmapped("servicequotas:%s" % op)
     if service == "ssm":
         if op == "GetParameter":
             return [("ssm:GetParameter", "arn:aws:ssm:%s::parameter/%s" % (region, p["Name"].lstrip("/")), {})]
@@ -213,10 +218,11 @@ def needs(request, world):
             market = "spot" if p.get("InstanceMarketOptions.MarketType") == "spot" else "on-demand"
             checks = [(action, ec2("instance", "*"), dict(request_tags, **{"ec2:InstanceMarketType": market})),
                       (action, ec2("volume", "*"), _tag_context(specs.get("volume", {}))),
-                      (action, ec2("network-interface", "*"), {}), (action, ec2("subnet", p.get("SubnetId", "*")), {}),
+                      (action, ec2("network-interface", "*"), {}),
+                      (action, ec2("subnet", p.get("SubnetId") or p.get("NetworkInterface.1.SubnetId", "*")), {}),
                       (action, "arn:aws:ec2:%s::image/%s" % (region, p["ImageId"]), {})]
             checks += [(action, ec2("security-group", g), with_tags("security-group", g))
-                       for g in _indexed(p, "SecurityGroupId")]
+                       for g in _indexed(p, "SecurityGroupId") + _indexed(p, "NetworkInterface.1.SecurityGroupId")]
             if p.get("KeyName"):
                 checks.append((action, ec2("key-pair", p["KeyName"]), with_tags("key-pair", p["KeyName"])))
             if market == "spot":
@@ -351,7 +357,7 @@ def _s3_needs(request, world):
 
 def error_response(service, code, message, status):
     """An AWS-shaped error (status, headers, body) for a service's protocol."""
-    if service == "ssm":
+    if service in ("ssm", "servicequotas"):
         return status, [("Content-Type", "application/x-amz-json-1.1")], json.dumps(
             {"__type": code, "message": message}).encode()
     esc = message.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -372,8 +378,8 @@ def denial(service, principal_arn, action, resource):
     if service == "ec2":
         return error_response("ec2", "UnauthorizedOperation", "You are not authorized to perform this "
                               "operation. " + message, 403)
-    if service == "ssm":
-        return error_response("ssm", "AccessDeniedException", message, 400)
+    if service in ("ssm", "servicequotas"):
+        return error_response(service, "AccessDeniedException", message, 400)
     return error_response(service, "AccessDenied", message, 403)
 
 

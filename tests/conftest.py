@@ -40,8 +40,17 @@ def aws_env(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def aws(aws_env):
-    """moto's mock_aws in this process; yields an EC2 client."""
+def aws(aws_env, monkeypatch):
+    """moto's mock_aws in this process; yields an EC2 client. As on EC2 (and in the sandbox),
+    RunInstances launches MaxCount instances when there is room; moto launches MinCount."""
+    from moto.ec2.responses.instances import InstanceResponse
+    original = InstanceResponse.run_instances
+
+    def run_instances(self):
+        if self._get_param("MaxCount"):
+            self.params["MinCount"] = self._get_param("MaxCount")
+        return original(self)
+    monkeypatch.setattr(InstanceResponse, "run_instances", run_instances)
     with mock_aws():
         yield boto3.client("ec2", region_name="us-east-1")
 

@@ -112,7 +112,7 @@ def test_launching_uploading_and_install_failed_states(box, tmp_path, monkeypatc
     node = cs.find_nodes(job)[0]
     cs.launch(job, node and box.ec2.describe_images(Owners=["self"])["Images"][0]["ImageId"], "t3.micro", [1],
               job, box.ec2.describe_security_groups(GroupNames=["awsrun-" + job])["SecurityGroups"][0]["GroupId"],
-              "awsrun-%s-node" % job, job)
+              "awsrun-%s-node" % job, job, cs.launch_subnets())
     assert states(box, job)["op-more1"] == "launching"
     # The node's own uploader marks the time between the command's end and its results' arrival:
     one = cs.current_nodes(cs.find_nodes(job, cs.LIVE))["op-more1"]

@@ -242,7 +242,10 @@ def launch_setup(aws, job, rows):
     profile = cs.ensure_instance_profile(job, job)
     calls = []
     cs.client("ec2").meta.events.register("before-call.ec2.RunInstances", lambda **kw: calls.append(1))
-    return lambda: dispatcher.launch_missing(args, wanted, ami, os.path.basename(key)[:-4], group, profile, job), calls
+    args.spot, args.ssh_timeout, args.install_tries, args.install_timeout = False, 600, 3, 1800
+    subnets = cs.launch_subnets()
+    return lambda: dispatcher.launch_missing(args, dispatcher.to_launch(args, wanted), ami, os.path.basename(key)[:-4],
+                                             group, profile, job, subnets), calls
 
 
 ROWS = [(2, "t3.micro", "a"), (3, "t3.small", "b"), (4, "t3.micro", "c"), (5, "t3.micro", "d"), (6, "t3.small", "e")]
@@ -250,7 +253,7 @@ ROWS = [(2, "t3.micro", "a"), (3, "t3.small", "b"), (4, "t3.micro", "c"), (5, "t
 
 def test_one_run_instances_call_per_type_and_every_instance_tagged(aws):
     launch, calls = launch_setup(aws, "job-a", ROWS)
-    assert len(launch()) == 5
+    assert len(launch()[0]) == 5
     assert len(calls) == 2
     nodes = cs.find_nodes("job-a")
     assert sorted((n["tag"], n["type"]) for n in nodes) == [
@@ -261,12 +264,12 @@ def test_one_run_instances_call_per_type_and_every_instance_tagged(aws):
 
 def test_create_again_launches_only_missing_tags(aws):
     launch, calls = launch_setup(aws, "job-a", ROWS)
-    first = launch()
-    assert sorted(launch()) == sorted(first) and len(calls) == 2
+    first, _ = launch()
+    assert launch() == ([], {}) and len(calls) == 2  # nothing missing: nothing launched
     assert len(instance_states(aws)) == 5
     gone = [n for n in cs.find_nodes("job-a") if n["tag"] == "job-a3"][0]
     aws.terminate_instances(InstanceIds=[gone["id"]])
-    assert len(set(launch()) - set(first)) == 1 and len(calls) == 3
+    assert len(set(launch()[0]) - set(first)) == 1 and len(calls) == 3
     live = cs.current_nodes(cs.find_nodes("job-a", cs.LIVE))
     assert sorted(live) == ["job-a0", "job-a1", "job-a2", "job-a3", "job-a4"]
     assert live["job-a3"]["id"] != gone["id"]

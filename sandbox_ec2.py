@@ -1,0 +1,245 @@
+"""How the sandbox's EC2 behaves like a real account's, where moto's does not: every instance of
+a launch gets its instance profile; a launch places MinCount to MaxCount instances, as many as
+the account's quotas allow; cloud-init runs an instance's user data; Service Quotas answers for
+EC2; an OS shutdown ends the instance; an account can have no default VPC, or default subnets
+that map no public IP. Used by sandbox.py on the user's machine only.
+
+The account's settings come from AWSRUN_SANDBOX_ACCOUNT (JSON) when the sandbox starts, or from
+DIR/account.json at any time:
+    {"vcpu_quota": 8, "instance_quota": 20, "default_vpc": false, "public_ips": false}
+vcpu_quota caps the running vCPUs of each quota family (Running On-Demand Standard instances
+and the others, as Service Quotas names them); instance_quota caps running instances.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import cloud_setup as cs
+import sandbox_iam
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+DEFAULT_VCPU_QUOTA = 1152
+
+
+class MotoWorld(sandbox_iam.World):
+    """What IAM would know when it authorizes a request: resource tags and roles, from moto."""
+
+    account = ACCOUNT
+
+    def tags(self, kind, name):
+        from moto.ec2.models import ec2_backends
+        from moto.iam.models import iam_backends
+        if kind == "role":
+            role = next((r for r in iam_backends[ACCOUNT]["aws"].roles.values() if r.name == name), None)
+            tags = (role.tags.values() if isinstance(role.tags, dict) else role.tags) if role else []
+            return {t["Key"]: t["Value"] for t in tags}
+        ec2 = ec2_backends[ACCOUNT][REGION]
+        if kind == "key-pair":
+            pair = ec2.key_pairs.get(name)
+            name = pair.id if pair else name
+        return dict(ec2.tags.get(name, {}))
+
+    def default_vpc(self):
+        from moto.ec2.models import ec2_backends
+        vpcs = [v for v in ec2_backends[ACCOUNT][REGION].vpcs.values() if v.is_default]
+        return vpcs[0].id if vpcs else "vpc-*"
+
+    def has_spot_role(self):
+        from moto.iam.models import iam_backends
+        return any(r.path == "/aws-service-role/spot.amazonaws.com/"
+                   for r in iam_backends[ACCOUNT]["aws"].roles.values())
+
+    def make_spot_role(self):
+        from moto.iam.models import iam_backends
+        if not self.has_spot_role():
+            iam_backends[ACCOUNT]["aws"].create_service_linked_role("spot.amazonaws.com", "", "")
+
+    def zone_of(self, params):
+        """The availability zone a RunInstances call asks for, by subnet or placement."""
+        from moto.ec2.models import ec2_backends
+        subnet = params.get("SubnetId") or params.get("NetworkInterface.1.SubnetId")
+        if subnet:
+            return ec2_backends[ACCOUNT][REGION].get_subnet(subnet).availability_zone
+        return params.get("Placement.AvailabilityZone") or REGION + "a"
+
+    def profile_role(self, profile):
+        from moto.iam.models import iam_backends
+        found = [p for p in iam_backends[ACCOUNT]["aws"].instance_profiles.values() if p.name == profile]
+        return found[0].roles[0].name if found and found[0].roles else None
+
+
+def instance_role(instance_id):
+    """The role of the instance profile an instance was launched with, from moto."""
+    from moto.ec2.models import ec2_backends
+    association = ec2_backends[ACCOUNT][REGION].iam_instance_profile_associations.get(instance_id)
+    roles = association.iam_instance_profile.roles if association else []
+    return roles[0].name if roles else None
+
+
+def power_off(instance_id):
+    """What an OS shutdown does to an EC2 instance: terminate it, or stop it."""
+    from moto.ec2.models import ec2_backends
+    ec2 = ec2_backends[ACCOUNT][REGION]
+    instance = ec2.get_instance(instance_id)
+    if instance._state.name in ("pending", "running"):
+        if instance.instance_initiated_shutdown_behavior == "terminate":
+            ec2.terminate_instances([instance_id])
+        else:
+            ec2.stop_instances([instance_id])
+
+
+
+def processes_under(folder):
+    """Process ids whose working directory is inside `folder` (left-over node jobs)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                cwd = os.readlink("/proc/%s/cwd" % name)
+            except OSError:
+                continue
+            if cwd == folder or cwd.startswith(folder + os.sep):
+                found.append(int(name))
+    return found
+
+
+def play_ec2(authorized_keys, nodes_dir, node_path=None):
+    """Make moto's instances act on this machine as EC2's do on theirs: like cloud-init, let
+    an instance's key pair log in when it is launched, give every instance of a launch its
+    instance profile, and run its user data; when an instance is terminated, end every process
+    of its node folder (the one whose .awsrun/instance names it)."""
+    from moto.ec2.models.instances import InstanceBackend
+    launch = getattr(InstanceBackend.run_instances, "awsrun_original", InstanceBackend.run_instances)
+    end = getattr(InstanceBackend.terminate_instances, "awsrun_original", InstanceBackend.terminate_instances)
+    lock = threading.Lock()
+
+    def run_instances(self, *args, **kwargs):
+        reservation = launch(self, *args, **kwargs)
+        # moto gives the instance profile to the first instance of a launch only; EC2, to all.
+        for instance in reservation.instances[1:]:
+            if kwargs.get("iam_instance_profile_name") or kwargs.get("iam_instance_profile_arn"):
+                self.associate_iam_instance_profile(
+                    instance_id=instance.id, iam_instance_profile_name=kwargs.get("iam_instance_profile_name"),
+                    iam_instance_profile_arn=kwargs.get("iam_instance_profile_arn"))
+        for instance in reservation.instances:
+            run_user_data(instance, args[2] if len(args) > 2 else kwargs.get("user_data"), nodes_dir,
+                          node_path or os.environ["PATH"])
+        pair = self.key_pairs.get(kwargs.get("key_name") or "")
+        if pair is not None:
+            line = pair.public_key.strip()
+            with lock:
+                with open(authorized_keys) as f:
+                    known = f.read().splitlines()
+                if line not in known:
+                    with open(authorized_keys, "a") as f:
+                        f.write(line + "\n")
+        return reservation
+
+    def terminate_instances(self, instance_ids):
+        result = end(self, instance_ids)
+        for name in os.listdir(nodes_dir):
+            folder = os.path.join(nodes_dir, name)
+            try:
+                with open(os.path.join(folder, ".awsrun", "instance")) as f:
+                    owner = f.read().strip()
+            except OSError:
+                continue
+            if owner in instance_ids:
+                for pid in processes_under(folder):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+        return result
+
+    run_instances.awsrun_original, terminate_instances.awsrun_original = launch, end
+    InstanceBackend.run_instances, InstanceBackend.terminate_instances = run_instances, terminate_instances
+
+
+
+
+def vcpus(instance_type):
+    from moto.ec2.models.instance_types import INSTANCE_TYPES
+    return INSTANCE_TYPES.get(instance_type, {}).get("VCpuInfo", {}).get("DefaultVCpus", 2)
+
+
+def live_instances():
+    from moto.ec2.models import ec2_backends
+    return [i for r in ec2_backends[ACCOUNT][REGION].reservations.values() for i in r.instances
+            if i._state.name in ("pending", "running")]
+
+
+def quota_answer(params, account):
+    """Service Quotas' GetServiceQuota for EC2's vCPU quotas, from the account's setting."""
+    code = params.get("QuotaCode", "")
+    if params.get("ServiceCode") != "ec2" or code not in {c for pair in cs.QUOTAS.values() for c in pair}:
+        return 400, [("Content-Type", "application/x-amz-json-1.1")], json.dumps(
+            {"__type": "NoSuchResourceException", "Message": "The request failed because the specified "
+             "service quota does not exist."}).encode()
+    quota = {"ServiceCode": "ec2", "QuotaCode": code, "Value": float(account.get("vcpu_quota", DEFAULT_VCPU_QUOTA)),
+             "QuotaArn": "arn:aws:servicequotas:%s:%s:ec2/%s" % (REGION, ACCOUNT, code), "Unit": "None"}
+    return 200, [("Content-Type", "application/x-amz-json-1.1")], json.dumps({"Quota": quota}).encode()
+
+
+def launch_count(params, account):
+    """How many instances a RunInstances call gets: as many of MinCount..MaxCount as the quotas
+    allow, or an error (code, message) as EC2 answers it."""
+    wanted = int(params.get("MaxCount") or params.get("MinCount") or 1)
+    least = int(params.get("MinCount") or 1)
+    itype = params.get("InstanceType", "m1.small")
+    spot = params.get("InstanceMarketOptions.MarketType") == "spot"
+    fits = wanted
+    if "instance_quota" in account:
+        fits = min(fits, int(account["instance_quota"]) - len(live_instances()))
+        if fits < least:
+            return None, ("InstanceLimitExceeded", "You have requested more instances (%d) than your current "
+                          "instance limit of %s allows for the specified instance type." % (least, account["instance_quota"]))
+    if "vcpu_quota" in account:
+        family = cs.quota_family(itype)
+        used = sum(vcpus(i.instance_type) for i in live_instances() if cs.quota_family(i.instance_type) == family
+                   and (i.lifecycle == "spot") == spot)
+        fits = min(fits, (int(account["vcpu_quota"]) - used) // vcpus(itype))
+        if fits < least:
+            return None, ("VcpuLimitExceeded", "You have requested more vCPU capacity than your current vCPU limit of "
+                          "%s allows for the instance bucket that the specified instance type belongs to. Please "
+                          "visit http://aws.amazon.com/contact-us/ec2-request to request an adjustment to this "
+                          "limit." % account["vcpu_quota"])
+    return fits, None
+
+
+def shape_network(account):
+    """At start: an account without a default VPC, or whose default subnets map no public IP."""
+    from moto.ec2.models import ec2_backends
+    ec2 = ec2_backends[ACCOUNT][REGION]
+    for vpc in [v for v in ec2.vpcs.values() if v.is_default]:
+        for subnet in ec2.describe_subnets(filters={"vpc-id": vpc.id}):
+            if account.get("public_ips", True) is False:
+                subnet.map_public_ip_on_launch = False
+            if account.get("default_vpc", True) is False:
+                ec2.delete_subnet(subnet.id)
+        if account.get("default_vpc", True) is False:
+            ec2.groups.pop(vpc.id, None)  # its default security group goes with it
+            ec2.delete_vpc(vpc.id)
+
+
+def run_user_data(instance, user_data, nodes_dir, path):
+    """Like cloud-init: run an instance's user data script at boot, in a folder of its own
+    (nodes/.boot-ID, whose .awsrun/instance names it), with the sandbox's PATH."""
+    if user_data is None:
+        return
+    script = user_data.decode() if hasattr(user_data, "decode") else str(user_data)
+    folder = os.path.join(nodes_dir, ".boot-" + instance.id)
+    os.makedirs(os.path.join(folder, ".awsrun"), exist_ok=True)
+    with open(os.path.join(folder, ".awsrun", "instance"), "w") as f:
+        f.write(instance.id + "\n")
+    with open(os.path.join(folder, "user-data"), "w") as f:
+        f.write(script)
+    with open(os.path.join(folder, "cloud-init.log"), "ab") as log:
+        subprocess.Popen(["/bin/bash", "user-data"], cwd=folder, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         env=dict(os.environ, PATH=path), start_new_session=True)
