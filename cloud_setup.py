@@ -554,13 +554,20 @@ def launch_params(job, ami, instance_type, numbers, key_name, group_id, profile,
     return params
 
 
+def launch_client():
+    """An EC2 client that does not retry by itself: a zone out of capacity must fail at once, so
+    that the next zone is tried (botocore would retry its 500 answer). run_instances retries."""
+    return client_with("ec2", retries={"mode": "standard", "max_attempts": 1})
+
+
 def run_instances(params, seconds=300):
-    """One RunInstances call; returns the new instance ids. Throttling past botocore's own
-    retries is waited out, and a new instance profile, which takes a few seconds to reach EC2,
-    is waited for; both up to a deadline."""
-    for delay in backoff(time.monotonic() + seconds, first=1.0, cap=30.0):
+    """One RunInstances call; returns the new instance ids. Throttling is waited out, with
+    backoff, and so is a new instance profile, which takes a few seconds to reach EC2; both
+    up to a deadline. Capacity and quota errors are raised at once."""
+    ec2 = launch_client()
+    for delay in backoff(time.monotonic() + seconds, first=0.5, cap=5.0):
         try:
-            return [i["InstanceId"] for i in client("ec2").run_instances(**params)["Instances"]]
+            return [i["InstanceId"] for i in ec2.run_instances(**params)["Instances"]]
         except ClientError as e:
             waiting = error_code(e) == "RequestLimitExceeded" or (
                 error_code(e) == "InvalidParameterValue" and "instance profile" in str(e).lower())

@@ -132,23 +132,33 @@ STOP = threading.Event()      # set on Ctrl-C: every node's work gives up at onc
 OPEN, OPEN_LOCK = set(), threading.Lock()
 
 
-class HostKeyMemory(paramiko.MissingHostKeyPolicy):
+class HostKeyMemory:
     """Trust a node's host key the first time it is seen, remember it in the job's own
-    known_hosts file, and refuse a key that changed. Shared by all threads of a run."""
+    known_hosts file under the node's instance id (AWS gives a public IP to another machine
+    later), and refuse a key that changed. Shared by all threads of a run."""
 
     def __init__(self, path):
         self.path, self.lock, self.keys = path, threading.Lock(), paramiko.HostKeys()
         if os.path.exists(path):
             self.keys.load(path)
 
-    def missing_host_key(self, client, hostname, key):
+    def for_node(self, instance_id):
+        """The paramiko policy for one node's connections."""
+        memory = self
+
+        class Policy(paramiko.MissingHostKeyPolicy):
+            def missing_host_key(self, client, hostname, key):
+                memory.check(instance_id, key)
+        return Policy()
+
+    def check(self, instance_id, key):
         with self.lock:
-            known = self.keys.lookup(hostname) or {}
+            known = self.keys.lookup(instance_id) or {}
             if key.get_name() in known:
                 if known[key.get_name()] != key:
-                    raise paramiko.BadHostKeyException(hostname, key, known[key.get_name()])
+                    raise paramiko.BadHostKeyException(instance_id, key, known[key.get_name()])
                 return
-            self.keys.add(hostname, key.get_name(), key)
+            self.keys.add(instance_id, key.get_name(), key)
             self.keys.save(self.path)
 
 
@@ -203,7 +213,7 @@ def connect(node, pkey, policy, deadline):
         if delay is None:
             raise NodeError("SSH to %s@%s:%d did not answer in time (%s)" % (user, host, port, last))
         ssh = paramiko.SSHClient()
-        ssh.set_missing_host_key_policy(policy)
+        ssh.set_missing_host_key_policy(policy.for_node(node["id"]))
         with OPEN_LOCK:
             OPEN.add(ssh)
         try:
@@ -212,8 +222,8 @@ def connect(node, pkey, policy, deadline):
             return ssh
         except paramiko.BadHostKeyException as e:
             close(ssh)
-            raise NodeError("the host key of %s changed (%s): if the node was replaced, remove its "
-                            "line from %s" % (host, e, policy.path))
+            raise NodeError("the host key of %s (%s) changed: someone else may answer at its address; if "
+                            "you reinstalled it yourself, remove its line from %s" % (node["id"], host, policy.path))
         except (paramiko.SSHException, OSError, EOFError) as e:
             close(ssh)
             last = e
@@ -398,6 +408,7 @@ def install_script(node, info, tries, seconds, idle):
         " > .awsrun/install.$i.log 2>&1 < /dev/null\n"
         "    code=$?; [ -f READY ] && break\n"
         "    echo \"try $i: INSTALL.sh exited $code without creating READY\"\n"
+        "    [ $i -lt {tries} ] && sleep $((5 << i))  # a pause, growing, so that a boot-time lock can clear\n"
         "  done\n"
         "fi\n"
         "if [ ! -f READY ]; then\n"
@@ -623,6 +634,8 @@ def start(node, args, row, session):
 
 def dispatch(args, wanted, session=None):
     """Start every row's command on its prepared node, detached, in parallel."""
+    if session is None:  # a later run: the caller may be on another network since create
+        cs.refresh_ssh_rule(args.job)
     session = session or Session(args.job, args.ssh_timeout)
     live = cs.current_nodes(cs.find_nodes(args.job, ("running",)))
     missing = [t for t in wanted if t not in live]

@@ -19,6 +19,7 @@ from cloud_setup import UserError
 
 def from_node(job, node, install):
     """The log read over SSH, or None if the node has none yet."""
+    cs.refresh_ssh_rule(job)  # the caller may be on another network since create
     session = dispatcher.Session(job, timeout=60)
     ssh = session.connect(node)
     try:

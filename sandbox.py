@@ -390,6 +390,13 @@ class Sandbox:
             timer.daemon = True
             self.power[instance] = timer
             timer.start()
+        self.record({"power": instance, "when": when})
+
+    def unguarded(self):
+        """Live instances that nothing will end: no OS shutdown is scheduled on them."""
+        with self.lock:
+            armed = {i for i, timer in self.power.items() if timer.is_alive()}
+        return sorted(i.id for i in sandbox_ec2.live_instances() if i.id not in armed)
 
     # -- the nodes' SSH server
 
@@ -462,7 +469,11 @@ class Sandbox:
         return env
 
     def stop(self):
-        """Stop sshd, every job process still running in a node folder, and the servers."""
+        """Stop sshd, every job process still running in a node folder, and the servers.
+        Writes DIR/unguarded.json: the instances left running with nothing to end them."""
+        if self.moto:
+            with open(self.path("unguarded.json"), "w") as f:
+                json.dump(self.unguarded(), f)
         if self.sshd and self.sshd.poll() is None:
             self.sshd.terminate()
             try:
@@ -550,6 +561,11 @@ def main(argv=None):
         cs.log("sandbox: AWS at %s, nodes' sshd at 127.0.0.1:%d, files in %s"
                % (box.endpoint, box.ssh_port, folder))
         code = subprocess.call(command, env=box.child_environment())
+        unguarded = box.unguarded()
+        if unguarded:
+            cs.log("sandbox: %d instances were left running with nothing to end them: %s"
+                   % (len(unguarded), " ".join(unguarded)))
+            code = code or 1
         refused = box.refused_calls()
         for entry in refused:
             cs.log("sandbox: IAM would refuse %s" % json.dumps(entry))

@@ -59,29 +59,59 @@ def instance_states(ec2):
     return [i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
 
 
-@pytest.fixture(scope="session")
-def sandbox(tmp_path_factory):
-    """A sandbox in its own process for the whole session; yields its environment."""
+def start_sandbox(folder, **env):
+    """A sandbox in its own process (sandbox.py serve), with these extra variables; returns
+    (process, its environment for awsrun)."""
     if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
         pytest.fail("the end-to-end tests need sshd: apt-get install openssh-server")
-    folder = tmp_path_factory.mktemp("sandbox")
     log = open(folder / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sandbox.py"), "serve", str(folder)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **env))
     deadline = time.monotonic() + 60
     while not (folder / "env.json").exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail("the sandbox did not start: " + (folder / "serve.log").read_text())
         time.sleep(0.05)
-    env = json.loads((folder / "env.json").read_text())
-    yield env
+    return proc, json.loads((folder / "env.json").read_text())
+
+
+def stop_sandbox(proc, env):
+    """Stop a sandbox; fail if any call of its tests would be refused on AWS, or if any
+    instance was left running with nothing to end it."""
     proc.terminate()
     proc.wait(20)
     refused = [e for e in iam_decisions(env) if e.get("decision", "allowed") != "allowed"
                and (e.get("principal"), e.get("action")) not in DELIBERATE]
     if refused:  # every call of every test, checked against the policy that governs it
         pytest.fail("%d calls would be refused on AWS, e.g. %s" % (len(refused), refused[:5]))
+    with open(os.path.join(env["AWSRUN_SANDBOX"], "unguarded.json")) as f:
+        unguarded = json.load(f)
+    if unguarded:
+        pytest.fail("instances left running with nothing to end them: %s" % unguarded)
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory):
+    """A sandbox in its own process for the whole session; yields its environment."""
+    proc, env = start_sandbox(tmp_path_factory.mktemp("sandbox"))
+    yield env
+    stop_sandbox(proc, env)
+
+
+@pytest.fixture
+def account(tmp_path_factory):
+    """A sandbox of its own for one test, with an account's settings (sandbox_ec2.py):
+    account(vcpu_quota=4) returns a Sandbox helper."""
+    started = []
+
+    def make(**settings):
+        proc, env = start_sandbox(tmp_path_factory.mktemp("account"), AWSRUN_SANDBOX_ACCOUNT=json.dumps(settings))
+        started.append((proc, env))
+        return Sandbox(env)
+    yield make
+    for proc, env in started:
+        stop_sandbox(proc, env)
 
 
 # Calls that a test makes on purpose to see the sandbox refuse them as AWS would.

@@ -241,7 +241,7 @@ def launch_setup(aws, job, rows):
     group = cs.ensure_security_group(job, "198.51.100.7/32")
     profile = cs.ensure_instance_profile(job, job)
     calls = []
-    cs.client("ec2").meta.events.register("before-call.ec2.RunInstances", lambda **kw: calls.append(1))
+    cs.session().events.register("before-call.ec2.RunInstances", lambda **kw: calls.append(1))  # every client
     args.spot, args.ssh_timeout, args.install_tries, args.install_timeout = False, 600, 3, 1800
     subnets = cs.launch_subnets()
     return lambda: dispatcher.launch_missing(args, dispatcher.to_launch(args, wanted), ami, os.path.basename(key)[:-4],
@@ -439,3 +439,47 @@ def test_uploader_that_cannot_upload_holds_its_node_with_a_deadline(aws, tmp_pat
     assert tags[cs.STATUS_TAG] == "upload-failed" and "NoSuchBucket" in tags[cs.ERROR_TAG]
     assert 3500 < cs.parse_time(tags[cs.UNTIL_TAG]) - cs.parse_time(cs.now_text()) <= 3600
     assert instance_states(aws) == ["running"]
+
+
+# ---------------------------------------------------------------------------- a busy account
+
+def test_a_large_launch_is_split_into_calls_of_at_most_250(aws):
+    rows = [(i + 2, "t3.micro", "x") for i in range(600)]
+    launch, calls = launch_setup(aws, "job-big", rows)
+    ids, missing = launch()
+    assert len(ids) == 600 and missing == {} and len(calls) == 3
+
+
+def test_an_instance_that_ends_while_starting_is_reported_not_waited_for(aws):
+    ami = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    ids = [i["InstanceId"] for i in aws.run_instances(ImageId=ami, MinCount=2, MaxCount=2)["Instances"]]
+    aws.terminate_instances(InstanceIds=ids[1:])
+    running, failed = cs.wait_running(ids, timeout=30)
+    assert running == ids[:1] and list(failed) == ids[1:] and failed[ids[1]].startswith("terminated")
+
+
+def test_host_keys_are_remembered_per_instance_not_per_address(tmp_path):
+    import paramiko
+    memory = dispatcher.HostKeyMemory(str(tmp_path / "known_hosts"))
+    first, second = paramiko.RSAKey.generate(1024), paramiko.RSAKey.generate(1024)
+    memory.for_node("i-1").missing_host_key(None, "203.0.113.5", first)
+    memory.for_node("i-2").missing_host_key(None, "203.0.113.5", second)  # AWS gave i-1's address to i-2
+    with pytest.raises(paramiko.BadHostKeyException):
+        memory.for_node("i-1").missing_host_key(None, "198.51.100.1", second)
+    again = dispatcher.HostKeyMemory(str(tmp_path / "known_hosts"))  # kept in the job's file
+    again.for_node("i-2").missing_host_key(None, "198.51.100.1", second)
+
+
+def test_nodes_reached_by_private_address_when_asked(aws, monkeypatch):
+    instance = {"InstanceId": "i-1", "InstanceType": "t3.micro", "State": {"Name": "running"}, "LaunchTime": 0,
+                "PublicIpAddress": "203.0.113.5", "PrivateIpAddress": "10.0.0.5", "Tags": []}
+    assert cs.node_of(instance)["address"] == "203.0.113.5"
+    monkeypatch.setenv("AWSRUN_SSH_ADDRESS", "private")
+    assert cs.node_of(instance)["address"] == "10.0.0.5"
+
+
+@pytest.mark.parametrize("itype, family", [("t3.micro", "standard"), ("c7i.large", "standard"), ("g5.xlarge", "g"),
+                                           ("vt1.3xlarge", "g"), ("p4d.24xlarge", "p"), ("inf2.xlarge", "inf"),
+                                           ("x2iedn.xlarge", "x"), ("trn1.2xlarge", None), ("mac2.metal", None)])
+def test_instance_types_map_to_their_vcpu_quota(itype, family):
+    assert cs.quota_family(itype) == family
