@@ -162,7 +162,7 @@ class Sandbox:
         self.moto = make_server("127.0.0.1", 0, lambda env, start: self.gate(app, env, start), threaded=True)
         threading.Thread(target=self.moto.serve_forever, daemon=True).start()
         self.endpoint = "http://127.0.0.1:%d" % self.moto.server_port
-        play_ec2(self.path("ssh", "authorized_keys"), self.path("nodes"), self.node_path)
+        play_ec2(self.path("ssh", "authorized_keys"), self.path("nodes"), self.node_path, self.account)
         self.seed_ubuntu()
 
     def seed_ubuntu(self):

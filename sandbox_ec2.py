@@ -109,7 +109,7 @@ def processes_under(folder):
     return found
 
 
-def play_ec2(authorized_keys, nodes_dir, node_path=None):
+def play_ec2(authorized_keys, nodes_dir, node_path=None, account=dict):
     """Make moto's instances act on this machine as EC2's do on theirs: like cloud-init, let
     an instance's key pair log in when it is launched, give every instance of a launch its
     instance profile, and run its user data; when an instance is terminated, end every process
@@ -127,7 +127,11 @@ def play_ec2(authorized_keys, nodes_dir, node_path=None):
                 self.associate_iam_instance_profile(
                     instance_id=instance.id, iam_instance_profile_name=kwargs.get("iam_instance_profile_name"),
                     iam_instance_profile_arn=kwargs.get("iam_instance_profile_arn"))
+        asked = kwargs.get("associate_public_ip") or any(
+            str(n.get("AssociatePublicIpAddress")).lower() == "true" for n in kwargs.get("nics") or [])
         for instance in reservation.instances:
+            if account().get("public_ips", True) is False and not asked:
+                instance.nics[0].public_ip = None  # its subnet maps no public IP, and none was asked for
             run_user_data(instance, args[2] if len(args) > 2 else kwargs.get("user_data"), nodes_dir,
                           node_path or os.environ["PATH"])
         pair = self.key_pairs.get(kwargs.get("key_name") or "")
