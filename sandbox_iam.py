@@ -13,6 +13,7 @@ key fails a condition unless the operator is negated or ends in IfExists.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import re
 import urllib.parse
@@ -23,8 +24,13 @@ import xml.etree.ElementTree as ET
 
 def _like(pattern, value, case=True):
     """IAM's wildcard match: * any run, ? one character, nothing else special."""
+    return _wildcard(pattern, case).fullmatch(value) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _wildcard(pattern, case):
     regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, 0 if case else re.IGNORECASE) is not None
+    return re.compile(regex, re.DOTALL if case else re.IGNORECASE | re.DOTALL)
 
 
 def _values(x):
