@@ -385,7 +385,7 @@ def ensure_bucket(s3, bucket, where):
     except ClientError as e:
         if error_code(e) in ("403", "AccessDenied"):
             raise UserError("bucket %r belongs to another AWS account, or your credentials may not read "
-                            "it: choose another job name (JOB=...) or bucket (--bucket)" % bucket)
+                            "it: choose another job name (JOB=...) or bucket (--bucket)" % bucket) from None
         if error_code(e) not in ("404", "NoSuchBucket"):
             raise
     try:
@@ -396,7 +396,7 @@ def ensure_bucket(s3, bucket, where):
     except ClientError as e:
         if error_code(e) == "BucketAlreadyExists":
             raise UserError("bucket %r belongs to another AWS account: choose another job name "
-                            "(JOB=...) or bucket (--bucket)" % bucket)
+                            "(JOB=...) or bucket (--bucket)" % bucket) from None
         if error_code(e) == "BucketAlreadyOwnedByYou":
             return False  # made a moment ago by another run: its settings are its own
         raise

@@ -220,7 +220,7 @@ def connect(node, pkey, policy, deadline):
             ssh.connect(host, port, user, pkey=pkey, timeout=10, banner_timeout=15, auth_timeout=15,
                         allow_agent=False, look_for_keys=False)
             return ssh
-        except paramiko.BadHostKeyException as e:
+        except paramiko.BadHostKeyException:
             close(ssh)
             raise NodeError("the host key of %s (%s) changed: someone else may answer at its address; if "
                             "you reinstalled it yourself, remove its line from %s" % (node["id"], host, policy.path))

@@ -149,7 +149,8 @@ class Sandbox:
             if os.environ.get(variable):
                 with open(self.path(name), "w") as f:
                     f.write(os.environ[variable])
-        self.node_path = ":".join([self.path("bin"), os.path.dirname(node_python), "/usr/local/bin", "/usr/bin", "/bin"])
+        self.node_path = ":".join([self.path("bin"), os.path.dirname(node_python),
+                                   "/usr/local/bin", "/usr/bin", "/bin"])
         self.start_moto()
         sandbox_ec2.shape_network(self.account())
         self.start_imds()

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 
 import cloud_setup as cs
@@ -203,7 +202,8 @@ def launch_count(params, account):
         fits = min(fits, int(account["instance_quota"]) - len(live_instances()))
         if fits < least:
             return None, ("InstanceLimitExceeded", "You have requested more instances (%d) than your current "
-                          "instance limit of %s allows for the specified instance type." % (least, account["instance_quota"]))
+                          "instance limit of %s allows for the specified instance type."
+                          % (least, account["instance_quota"]))
     if "vcpu_quota" in account:
         family = cs.quota_family(itype)
         used = sum(vcpus(i.instance_type) for i in live_instances() if cs.quota_family(i.instance_type) == family

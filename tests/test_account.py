@@ -2,7 +2,6 @@
 consistency, no default VPC, subnets without public IPs, a laptop that moved, and a machine
 that never gets prepared. Each through the commands a user types, in a sandbox whose AWS
 answers as such an account does (sandbox_ec2.py, faults on demand)."""
-import json
 import os
 import subprocess
 

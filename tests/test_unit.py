@@ -421,7 +421,7 @@ def node_folder(aws, tmp_path, monkeypatch, bucket):
 
 def test_uploader_on_current_boto3_uploads_then_ends_its_instance(aws, tmp_path, monkeypatch):
     boto3.client("s3").create_bucket(Bucket="bucket-1")
-    instance = node_folder(aws, tmp_path, monkeypatch, "bucket-1")
+    node_folder(aws, tmp_path, monkeypatch, "bucket-1")
     assert save_results.main([]) == 0
     s3 = boto3.client("s3")
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="bucket-1")["Contents"])
