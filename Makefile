@@ -7,6 +7,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+DEV    := $(VENV)/.dev-installed
 NODE_VENV := .venv-node
 NODE_PY   := $(NODE_VENV)/.installed
 
@@ -33,11 +34,18 @@ help:  ## list the targets
 
 venv: $(PY)  ## create .venv from the pinned requirements (done on first use)
 
-# The stamp files mark a finished install (touching the venv's python would follow its link).
+# Two layers in one .venv: requirements.txt (boto3 and paramiko: all that running on AWS needs)
+# for every target, and requirements-dev.txt (the sandbox, tests, linters) for demo, test, lint
+# and bench. The stamp files mark a finished install (touching the venv's python would follow
+# its link).
 $(PY): $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(DEV): requirements-dev.txt $(VENV)/.installed
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 node-venv: $(NODE_PY)  ## the sandbox's node image: Ubuntu 24.04's boto3, in .venv-node
@@ -78,7 +86,7 @@ clean: $(PY)  ## down, then delete JOB's security group, key pair and role (DELE
 fetch: $(PY)  ## download every result of BUCKET into OUT/TAG/...
 	$(PY) get_s3_files.py $(BUCKET) $(OUT)
 
-demo: $(PY) $(NODE_PY)  ## the whole workflow in a local sandbox, no AWS account needed
+demo: $(DEV) $(NODE_PY)  ## the whole workflow in a local sandbox, no AWS account needed
 	@command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd || { echo "$(SSHD_MISSING)" >&2; exit 1; }
 	$(PY) sandbox.py run -- $(MAKE) --no-print-directory _demo
 
@@ -88,7 +96,7 @@ _demo:
 	@echo "--- fetched files:"; find results/awsrun-demo -type f | sort
 	@echo "--- one result:"; cat results/awsrun-demo/awsrun-demo0/output/summary.txt
 
-test: $(PY) $(NODE_PY)  ## unit and end-to-end tests (the end-to-end ones need sshd)
+test: $(DEV) $(NODE_PY)  ## unit and end-to-end tests (the end-to-end ones need sshd)
 	$(PY) -m pytest -q tests
 
 BENCH_VENV := .venv-bench
@@ -97,7 +105,7 @@ $(BENCH_VENV)/bin/aws: bench-requirements.txt
 	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check -r bench-requirements.txt
 	touch $@
 
-bench: $(PY) $(NODE_PY) $(BENCH_VENV)/bin/aws  ## time fetch, upload and setup against aws s3, rclone and plain paramiko; writes BENCHMARKS.md
+bench: $(DEV) $(NODE_PY) $(BENCH_VENV)/bin/aws  ## time fetch, upload and setup against aws s3, rclone and plain paramiko; writes BENCHMARKS.md
 	@command -v rclone >/dev/null 2>&1 || { echo "make bench needs rclone: sudo apt-get install rclone" >&2; exit 1; }
 	@command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd || { echo "$(SSHD_MISSING)" >&2; exit 1; }
 	$(PY) bench.py $(ARGS)

@@ -136,6 +136,10 @@ class Sandbox:
         return os.path.join(self.dir, *parts)
 
     def start(self):
+        if not sys.platform.startswith("linux"):
+            raise SandboxError("the sandbox runs its nodes on this machine with Linux's tools (setsid, GNU "
+                               "timeout, /proc): use Linux, or WSL on Windows; awsrun itself, on AWS, needs "
+                               "only Python and SSH")
         sshd = find_sshd()
         node_python = os.path.join(setting_node_venv(), "bin", "python3")
         if not os.path.exists(node_python):
