@@ -1,8 +1,10 @@
-"""Shared AWS helpers for awsrun: clients, key pair, security group, instance profile,
-launching and finding instances by tag, the job's bucket, and status.
+"""AWS resources for awsrun: clients, key pair, security group, instance profile, the job's
+bucket, launching, finding and terminating instances by tag, and teardown; and the command
+line of status, wait, down and clean (job state itself is in job_state.py).
 
-This file is also copied to every node (next to save_results.py), so it uses only the
-standard library and boto3, and runs on Python 3.8.
+Runs on the user's machine, and is also copied to every node (save_results.py and
+update_tags.py import it), so it uses only the standard library and boto3 (1.34.46 or later),
+and runs on Python 3.8.
 
     python cloud_setup.py status              # counts of instances by state
     python cloud_setup.py status JOBNAME      # one line per tag of the job
@@ -748,177 +750,6 @@ def terminate(ids):
         client("ec2").terminate_instances(InstanceIds=list(ids))
 
 
-# ---------------------------------------------------------------------------- status
-
-STATE_GROUPS = [("pending or running", ("pending", "running")), ("shutting down", ("shutting-down",)),
-                ("stopping or stopped", ("stopping", "stopped")), ("terminated", ("terminated",))]
-
-
-def count_states():
-    """Instances in the account and region, counted by state group."""
-    pages = client("ec2").get_paginator("describe_instances").paginate()
-    states = [i["State"]["Name"] for p in pages for r in p["Reservations"] for i in r["Instances"]]
-    return [(label, sum(s in group for s in states)) for label, group in STATE_GROUPS]
-
-
-def print_num_running():
-    """Print how many instances are pending or running, shutting down, stopped, terminated."""
-    for label, count in count_states():
-        print("%-20s %d" % (label + ":", count))
-
-
-# A node that has uploaded its results also writes a small marker object
-# _awsrun/TAG/exit=N,runtime=S, so that one listing tells the outcome of every tag.
-MARKERS = "_awsrun/"
-FINISHED = ("succeeded", "failed", "lost", "install-failed", "upload-failed")
-
-
-def marker_key(tag, exit_code, runtime):
-    return "%s%s/exit=%s,runtime=%d" % (MARKERS, tag, exit_code, runtime)
-
-
-def read_markers(bucket):
-    """tag -> the newest outcome {exit, runtime, when} in the bucket: one listing call."""
-    found = {}
-    try:
-        pages = client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=MARKERS)
-        objects = [o for page in pages for o in page.get("Contents", [])]
-    except ClientError as e:
-        if error_code(e) == "NoSuchBucket":
-            return found
-        raise
-    for o in sorted(objects, key=lambda o: o["LastModified"]):
-        tag, _, fields = o["Key"][len(MARKERS):].partition("/")
-        values = dict(f.partition("=")[::2] for f in fields.split(","))
-        exit_code = values.get("exit", "")
-        found[tag] = {"exit": int(exit_code) if exit_code.lstrip("-").isdigit() else None,
-                      "runtime": int(values.get("runtime", "0") or 0), "when": o["LastModified"]}
-    return found
-
-
-def job_bucket(job, nodes=()):
-    """The job's bucket: from its instances' tags, else from create's note, else the job name."""
-    for n in nodes:
-        return n["bucket"]
-    try:
-        with open(os.path.join(state_dir(job), "bucket")) as f:
-            return f.read().strip() or job
-    except OSError:
-        return job
-
-
-def node_state(node, marker):
-    """The state of one tag, from its newest instance and its newest outcome marker. A tag
-    whose results are in but whose instance still runs is `succeeded (ending)`: its machine
-    has not ended yet, and is still billing."""
-    live = node is not None and node["state"] in LIVE
-    if marker is not None and not (live and node["launched"] > marker["when"]):
-        done = "succeeded" if marker["exit"] == 0 else "failed (exit %s)" % marker["exit"]
-        if live:
-            return done + " (ending)" if done == "succeeded" else done[:-1] + ", ending)"
-        return done
-    if node is None:
-        return "lost"
-    if node["status"] in ("install-failed", "upload-failed"):
-        return node["status"]
-    if not live:
-        return "stopped" if node["state"] in ("stopping", "stopped") else (
-            "lost (idle)" if node["status"] == "idle-timeout" else
-            "lost (uploader crashed)" if node["status"] == "crashed" else "lost")
-    return node["status"] if node["status"] in ("installing", "ready", "running", "uploading") else "launching"
-
-
-def elapsed(seconds):
-    seconds = int(max(0, seconds))
-    if seconds >= 3600:
-        return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
-    return "%dm%02ds" % (seconds // 60, seconds % 60) if seconds >= 60 else "%ds" % seconds
-
-
-def job_status(job, now=None):
-    """One row per tag of the job: tag, instance, type, state, elapsed, progress.
-    Costs one DescribeInstances and one S3 listing, however many tags there are."""
-    nodes = current_nodes(find_nodes(job))
-    markers = read_markers(job_bucket(job, nodes.values()))
-    now = now or time.time()
-    rows = []
-    for tag in sorted(set(nodes) | set(markers), key=lambda t: (len(t), t)):
-        node, marker = nodes.get(tag), markers.get(tag)
-        state = node_state(node, marker)
-        if state.startswith(("succeeded", "failed")):
-            seconds = marker["runtime"]
-        elif node is not None:
-            since = node["since"] or node["launched"].timestamp()
-            seconds = now - since
-        else:
-            seconds = 0
-        rows.append({"tag": tag, "instance": node["id"] if node else "", "type": node["type"] if node else "",
-                     "state": state, "exit": marker["exit"] if marker and state.startswith(("succ", "fail")) else None,
-                     "elapsed": int(seconds), "progress": node["progress"] if node else "",
-                     "held_until": node["until"] if node and state == "upload-failed" else ""})
-    return rows
-
-
-def is_finished(row):
-    """Finished, and its machine has ended (or is kept up on purpose: upload-failed)."""
-    return row["state"].startswith(FINISHED) and not row["state"].endswith("ending)")
-
-
-STATUS_FORMAT = "%-16s %-20s %-11s %-16s %8s  %s"
-
-
-def print_job_status(job, rows):
-    if not rows:
-        print("no instances or results found for job %s" % job, file=sys.stderr)
-        return
-    print(STATUS_FORMAT % ("TAG", "INSTANCE", "TYPE", "STATE", "ELAPSED", "PROGRESS"))
-    for r in rows:
-        progress = "kept up until %s" % r["held_until"] if r.get("held_until") else r["progress"]
-        print(STATUS_FORMAT % (r["tag"], r["instance"] or "-", r["type"] or "-", r["state"],
-                               elapsed(r["elapsed"]), progress))
-    counts = {}
-    for r in rows:
-        key = r["state"].split(" (")[0]
-        counts[key] = counts.get(key, 0) + 1
-    print("%d jobs: %s" % (len(rows), ", ".join("%d %s" % (n, k) for k, n in sorted(counts.items()))))
-
-
-def status(job, watch=False, as_json=False, interval=10.0):
-    """Print the job's table (or JSON); with watch, refresh until every job has finished."""
-    while True:
-        rows = job_status(job)
-        if as_json:
-            print(json.dumps(rows, indent=1), flush=True)
-        else:
-            if watch and sys.stdout.isatty():
-                print("\033[H\033[J", end="")
-            print_job_status(job, rows)
-            sys.stdout.flush()
-        if not watch or all(is_finished(r) for r in rows):
-            return rows
-        time.sleep(interval)
-
-
-def wait_finished(job, timeout):
-    """Wait until every node of the job has finished (uploaded and terminated itself, failed,
-    or been lost). Raises UserError at the deadline, or naming the jobs that did not succeed."""
-    deadline = time.monotonic() + timeout
-    for delay in backoff(deadline, first=0.5, cap=5.0):
-        rows = job_status(job)
-        busy = [r["tag"] for r in rows if not is_finished(r)]
-        if not busy:
-            break
-        if delay is None:
-            raise UserError("still running after %d s: %s (see `make status JOB=%s`)"
-                            % (timeout, " ".join(busy), job))
-    stuck = [r for r in rows if r["state"] == "upload-failed"]
-    if stuck:
-        raise UserError("upload failed on %s: those nodes are kept up until %s; see `make status JOB=%s`"
-                        % (" ".join(r["tag"] for r in stuck), min(r["held_until"] or "?" for r in stuck), job))
-    log("every node of job %s has finished: %s" % (job, ", ".join(
-        "%s %s" % (r["tag"], r["state"]) for r in rows)))
-
-
 # ---------------------------------------------------------------------------- teardown
 
 def down(job, timeout=600):
@@ -940,7 +771,8 @@ def down(job, timeout=600):
 def clean(job, delete_bucket=False, timeout=600):
     """down(), then delete the job's security group, key pair (and ~/.ssh/JOB.pem), role and
     instance profile, and awsrun's state for it; the bucket too only if asked."""
-    bucket = job_bucket(job, find_nodes(job))
+    import job_state  # it imports this file
+    bucket = job_state.job_bucket(job, find_nodes(job))
     down(job, timeout)
     ec2, iam, name = client("ec2"), client("iam"), "awsrun-%s-node" % job
     groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["awsrun-" + job]}])
@@ -1047,6 +879,8 @@ def main(argv=None):
     name.add_argument("jobfile")
     args = parser.parse_args(argv)
 
+    import job_state  # it imports this file
+
     def run():
         if args.command == "job-name":
             print(default_job_name(args.jobfile))
@@ -1055,13 +889,13 @@ def main(argv=None):
             print(default_ami())
             return 0
         if not getattr(args, "job", None):
-            print_num_running()
+            job_state.print_num_running()
             return 0
         check_job_name(args.job)
         if args.command == "status":
-            status(args.job, args.watch, args.json, args.interval)
+            job_state.status(args.job, args.watch, args.json, args.interval)
         elif args.command == "wait":
-            wait_finished(args.job, args.timeout)
+            job_state.wait_finished(args.job, args.timeout)
         elif args.command == "down":
             down(args.job)
         elif args.command == "clean":
@@ -1071,4 +905,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import cloud_setup  # the module job_state.py imports, so that its UserError is the one caught
+    sys.exit(cloud_setup.main())

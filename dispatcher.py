@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import paramiko
 
 import cloud_setup as cs
+import job_state
 from cloud_setup import UserError, log
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -368,7 +369,7 @@ def make_bundle(args):
             tar.add(local, arcname=remote)
         tar.add(args.install, arcname="INSTALL.sh")
         tar.add(os.path.join(HERE, "update_tags.py"), arcname="update_tags.py")
-        for name in ("save_results.py", "cloud_setup.py"):
+        for name in ("save_results.py", "cloud_setup.py", "job_state.py"):
             tar.add(os.path.join(HERE, name), arcname=".awsrun/" + name)
         add_text(tar, ".awsrun/guard.sh", GUARD.format(python=node_python()))
     bundle.flush()
@@ -660,10 +661,10 @@ def dispatch(args, wanted, session=None):
 def retry_plan(args, wanted):
     """The rows to run again: those with no succeeded result that are not running now."""
     nodes = cs.current_nodes(cs.find_nodes(args.job))
-    markers = cs.read_markers(cs.job_bucket(args.job, nodes.values()))
+    markers = job_state.read_markers(job_state.job_bucket(args.job, nodes.values()))
     again, skipped = {}, []
     for tag, row in wanted.items():
-        state = cs.node_state(nodes.get(tag), markers.get(tag)) if (tag in nodes or tag in markers) else "new"
+        state = job_state.node_state(nodes.get(tag), markers.get(tag)) if (tag in nodes or tag in markers) else "new"
         if state in ("succeeded", "running", "uploading", "upload-failed", "installing"):
             skipped.append("%s %s" % (tag, state))
         else:

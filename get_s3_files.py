@@ -29,6 +29,7 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from s3transfer.subscribers import BaseSubscriber
 
 import cloud_setup as cs
+import job_state
 from cloud_setup import UserError, log
 
 # 32 parallel requests; 8 MB parts for large files; at most 64 x 256 KB chunks queued for
@@ -42,7 +43,7 @@ CACHE = ".awsrun-fetch.json"
 def list_objects(s3, bucket):
     try:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-        return [o for page in pages for o in page.get("Contents", []) if not o["Key"].startswith(cs.MARKERS)]
+        return [o for page in pages for o in page.get("Contents", []) if not o["Key"].startswith(job_state.MARKERS)]
     except s3.exceptions.NoSuchBucket:
         raise UserError("bucket %s does not exist: check BUCKET= (it is the job name unless you "
                         "gave --bucket)" % bucket)
@@ -193,7 +194,7 @@ def verify(path, obj, want, cache):
 def list_markers(s3, bucket):
     """The bucket's outcome markers (one small listing): they change whenever a node finishes."""
     try:
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=cs.MARKERS)
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=job_state.MARKERS)
         return sorted([o["Key"], o["ETag"], o["LastModified"].isoformat()]
                       for page in pages for o in page.get("Contents", []))
     except s3.exceptions.NoSuchBucket:

@@ -13,6 +13,7 @@ import os
 import sys
 
 import cloud_setup as cs
+import job_state
 import dispatcher
 from cloud_setup import UserError
 
@@ -57,7 +58,7 @@ def logs(job, tag, install=False):
         text = from_node(job, node, install)
         if text is not None:
             return text
-    text = from_bucket(cs.job_bucket(job, nodes.values()), tag, install)
+    text = from_bucket(job_state.job_bucket(job, nodes.values()), tag, install)
     if text is not None:
         return text
     kept = os.path.join(cs.state_dir(job), "%s.install.log" % tag)

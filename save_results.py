@@ -34,6 +34,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 import cloud_setup as cs
+import job_state
 
 UPLOAD_FAILED = 75  # EX_TEMPFAIL: run.sh holds the node up for the upload hold
 # botocore 1.36 added per-request checksums and the option to turn them off; older ones send none.
@@ -148,7 +149,7 @@ def finish(s3, bucket, tag, manifest):
     started, ended = cs.parse_time(manifest["started"]), cs.parse_time(manifest["ended"])
     runtime = ended - started if started and ended else 0
     marker = ("%s %s\n" % (manifest.get("instance_id"), manifest.get("uploaded"))).encode()
-    retrying(lambda: s3.put_object(Bucket=bucket, Key=cs.marker_key(tag, manifest["exit_code"], runtime),
+    retrying(lambda: s3.put_object(Bucket=bucket, Key=job_state.marker_key(tag, manifest["exit_code"], runtime),
                                    Body=marker), "marker")
 
 

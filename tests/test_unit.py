@@ -8,6 +8,7 @@ import boto3
 import pytest
 
 import cloud_setup as cs
+import job_state
 import dispatcher
 import save_results
 from conftest import instance_states, write
@@ -279,7 +280,7 @@ def test_status_counts_instances_by_state(aws, capsys):
     launch, _ = launch_setup(aws, "job-a", ROWS)
     launch()
     aws.terminate_instances(InstanceIds=[cs.find_nodes("job-a")[0]["id"]])
-    cs.print_num_running()
+    job_state.print_num_running()
     assert capsys.readouterr().out == ("pending or running:  4\nshutting down:       0\n"
                                       "stopping or stopped: 0\nterminated:          1\n")
 
@@ -311,12 +312,12 @@ def status_calls(aws, job, n):
     s3 = boto3.client("s3")
     cs.ensure_bucket(s3, job, "us-east-1")
     for i in range(0, n, 2):
-        s3.put_object(Bucket=job, Key=cs.marker_key("%s%d" % (job, i), i % 3, 60), Body=b"")
+        s3.put_object(Bucket=job, Key=job_state.marker_key("%s%d" % (job, i), i % 3, 60), Body=b"")
         s3.put_object(Bucket=job, Key="%s%d/output/x.txt" % (job, i), Body=b"result")
     calls = []
     for service in ("ec2", "s3"):
         cs.client(service).meta.events.register("before-call", lambda model, **kw: calls.append(model.name))
-    rows = cs.job_status(job)
+    rows = job_state.job_status(job)
     assert len(rows) == n
     return sorted(calls), rows
 
@@ -347,7 +348,7 @@ def test_state_of_a_tag_from_its_instance_and_outcome():
              (None, None, "lost"), (None, ok, "succeeded"), (node("terminated", "install-failed"), None, "install-failed"),
              (node(status="upload-failed"), None, "upload-failed"), (node("terminated", "idle-timeout"), None, "lost (idle)"),
              (node(status="running", launched=later + datetime.timedelta(minutes=1)), bad, "running")]  # a retry
-    assert [cs.node_state(n, m) for n, m, _ in cases] == [want for _, _, want in cases]
+    assert [job_state.node_state(n, m) for n, m, _ in cases] == [want for _, _, want in cases]
 
 
 def test_durations_for_max_runtime_and_idle_timeout():
