@@ -27,7 +27,7 @@ DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)
 STATUS_JOB = $(if $(filter command line environment,$(origin JOB)),$(JOB))
 SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-server
 
-.PHONY: help create dispatch status watch wait logs retry down clean fetch demo _demo test bench venv node-venv
+.PHONY: help create dispatch status watch wait logs retry down clean fetch demo _demo test lint bench venv node-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -98,6 +98,12 @@ _demo:
 
 test: $(DEV) $(NODE_PY)  ## unit and end-to-end tests (the end-to-end ones need sshd)
 	$(PY) -m pytest -q tests
+
+SHELL_FILES := INSTALL.sh node/*.sh .ci/run
+lint: $(DEV)  ## ruff (settings in ruff.toml) on every Python file, shellcheck on every shell file
+	@command -v shellcheck >/dev/null 2>&1 || { echo "make lint needs shellcheck: sudo apt-get install shellcheck" >&2; exit 1; }
+	$(VENV)/bin/ruff check .
+	shellcheck $(SHELL_FILES)
 
 BENCH_VENV := .venv-bench
 $(BENCH_VENV)/bin/aws: bench-requirements.txt

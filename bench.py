@@ -179,7 +179,8 @@ def bench_upload(box, work, reps):
     def awsrun():
         counter["awsrun"] += 1
         instance = ec2.run_instances(ImageId=box.ami, InstanceType="t3.micro", MinCount=1, MaxCount=1)
-        info = {"job": "bench", "tag": "awsrun%d" % counter["awsrun"], "instance_id": instance["Instances"][0]["InstanceId"],
+        info = {"job": "bench", "tag": "awsrun%d" % counter["awsrun"],
+                "instance_id": instance["Instances"][0]["InstanceId"],
                 "instance_type": "t3.micro", "bucket": "bench-upload", "region": "us-east-1", "command": "bench",
                 "outputs": []}
         with open(os.path.join(node, ".awsrun", "node.json"), "w") as f:
@@ -264,11 +265,11 @@ def bench_setup(box, work, sizes, reps, parallel=32):
             f.writelines("%s,sleep 600\n" % ("t3.micro" if i % 2 else "t3.small") for i in range(n))
         calls_file = os.path.join(work, "calls-%d.json" % n)
 
-        def ours():
+        def ours(job=job, jobs=jobs, calls_file=calls_file):
             return measure([PY, counted, "auto", job, jobs, "-c", "-d", "--install", install,
                             "--parallel", str(parallel)], dict(env, AWSRUN_HOME=HERE, BENCH_CALLS=calls_file))
 
-        def reset(name):
+        def reset(name, job=job, calls_file=calls_file):
             if name == "awsrun" and os.path.exists(calls_file):  # a fresh job each time: end the last one
                 subprocess.run([PY, os.path.join(HERE, "cloud_setup.py"), "clean", job], env=env,
                                check=True, capture_output=True)
@@ -278,7 +279,7 @@ def bench_setup(box, work, sizes, reps, parallel=32):
                 shutil.rmtree(os.path.join(box.path("nodes")), ignore_errors=True)
                 os.makedirs(box.path("nodes"), exist_ok=True)
 
-        def minimal_side():
+        def minimal_side(n=n):
             key = next(os.path.join(box.path("keys"), k) for k in os.listdir(box.path("keys")))
             return measure([PY, minimal, "127.0.0.1", str(box.ssh_port), env["AWSRUN_SSH_USER"], key,
                             box.path("nodes"), str(n), str(parallel), payload], env)

@@ -269,7 +269,7 @@ def caller_cidr():
             return reply.read().decode().strip() + "/32"
     except OSError as e:
         raise UserError("could not learn your public address (%s): set AWSRUN_SSH_CIDR, "
-                        "e.g. AWSRUN_SSH_CIDR=203.0.113.7/32" % e)
+                        "e.g. AWSRUN_SSH_CIDR=203.0.113.7/32" % e) from e
 
 
 def ssh_rule(cidr):
@@ -418,7 +418,7 @@ def default_ami():
         return client("ssm").get_parameter(Name=UBUNTU_PARAMETER)["Parameter"]["Value"]
     except (ClientError, BotoCoreError) as e:
         raise UserError("could not look up the current Ubuntu image (%s): name one with AMI=ami-..."
-                        % (error_code(e) if isinstance(e, ClientError) else e))
+                        % (error_code(e) if isinstance(e, ClientError) else e)) from e
 
 
 def check_image_and_types(ami, types):
@@ -762,7 +762,7 @@ def down(job, timeout=600):
             client("ec2").get_waiter("instance_terminated").wait(
                 InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": max(1, timeout // 5)})
         except WaiterError as e:
-            raise UserError("not every instance terminated in %d s: %s" % (timeout, e))
+            raise UserError("not every instance terminated in %d s: %s" % (timeout, e)) from e
     for n in sorted(nodes, key=lambda n: n["tag"] or ""):
         print("%s\t%s\tterminated" % (n["tag"], n["id"]))
     log("job %s: %d instances terminated" % (job, len(ids)) if ids else "job %s: no instance was running" % job)

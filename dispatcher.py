@@ -55,9 +55,9 @@ def read_jobs(path):
         with open(path, encoding="utf-8-sig", newline="") as f:
             text = f.read()
     except FileNotFoundError:
-        raise UserError("job file %s does not exist" % path, code=2)
+        raise UserError("job file %s does not exist" % path, code=2) from None
     except UnicodeDecodeError:
-        raise UserError("%s is not UTF-8 text: save it as UTF-8 CSV" % path, code=2)
+        raise UserError("%s is not UTF-8 text: save it as UTF-8 CSV" % path, code=2) from None
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header != HEADER:
@@ -223,8 +223,9 @@ def connect(node, pkey, policy, deadline):
             return ssh
         except paramiko.BadHostKeyException:
             close(ssh)
-            raise NodeError("the host key of %s (%s) changed: someone else may answer at its address; if "
-                            "you reinstalled it yourself, remove its line from %s" % (node["id"], host, policy.path))
+            raise NodeError("the host key of %s (%s) changed: someone else may answer at its address; if you "
+                            "reinstalled it yourself, remove its line from %s"
+                            % (node["id"], host, policy.path)) from None
         except (paramiko.SSHException, OSError, EOFError) as e:
             close(ssh)
             last = e
@@ -243,7 +244,7 @@ def run(ssh, command, stdin=None, timeout=60):
     try:
         chan = ssh.get_transport().open_session(timeout=30)
     except (paramiko.SSHException, AttributeError, EOFError, OSError) as e:  # AttributeError: closed by Ctrl-C
-        raise NotReady("could not open a session: %s" % e)
+        raise NotReady("could not open a session: %s" % e) from e
     try:
         chan.set_combine_stderr(True)
         chan.settimeout(max(1.0, min(30.0, timeout)))
@@ -267,7 +268,7 @@ def run(ssh, command, stdin=None, timeout=60):
                 raise NodeError("`%s` did not finish in %d s" % (command.split("\n")[0][:60], timeout))
         return chan.recv_exit_status(), output.decode("utf-8", "replace")
     except (OSError, paramiko.SSHException) as e:
-        raise NodeError("SSH failed: %s" % e)
+        raise NodeError("SSH failed: %s" % e) from e
     finally:
         chan.close()
 
@@ -284,7 +285,7 @@ def run_on(session, node, command, stdin=None, timeout=60):
         except NotReady as e:
             close(ssh)
             if delay is None or STOP.is_set():
-                raise NodeError("%s takes logins but runs no command (%s)" % (node["tag"], e))
+                raise NodeError("%s takes logins but runs no command (%s)" % (node["tag"], e)) from e
         except BaseException:
             close(ssh)
             raise
@@ -323,36 +324,7 @@ def for_each_node(nodes, work, parallel):
 
 # ---------------------------------------------------------------------------- create
 
-# The cost guard on each node. `idle S`: unless the job is dispatched first, terminate this
-# node through the EC2 API after S seconds, and schedule an OS shutdown (which terminates
-# the instance) 5 minutes later in case the API cannot be reached. `runtime S`: replace that
-# with an OS shutdown S seconds + an hour for the upload from now (0: no shutdown at all).
-GUARD = """#!/bin/bash
-cd "${{0%/*}}/.." || exit 1
-as_root() {{ if [ "$EUID" = 0 ]; then "$@"; else sudo -n "$@"; fi; }}
-if [ -s .awsrun/watchdog.pid ]; then
-    read -r pid < .awsrun/watchdog.pid; kill -- -"$pid" 2>/dev/null; : > .awsrun/watchdog.pid
-fi
-as_root shutdown -c 2>/dev/null; : > .awsrun/shutdown  # also the boot-time guard of the launch
-hash shutdown 2>/dev/null
-TZ=UTC printf '%(%Y-%m-%dT%H:%M:%SZ)T guard %s (shutdown is %s)\\n' -1 "$*" "${{BASH_CMDS[shutdown]}}" >> .awsrun/guard.log
-case "$1" in
-  idle)
-    setsid bash -c 'sleep "$1" && exec {python} .awsrun/save_results.py --expire idle-timeout' \\
-        guard "$2" >> .awsrun/guard.log 2>&1 < /dev/null &
-    echo $! > .awsrun/watchdog.pid
-    as_root shutdown -h +$(( ($2 + 300 + 59) / 60 )) >> .awsrun/guard.log 2>&1 && echo "$2" > .awsrun/shutdown ;;
-  runtime)
-    if [ "$2" -gt 0 ]; then
-        as_root shutdown -h +$(( ($2 + 3600 + 59) / 60 )) >> .awsrun/guard.log 2>&1 && echo "$2" > .awsrun/shutdown
-    fi ;;
-  hold)
-    as_root shutdown -h +$(( ($2 + 59) / 60 )) >> .awsrun/guard.log 2>&1 && echo "$2" > .awsrun/shutdown ;;
-  end)
-    as_root shutdown -h now >> .awsrun/guard.log 2>&1 ;;
-esac
-exit 0
-"""
+NODE_SCRIPTS = ("prepare.sh", "guard.sh", "start.sh", "run.sh")
 
 
 def make_bundle(args):
@@ -371,7 +343,8 @@ def make_bundle(args):
         tar.add(os.path.join(HERE, "update_tags.py"), arcname="update_tags.py")
         for name in ("save_results.py", "cloud_setup.py", "job_state.py"):
             tar.add(os.path.join(HERE, name), arcname=".awsrun/" + name)
-        add_text(tar, ".awsrun/guard.sh", GUARD.format(python=node_python()))
+        for name in NODE_SCRIPTS:  # what runs on the node, as it is in node/
+            tar.add(os.path.join(HERE, "node", name), arcname=".awsrun/" + name)
     bundle.flush()
     return bundle
 
@@ -383,8 +356,12 @@ def add_text(tar, name, text):
     tar.addfile(member, io.BytesIO(raw))
 
 
-def node_python():
-    return shlex.quote(cs.setting("NODE_PYTHON", "python3"))
+def node_env(args, node):
+    """The node scripts' settings, in .awsrun/node.env (sourced by node/*.sh)."""
+    values = [("AWSRUN_PYTHON", cs.setting("NODE_PYTHON", "python3")), ("TAG", node["tag"]),
+              ("INSTANCE_ID", node["id"]), ("MAX_RUNTIME", int(args.max_runtime or 0)),
+              ("UPLOAD_HOLD", int(getattr(args, "upload_hold", 0) or 0))]
+    return "".join("%s=%s\n" % (k, shlex.quote(str(v))) for k, v in values)
 
 
 def node_info(args, node, itype, command=None):
@@ -395,38 +372,23 @@ def node_info(args, node, itype, command=None):
             "upload_hold": getattr(args, "upload_hold", None)}
 
 
-def install_script(node, info, tries, seconds, idle):
-    """Shell run on the node: unpack the bundle (into a fresh folder if the one there belongs
-    to another instance), run INSTALL.sh until it creates READY, each try limited in time and
-    logged to .awsrun/install.N.log; then arm the idle guard."""
-    return (
-        "mkdir -p {d} && cd {d} || exit 2\n"
-        "owner=; read -r owner < .awsrun/instance 2>/dev/null; [ \"$owner\" = {id} ] || find . -mindepth 1 -delete\n"
-        "tar -xzf - && echo {id} > .awsrun/instance && printf '%s\\n' {info} > .awsrun/node.json || exit 2\n"
-        "if [ ! -f READY ]; then\n"
-        "  i=0; while [ $i -lt {tries} ]; do i=$((i + 1))\n"
-        "    AWSRUN_PYTHON={py} TAG={tag} timeout -k 10 {s} bash INSTALL.sh"
-        " > .awsrun/install.$i.log 2>&1 < /dev/null\n"
-        "    code=$?; [ -f READY ] && break\n"
-        "    echo \"try $i: INSTALL.sh exited $code without creating READY\"\n"
-        "    [ $i -lt {tries} ] && sleep $((5 << i))  # a pause, growing, so that a boot-time lock can clear\n"
-        "  done\n"
-        "fi\n"
-        "if [ ! -f READY ]; then\n"
-        "  echo \"--- last lines of $PWD/.awsrun/install.{tries}.log:\"\n"
-        "  tail -n 20 .awsrun/install.{tries}.log; exit 1\n"
-        "fi\n"
-        "[ -e .awsrun/dispatched ] || bash .awsrun/guard.sh idle {idle}\n").format(
-            d=remote_dir(node["tag"]), id=shlex.quote(node["id"]), py=node_python(),
-            tag=shlex.quote(node["tag"]), tries=int(tries), s=int(seconds), idle=int(idle),
-            info=shlex.quote(json.dumps(info, ensure_ascii=False)))
+def install_command(node, info, env, tries, seconds, idle):
+    """The one line run on a node at create: unpack the bundle into its work directory (a fresh
+    one if the folder there belongs to another instance), write its settings, and run
+    node/prepare.sh (INSTALL.sh until READY, then the idle guard)."""
+    return ("mkdir -p {d} && cd {d} || exit 2; owner=; read -r owner < .awsrun/instance 2>/dev/null; "
+            "[ \"$owner\" = {id} ] || find . -mindepth 1 -delete; tar -xzf - "
+            "&& printf '%s' {info} > .awsrun/node.json && printf '%s' {env} > .awsrun/node.env || exit 2; "
+            "exec bash .awsrun/prepare.sh {tries} {s} {idle}").format(
+        d=remote_dir(node["tag"]), id=shlex.quote(node["id"]), info=shlex.quote(json.dumps(info, ensure_ascii=False)),
+        env=shlex.quote(env), tries=int(tries), s=int(seconds), idle=int(idle))
 
 
 def prepare(node, args, bundle, session, progress):
     """Connect to one node, copy its files and run the install script until READY."""
     budget = args.install_tries * (args.install_timeout + 15) + 120
-    script = install_script(node, node_info(args, node, node["type"]), args.install_tries,
-                            args.install_timeout, args.idle_timeout)
+    script = install_command(node, node_info(args, node, node["type"]), node_env(args, node), args.install_tries,
+                             args.install_timeout, args.idle_timeout)
     ssh, code, output = run_on(session, node, script, stdin=lambda: BundleReader(bundle), timeout=budget)
     if args.dispatch and code == 0:
         session.keep(node, ssh)
@@ -468,7 +430,7 @@ def to_launch(args, wanted):
             raise UserError("%s is already running as %s, but line %d asks for %s: terminate %s first"
                             % (tag, node["type"], wanted[tag][0], wanted[tag][1], node["id"]))
     by_type = {}
-    for tag, (line, itype, command) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
+    for tag, (_line, itype, _command) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
         if tag not in live:
             by_type.setdefault(itype, []).append(int(tag[len(args.job):]))
     return by_type
@@ -513,7 +475,8 @@ def create(args, wanted):
                 pool.submit(cs.ensure_instance_profile, args.job, bucket)]
         _, key, group_id, profile = [m.result() for m in made]
     session = Session(args.job, args.ssh_timeout)
-    log("job %s: key %s, security group %s, instance profile %s, bucket %s" % (args.job, key, group_id, profile, bucket))
+    log("job %s: key %s, security group %s, instance profile %s, bucket %s"
+        % (args.job, key, group_id, profile, bucket))
     pause(args, "launch up to %d machines with AMI %s" % (len(wanted), ami))
     try:
         ids, missing = launch_missing(args, by_type, ami, args.job, group_id, profile, bucket, subnets)
@@ -581,50 +544,22 @@ def report(args, nodes, results, word, terminate_failed=False):
 
 # ---------------------------------------------------------------------------- dispatch
 
-RUNNER = """#!/bin/bash
-# Written by awsrun's dispatcher: runs this node's command, uploads its results, and ends the
-# machine whatever the uploader did, unless the upload failed: then it holds it up for a while.
-cd "${{0%/*}}/.." || exit 1
-export TAG={tag}
-[ -d output ] || mkdir output
-TZ=UTC printf '%(%Y-%m-%dT%H:%M:%SZ)T\\n' -1 > .awsrun/started
-{limit}bash .awsrun/command.sh > screen_output.txt 2>&1 < /dev/null
-echo $? > .awsrun/exit_code
-TZ=UTC printf '%(%Y-%m-%dT%H:%M:%SZ)T\\n' -1 > .awsrun/ended
-{python} .awsrun/save_results.py
-if [ $? = 75 ]; then bash .awsrun/guard.sh hold {hold}; else bash .awsrun/guard.sh end; fi
-"""
-
-START = """cd {d} || exit 10
-owner=; read -r owner < .awsrun/instance 2>/dev/null
-[ "$owner" = {id} ] && [ -f READY ] || {{ echo "not ready: run create again"; exit 11; }}
-[ -e .awsrun/dispatched ] && {{ echo "already started"; exit 12; }}
-tar -xf - || exit 13
-: > .awsrun/dispatched
-bash .awsrun/guard.sh runtime {limit}
-setsid -f bash .awsrun/run.sh > .awsrun/runner.log 2>&1 < /dev/null
-echo started
-"""
-
-
 def node_files(args, node, row):
-    """The small archive that turns a prepared node into a running job."""
+    """The small archive that turns a prepared node into a running job: its row's settings
+    and command (node/start.sh unpacks it)."""
     line, itype, command = row
-    limit = "timeout -k 60 %d " % args.max_runtime if args.max_runtime else ""
-    info = node_info(args, node, itype, command)
     data = io.BytesIO()
     with tarfile.open(fileobj=data, mode="w") as tar:
-        add_text(tar, ".awsrun/node.json", json.dumps(info, indent=1, ensure_ascii=False))
+        add_text(tar, ".awsrun/node.json", json.dumps(node_info(args, node, itype, command), indent=1,
+                                                      ensure_ascii=False))
+        add_text(tar, ".awsrun/node.env", node_env(args, node))
         add_text(tar, ".awsrun/command.sh", command + "\n")
-        add_text(tar, ".awsrun/run.sh", RUNNER.format(tag=shlex.quote(node["tag"]), python=node_python(),
-                                                      limit=limit, hold=int(args.upload_hold)))
     return data.getvalue()
 
 
 def start(node, args, row, session):
-    ssh, code, output = run_on(session, node, START.format(
-        d=remote_dir(node["tag"]), id=shlex.quote(node["id"]), limit=int(args.max_runtime or 0)),
-        stdin=node_files(args, node, row))
+    ssh, code, output = run_on(session, node, "cd %s || exit 10; exec bash .awsrun/start.sh %s" % (
+        remote_dir(node["tag"]), shlex.quote(node["id"])), stdin=node_files(args, node, row))
     close(ssh)
     if code == 12:
         return "already started"

@@ -46,7 +46,7 @@ def list_objects(s3, bucket):
         return [o for page in pages for o in page.get("Contents", []) if not o["Key"].startswith(job_state.MARKERS)]
     except s3.exceptions.NoSuchBucket:
         raise UserError("bucket %s does not exist: check BUCKET= (it is the job name unless you "
-                        "gave --bucket)" % bucket)
+                        "gave --bucket)" % bucket) from None
 
 
 def expected_hashes(s3, bucket, objects, cache):

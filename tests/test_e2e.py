@@ -102,7 +102,8 @@ def test_failed_command_still_uploads_log_and_manifest_and_terminates(box, tmp_p
     flat = box.run("get_s3_files.py", job, str(tmp_path / "flat"), "--flat")
     assert flat.returncode == 0, flat.stderr
     assert sorted(os.listdir(tmp_path / "flat")) == \
-        [".awsrun-fetch.json", "e2e-exit30_install.1.log", "e2e-exit30_manifest.json", "e2e-exit30_screen_output.txt", "part.txt"]
+        [".awsrun-fetch.json", "e2e-exit30_install.1.log", "e2e-exit30_manifest.json", "e2e-exit30_screen_output.txt",
+         "part.txt"]
 
 
 def test_install_that_always_fails_is_reported_with_its_log_within_its_deadline(box, tmp_path):
@@ -139,7 +140,8 @@ def test_install_that_hangs_is_stopped_at_its_time_limit(box, tmp_path):
 
 def test_command_with_quotes_variables_pipes_and_unicode_runs_as_written(box, tmp_path):
     job = "e2e-quoting"
-    command = """echo "it's \\"$TAG\\" & 'single' $((6*7)) naïve ✓ 日本" | tr a-z A-Z | tee output/out.txt; echo `echo back` > output/tick.txt"""
+    command = ("""echo "it's \\"$TAG\\" & 'single' $((6*7)) naïve ✓ 日本" | tr a-z A-Z | tee output/out.txt; """
+               """echo `echo back` > output/tick.txt""")
     with open(tmp_path / "jobs.csv", "w", encoding="utf-8", newline="") as f:
         f.write('instance_type,command\nt3.micro,"%s"\n' % command.replace('"', '""'))
     run = create_dispatch(box, job, str(tmp_path / "jobs.csv"))

@@ -219,7 +219,8 @@ def test_down_and_clean_leave_nothing_of_the_job(box, tmp_path):
 
 def test_max_runtime_stops_the_command_and_still_uploads(box, tmp_path):
     job = "op-maxrun"
-    jobs = write(tmp_path / "jobs.csv", 'instance_type,command\nt3.micro,"echo partial > output/p.txt; echo going; sleep 600"\n')
+    jobs = write(tmp_path / "jobs.csv",
+                 'instance_type,command\nt3.micro,"echo partial > output/p.txt; echo going; sleep 600"\n')
     run = box.run("dispatcher.py", "auto", job, jobs, "-c", "-d", "--max-runtime", "2s")
     assert run.returncode == 0, run.stderr
     until(lambda: states(box, job)["op-maxrun0"] != "running" and states(box, job), timeout=60, what="stop")

@@ -57,7 +57,8 @@ def test_bom_crlf_quotes_and_comments_are_read(tmp_path):
 
 @pytest.mark.parametrize("argv,expected", [
     (["-c", "--code", "/no/such/dir"], "error: --code /no/such/dir is not a folder\n"),
-    (["-c", "--install", "/no/INSTALL.sh"], "error: install script /no/INSTALL.sh does not exist: pass --install FILE\n"),
+    (["-c", "--install", "/no/INSTALL.sh"],
+     "error: install script /no/INSTALL.sh does not exist: pass --install FILE\n"),
     (["-c", "-i", "/no/file=x"], "error: -i: /no/file does not exist\n"),
     (["-c", "-i", "noequals"], "error: -i 'noequals' must be LOCAL=REMOTE, e.g. -i data/x.csv=data/x.csv\n"),
     (["-d", "-o", "../up.txt"], "error: -o '../up.txt' must be a relative path inside the work directory\n"),
@@ -154,7 +155,8 @@ def test_no_credentials_is_one_line(aws_env, tmp_path, capsys, monkeypatch):
 def test_key_file_is_0600_from_the_first_byte_and_reused(aws, monkeypatch):
     opened = []
     real_open = os.open
-    monkeypatch.setattr(os, "open", lambda p, flags, mode=0o777: opened.append((p, flags, mode)) or real_open(p, flags, mode))
+    monkeypatch.setattr(os, "open",
+                        lambda p, flags, mode=0o777: opened.append((p, flags, mode)) or real_open(p, flags, mode))
     path = cs.ensure_key_pair("job-a")
     assert opened == [(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -345,8 +347,10 @@ def test_state_of_a_tag_from_its_instance_and_outcome():
              (node(status="ready"), None, "ready"), (node(status="running"), None, "running"),
              (node(status="uploading"), None, "uploading"), (node("terminated", "uploading"), ok, "succeeded"),
              (node("terminated", "uploading"), bad, "failed (exit 3)"), (node("terminated", "running"), None, "lost"),
-             (None, None, "lost"), (None, ok, "succeeded"), (node("terminated", "install-failed"), None, "install-failed"),
-             (node(status="upload-failed"), None, "upload-failed"), (node("terminated", "idle-timeout"), None, "lost (idle)"),
+             (None, None, "lost"), (None, ok, "succeeded"),
+             (node("terminated", "install-failed"), None, "install-failed"),
+             (node(status="upload-failed"), None, "upload-failed"),
+             (node("terminated", "idle-timeout"), None, "lost (idle)"),
              (node(status="running", launched=later + datetime.timedelta(minutes=1)), bad, "running")]  # a retry
     assert [job_state.node_state(n, m) for n, m, _ in cases] == [want for _, _, want in cases]
 
@@ -367,7 +371,8 @@ def put_job_result(s3, bucket, tag, text, instance):
     s3.put_object(Bucket=bucket, Key=tag + "/output/r.txt", Body=text.encode())
     manifest = {"tag": tag, "exit_code": 0, "started": "2026-01-01T00:00:00Z", "ended": "2026-01-01T00:00:05Z",
                 "instance_id": instance, "uploaded": instance,
-                "files": [{"path": "output/r.txt", "size": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest()}]}
+                "files": [{"path": "output/r.txt", "size": len(text),
+                           "sha256": hashlib.sha256(text.encode()).hexdigest()}]}
     save_results.finish(s3, bucket, tag, manifest)
 
 
@@ -484,3 +489,13 @@ def test_nodes_reached_by_private_address_when_asked(aws, monkeypatch):
                                            ("x2iedn.xlarge", "x"), ("trn1.2xlarge", None), ("mac2.metal", None)])
 def test_instance_types_map_to_their_vcpu_quota(itype, family):
     assert cs.quota_family(itype) == family
+
+
+def test_the_sandbox_says_what_it_needs_off_linux(monkeypatch, capsys, tmp_path):
+    import sandbox
+    monkeypatch.setattr(sandbox.sys, "platform", "darwin")
+    monkeypatch.setattr(sandbox.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "box"))
+    assert sandbox.main(["run", "--", "true"]) == 1
+    assert capsys.readouterr().err == (
+        "error: the sandbox runs its nodes on this machine with Linux's tools (setsid, GNU timeout, /proc): "
+        "use Linux, or WSL on Windows; awsrun itself, on AWS, needs only Python and SSH\n")

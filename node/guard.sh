@@ -1,0 +1,46 @@
+#!/bin/bash
+# The cost guard of a node: awsrun's own shutdowns. Runs on the node, from its work directory's
+# .awsrun/ (sent by `create`), with the node's settings in .awsrun/node.env.
+#
+#   guard.sh idle S      unless the job is dispatched first, terminate this node through the EC2
+#                        API after S seconds, and schedule an OS shutdown (which terminates the
+#                        instance) 5 minutes later in case the API cannot be reached
+#   guard.sh runtime S   replace that with an OS shutdown S seconds + an hour for the upload
+#                        from now (0: no shutdown at all)
+#   guard.sh end         the row is done, or its uploader failed: shut down now
+#   guard.sh hold S      the upload failed: shut down in S seconds, keeping the results till then
+#
+# Each call first cancels what an earlier one scheduled, and the launch's boot-time guard.
+cd "${0%/*}/.." || exit 1
+# shellcheck source=/dev/null
+. .awsrun/node.env
+as_root() { if [ "$EUID" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
+
+if [ -s .awsrun/watchdog.pid ]; then
+    read -r pid < .awsrun/watchdog.pid
+    kill -- -"$pid" 2>/dev/null
+    : > .awsrun/watchdog.pid
+fi
+as_root shutdown -c 2>/dev/null
+: > .awsrun/shutdown
+hash shutdown 2>/dev/null
+TZ=UTC printf '%(%Y-%m-%dT%H:%M:%SZ)T guard %s (shutdown is %s)\n' -1 "$*" "${BASH_CMDS[shutdown]}" >> .awsrun/guard.log
+
+later() {  # shut down in $1 seconds, rounded up to minutes
+    as_root shutdown -h +$(( ($1 + 59) / 60 )) >> .awsrun/guard.log 2>&1 && echo "$1" > .awsrun/shutdown
+}
+case "$1" in
+  idle)
+    # shellcheck disable=SC2016  # expanded by the inner bash, from its arguments
+    setsid bash -c 'sleep "$1" && exec "$2" .awsrun/save_results.py --expire idle-timeout' \
+        guard "$2" "$AWSRUN_PYTHON" >> .awsrun/guard.log 2>&1 < /dev/null &
+    echo $! > .awsrun/watchdog.pid
+    later $(( $2 + 300 )) ;;
+  runtime)
+    if [ "$2" -gt 0 ]; then later $(( $2 + 3600 )); fi ;;
+  hold)
+    later "$2" ;;
+  end)
+    as_root shutdown -h now >> .awsrun/guard.log 2>&1 ;;
+esac
+exit 0

@@ -1,0 +1,30 @@
+#!/bin/bash
+# Prepares a node at `create`: runs INSTALL.sh until it creates READY, each try limited in
+# time and logged to .awsrun/install.N.log, with a growing pause between tries so that a
+# boot-time lock can clear; then arms the idle guard. Runs on the node, in its work directory,
+# right after the bundle is unpacked there.
+#
+#   bash .awsrun/prepare.sh TRIES SECONDS IDLE
+tries=$1 seconds=$2 idle=$3
+cd "${0%/*}/.." || exit 2
+# shellcheck source=/dev/null
+. .awsrun/node.env
+echo "$INSTANCE_ID" > .awsrun/instance
+if [ ! -f READY ]; then
+    i=0
+    while [ "$i" -lt "$tries" ]; do
+        i=$((i + 1))
+        AWSRUN_PYTHON=$AWSRUN_PYTHON TAG=$TAG timeout -k 10 "$seconds" bash INSTALL.sh \
+            > ".awsrun/install.$i.log" 2>&1 < /dev/null
+        code=$?
+        [ -f READY ] && break
+        echo "try $i: INSTALL.sh exited $code without creating READY"
+        if [ "$i" -lt "$tries" ]; then sleep $((5 << i)); fi
+    done
+fi
+if [ ! -f READY ]; then
+    echo "--- last lines of $PWD/.awsrun/install.$tries.log:"
+    tail -n 20 ".awsrun/install.$tries.log"
+    exit 1
+fi
+[ -e .awsrun/dispatched ] || bash .awsrun/guard.sh idle "$idle"

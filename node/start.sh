@@ -1,0 +1,18 @@
+#!/bin/bash
+# Starts this node's row at `dispatch`: unpacks the row's files (node.json, node.env and
+# command.sh, from standard input), arms the runtime guard and starts run.sh detached. Runs
+# on the node, in its work directory. Exit 11: not prepared for this instance; 12: started
+# already.
+#
+#   bash .awsrun/start.sh INSTANCE_ID < files.tar
+owner=
+read -r owner < .awsrun/instance 2>/dev/null
+if [ "$owner" != "$1" ] || [ ! -f READY ]; then echo "not ready: run create again"; exit 11; fi
+if [ -e .awsrun/dispatched ]; then echo "already started"; exit 12; fi
+tar -xf - || exit 13
+: > .awsrun/dispatched
+# shellcheck source=/dev/null
+. .awsrun/node.env
+bash .awsrun/guard.sh runtime "$MAX_RUNTIME"
+setsid -f bash .awsrun/run.sh > .awsrun/runner.log 2>&1 < /dev/null
+echo started
