@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
@@ -181,6 +182,51 @@ class KnownSize(BaseSubscriber):
         future.meta.provide_object_etag(self.obj["ETag"])
 
 
+class Progress(BaseSubscriber):
+    """Files and bytes done and the rate, on one line of stderr that updates at most 5 times a
+    second, when stderr is a terminal; nothing otherwise. (A few lines of the standard library:
+    tqdm or rich would be a dependency of every user's install for this one line.)"""
+
+    def __init__(self, files, size, stream=sys.stderr):
+        self.files, self.size, self.stream = files, size, stream
+        self.done = self.bytes = 0
+        self.started = self.shown = time.monotonic()
+        self.lock = threading.Lock()
+        self.on = stream.isatty()
+
+    def on_progress(self, future, bytes_transferred, **kwargs):
+        with self.lock:
+            self.bytes += bytes_transferred
+            self.show()
+
+    def on_done(self, future, **kwargs):
+        with self.lock:
+            self.done += 1
+            self.show(last=self.done == self.files)
+
+    def show(self, last=False):
+        now = time.monotonic()
+        if not self.on or (now - self.shown < 0.2 and not last):
+            return
+        self.shown = now
+        rate = self.bytes / max(now - self.started, 1e-3)
+        self.stream.write("\r%d/%d files, %s/%s, %s/s \033[K" % (
+            self.done, self.files, human(self.bytes), human(self.size), human(rate)))
+        if last:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def human(size):
+    """1234567 -> '1.2 MB'."""
+    if size < 1000:
+        return "%d B" % size
+    for unit in ("KB", "MB", "GB"):
+        size /= 1000.0
+        if size < 1000 or unit == "GB":
+            return "%.1f %s" % (size, unit)
+
+
 def verify(path, obj, want, cache):
     """Check a downloaded file against its expected hash; remove it and return its key if damaged."""
     digest = cs.file_hash(path, want[0])
@@ -223,9 +269,10 @@ def fetch(bucket, out, flat=False, full=False):
         # response checksums need not be computed as well: those go to objects without one.
         fast = cs.client_with("s3", response_checksum_validation="when_required",
                               max_pool_connections=TRANSFER.max_request_concurrency)
+        progress = Progress(len(todo), sum(o["Size"] for o in todo))
         for client, group in ((fast, [o for o in todo if wants[o["Key"]]]),
                               (s3, [o for o in todo if not wants[o["Key"]]])):
-            download(client, bucket, out, names, group, wants, cache, damaged)
+            download(client, bucket, out, names, group, wants, cache, damaged, progress)
     if damaged:
         cache.save()
         raise UserError("%s arrived damaged (their hashes differ from the manifest or ETag): fetch again"
@@ -234,7 +281,7 @@ def fetch(bucket, out, flat=False, full=False):
     return len(todo), len(objects) - len(todo)
 
 
-def download(s3, bucket, out, names, objects, wants, cache, damaged):
+def download(s3, bucket, out, names, objects, wants, cache, damaged, progress):
     """Download objects in parallel; each file is hashed (in other threads: hashlib lets go
     of the GIL) as soon as it is complete, while the others still arrive."""
     if not objects:
@@ -244,7 +291,7 @@ def download(s3, bucket, out, names, objects, wants, cache, damaged):
         for o in objects:
             path = os.path.join(out, names[o["Key"]])
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            started.append((o, path, manager.download(bucket, o["Key"], path, subscribers=[KnownSize(o)])))
+            started.append((o, path, manager.download(bucket, o["Key"], path, subscribers=[KnownSize(o), progress])))
         checks = []
         for o, path, future in started:
             future.result()

@@ -499,3 +499,26 @@ def test_the_sandbox_says_what_it_needs_off_linux(monkeypatch, capsys, tmp_path)
     assert capsys.readouterr().err == (
         "error: the sandbox runs its nodes on this machine with Linux's tools (setsid, GNU timeout, /proc): "
         "use Linux, or WSL on Windows; awsrun itself, on AWS, needs only Python and SSH\n")
+
+
+def test_fetch_progress_is_one_updating_line_at_a_terminal_only():
+    import io
+    import get_s3_files
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    shown, quiet = Terminal(), io.StringIO()
+    for stream in (shown, quiet):
+        progress = get_s3_files.Progress(2, 3_000_000, stream=stream)
+        progress.on_progress(None, 1_000_000)
+        progress.on_done(None)
+        progress.on_progress(None, 2_000_000)
+        progress.on_done(None)
+    assert quiet.getvalue() == ""
+    lines = shown.getvalue().split("\r")
+    assert lines[0] == "" and lines[-1].startswith("2/2 files, 3.0 MB/3.0 MB, ")
+    assert lines[-1].endswith("/s \033[K\n")
+    assert [get_s3_files.human(n) for n in (999, 12_345, 6_500_000, 7e12)] == \
+        ["999 B", "12.3 KB", "6.5 MB", "7000.0 GB"]
+    assert "\n" not in "".join(lines[:-1])  # one line, rewritten in place
