@@ -1,4 +1,5 @@
 """Benchmarks of awsrun's hot paths against what a user would use instead, in the sandbox.
+Runs on the developer's machine.
 
     make bench                      # all of it: prints the table and writes BENCHMARKS.md
     python bench.py --only fetch    # one part: fetch, upload or setup

@@ -1,4 +1,5 @@
 """Run a job file on EC2: one instance per row, prepared over SSH, each running its command.
+Runs on the user's machine; what it runs on the nodes is in node/.
 
     python dispatcher.py AMI JOBNAME JOBFILE -c        # create and prepare the machines
     python dispatcher.py AMI JOBNAME JOBFILE -d        # start every row's command

@@ -1,4 +1,4 @@
-"""Download every result of a job's bucket.
+"""Download every result of a job's bucket. Runs on the user's machine.
 
     python get_s3_files.py BUCKET OUT_DIR           # OUT_DIR/TAG/... as in the bucket
     python get_s3_files.py BUCKET OUT_DIR --flat    # base names only, as the original did

@@ -1,4 +1,5 @@
 """Print a job's log: from the node over SSH while it runs, from the bucket once it has finished.
+Runs on the user's machine.
 
     python logs.py JOBNAME TAG              # the command's screen_output.txt
     python logs.py JOBNAME TAG --install    # the install script's logs, every try

@@ -1,4 +1,5 @@
 """The local stand-in for AWS: a moto server and a real OpenSSH sshd, both on 127.0.0.1.
+Runs on the user's (or developer's) machine, Linux only; make demo and the tests start it.
 
     python sandbox.py run -- make _demo     # start it, run a command inside it, stop it
     python sandbox.py run -- bash           # a shell whose awsrun commands all go to the sandbox

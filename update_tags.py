@@ -1,5 +1,5 @@
 """Set a tag on this job's own instance, from inside the job; `make status JOB=...` shows
-the latest value in its PROGRESS column.
+the latest value in its PROGRESS column. Runs on the node.
 
     python3 update_tags.py percent_complete 40        # in a job's command, from its work directory
 
