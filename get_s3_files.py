@@ -187,12 +187,12 @@ class Progress(BaseSubscriber):
     second, when stderr is a terminal; nothing otherwise. (A few lines of the standard library:
     tqdm or rich would be a dependency of every user's install for this one line.)"""
 
-    def __init__(self, files, size, stream=sys.stderr):
-        self.files, self.size, self.stream = files, size, stream
+    def __init__(self, files, size, stream=None):
+        self.files, self.size, self.stream = files, size, stream or sys.stderr
         self.done = self.bytes = 0
         self.started = self.shown = time.monotonic()
         self.lock = threading.Lock()
-        self.on = stream.isatty()
+        self.on = self.stream.isatty()
 
     def on_progress(self, future, bytes_transferred, **kwargs):
         with self.lock:
