@@ -326,6 +326,7 @@ def for_each_node(nodes, work, parallel):
 # ---------------------------------------------------------------------------- create
 
 NODE_SCRIPTS = ("prepare.sh", "guard.sh", "start.sh", "run.sh")
+NODE_PYTHON = ("save_results.py", "cloud_setup.py", "job_state.py")  # the uploader and what it imports
 
 
 def make_bundle(args):
@@ -342,7 +343,7 @@ def make_bundle(args):
             tar.add(local, arcname=remote)
         tar.add(args.install, arcname="INSTALL.sh")
         tar.add(os.path.join(HERE, "update_tags.py"), arcname="update_tags.py")
-        for name in ("save_results.py", "cloud_setup.py", "job_state.py"):
+        for name in NODE_PYTHON:
             tar.add(os.path.join(HERE, name), arcname=".awsrun/" + name)
         for name in NODE_SCRIPTS:  # what runs on the node, as it is in node/
             tar.add(os.path.join(HERE, "node", name), arcname=".awsrun/" + name)
