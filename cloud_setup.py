@@ -289,8 +289,9 @@ def ensure_security_group(job, cidr, vpc_id=None):
     else:
         made = dict(GroupName=name, Description="awsrun job %s: SSH from the dispatcher only" % job,
                     TagSpecifications=job_tags("security-group", job))
-        group = {"GroupId": ec2.create_security_group(**made, **({"VpcId": vpc_id} if vpc_id else {}))["GroupId"],
-                 "IpPermissions": []}
+        if vpc_id:
+            made["VpcId"] = vpc_id
+        group = {"GroupId": ec2.create_security_group(**made)["GroupId"], "IpPermissions": []}
     allow_ssh_only_from(group, cidr)
     return group["GroupId"]
 
@@ -302,13 +303,8 @@ def allow_ssh_only_from(group, cidr):
     allowed = [r["CidrIp"] for p in group["IpPermissions"] if p.get("FromPort") == 22
                for r in p.get("IpRanges", [])]
     if cidr not in allowed:
-        for delay in backoff(time.monotonic() + 60, first=0.5):
-            try:
-                ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[ssh_rule(cidr)])
-                break
-            except ClientError as e:
-                if error_code(e) != "InvalidGroup.NotFound" or delay is None:
-                    raise
+        retrying(lambda: ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[ssh_rule(cidr)]),
+                 code_in("InvalidGroup.NotFound"), 60)
     stale = [c for c in allowed if c != cidr]
     if stale:
         ec2.revoke_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[
@@ -363,13 +359,9 @@ def ensure_instance_profile(job, bucket):
         iam.create_instance_profile(InstanceProfileName=name)
     except iam.exceptions.EntityAlreadyExistsException:
         pass
-    for delay in backoff(time.monotonic() + 60, first=0.5):
-        try:  # a profile made a moment ago may not be visible yet
-            roles = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]
-            break
-        except iam.exceptions.NoSuchEntityException:
-            if delay is None:
-                raise
+    # a profile made a moment ago may not be visible yet
+    roles = retrying(lambda: iam.get_instance_profile(InstanceProfileName=name), code_in("NoSuchEntity"),
+                     60)["InstanceProfile"]["Roles"]
     if not any(r["RoleName"] == name for r in roles):
         iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
     return name
@@ -567,14 +559,11 @@ def run_instances(params, seconds=300):
     backoff, and so is a new instance profile, which takes a few seconds to reach EC2; both
     up to a deadline. Capacity and quota errors are raised at once."""
     ec2 = launch_client()
-    for delay in backoff(time.monotonic() + seconds, first=0.5, cap=5.0):
-        try:
-            return [i["InstanceId"] for i in ec2.run_instances(**params)["Instances"]]
-        except ClientError as e:
-            waiting = error_code(e) == "RequestLimitExceeded" or (
-                error_code(e) == "InvalidParameterValue" and "instance profile" in str(e).lower())
-            if not waiting or delay is None:
-                raise
+
+    def waiting(e):
+        return error_code(e) == "RequestLimitExceeded" or (
+            error_code(e) == "InvalidParameterValue" and "instance profile" in str(e).lower())
+    return [i["InstanceId"] for i in retrying(lambda: ec2.run_instances(**params), waiting, seconds)["Instances"]]
 
 
 # Service Quotas' codes of EC2's vCPU quotas, per group of instance families: (on-demand, spot).
@@ -599,8 +588,8 @@ def quota_family(instance_type):
     return "standard" if prefix[:1] and prefix[0] in "acdhimrtz" else None
 
 
-def quota_advice(instance_type, needed=None, spot=False):
-    family = quota_family(instance_type)
+def quota_advice(family, needed=None, spot=False):
+    """What to do about a vCPU quota group's limit."""
     if family is None:
         return "ask for more in Service Quotas, or run fewer rows at once"
     code = QUOTAS[family][spot]
@@ -628,7 +617,7 @@ def check_quotas(need, spot=False):
             raise UserError("the job needs %d vCPUs of %s %s instances (%s), but the account's quota in %s "
                             "allows %d: %s" % (needed, "spot" if spot else "on-demand", QUOTA_NAMES[family],
                                                ", ".join(types), region(), allowed,
-                                               quota_advice(types[0].split(" x ")[1], needed, spot)))
+                                               quota_advice(family, needed, spot)))
 
 
 def launch_error(e, instance_type, ami):
@@ -637,7 +626,7 @@ def launch_error(e, instance_type, ami):
     hints = {
         "InstanceLimitExceeded": "an instance quota is reached: ask AWS for more, or run fewer rows",
         "VcpuLimitExceeded": "the account's vCPU quota for %s instances is reached: %s" % (
-            instance_type, quota_advice(instance_type)),
+            instance_type, quota_advice(quota_family(instance_type))),
         "InsufficientInstanceCapacity": "AWS has no %s capacity right now: try later or another type" % instance_type,
         "OptInRequired": "accept the terms of AMI %s in the AWS Marketplace first" % ami,
         "UnauthorizedOperation": "your credentials may not launch instances: see awsrun-user-policy.json",
@@ -646,6 +635,24 @@ def launch_error(e, instance_type, ami):
     if code in hints:
         return UserError("launching %s failed: %s (%s)" % (instance_type, hints[code], code))
     return e
+
+
+def retrying(call, retry_if, seconds, first=0.5, cap=5.0, what=None):
+    """call(), again with backoff while it raises a ClientError that retry_if(error) accepts,
+    up to `seconds`; then the error is raised. With `what`, each retry is logged."""
+    for delay in backoff(time.monotonic() + seconds, first=first, cap=cap):
+        try:
+            return call()
+        except ClientError as e:
+            if not retry_if(e) or delay is None:
+                raise
+            if what:
+                log("%s: %s, trying again" % (what, error_code(e)))
+
+
+def code_in(*codes):
+    """A retry_if for retrying(): the error's code is one of these."""
+    return lambda e: error_code(e) in codes
 
 
 def backoff(deadline, first=0.2, cap=5.0):
@@ -733,15 +740,18 @@ def wait_running(ids, timeout=600):
             break
         if delay is None:
             break
-    running = [i for i in ids if i in states and states[i]["State"]["Name"] == "running"]
-    failed = {}
+    running, failed, late = [], {}, []
     for i in ids:
-        if i not in running:
-            state = states.get(i, {}).get("State", {}).get("Name", "not seen")
-            reason = states.get(i, {}).get("StateReason", {}).get("Message", "")
-            failed[i] = "%s after %d s%s" % (state, timeout, ": " + reason if reason else "") if state in (
-                "pending", "not seen") else "%s%s" % (state, ": " + reason if reason else "")
-    terminate([i for i in failed if states.get(i, {}).get("State", {}).get("Name") in ("pending", "running", None)])
+        state = states.get(i, {}).get("State", {}).get("Name", "not seen")
+        reason = states.get(i, {}).get("StateReason", {}).get("Message", "")
+        if state == "running":
+            running.append(i)
+            continue
+        if state in ("pending", "not seen"):
+            late.append(i)
+            state += " after %d s" % timeout
+        failed[i] = state + (": " + reason if reason else "")
+    terminate(late)
     return running, failed
 
 
@@ -776,15 +786,9 @@ def clean(job, delete_bucket=False, timeout=600):
     down(job, timeout)
     ec2, iam, name = client("ec2"), client("iam"), "awsrun-%s-node" % job
     groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["awsrun-" + job]}])
-    for group in groups["SecurityGroups"]:
-        deadline = time.monotonic() + timeout
-        for delay in backoff(deadline, first=1.0, cap=10.0):
-            try:  # a just-terminated instance holds its group for a while
-                ec2.delete_security_group(GroupId=group["GroupId"])
-                break
-            except ClientError as e:
-                if error_code(e) != "DependencyViolation" or delay is None:
-                    raise
+    for group in groups["SecurityGroups"]:  # a just-terminated instance holds its group for a while
+        retrying(functools.partial(ec2.delete_security_group, GroupId=group["GroupId"]),
+                 code_in("DependencyViolation"), timeout, first=1.0, cap=10.0)
     # Only a key pair that exists: IAM checks the job tag of the key pair named, so deleting
     # one that is gone already is refused, not ignored.
     for pair in ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [job]}])["KeyPairs"]:

@@ -483,9 +483,10 @@ def create(args, wanted):
     try:
         ids, missing = launch_missing(args, by_type, ami, args.job, group_id, profile, bucket, subnets)
         running, failed = cs.wait_running(ids, timeout=args.ssh_timeout)
-        nodes = [n for t, n in sorted(cs.current_nodes(cs.find_nodes(args.job, cs.LIVE)).items())
+        found = cs.find_nodes(args.job)  # one DescribeInstances: the live ones, and those that failed
+        nodes = [n for t, n in sorted(cs.current_nodes([n for n in found if n["state"] in cs.LIVE]).items())
                  if t in wanted and n["status"] not in BUSY]
-        for node in cs.find_nodes(args.job):
+        for node in found:
             if node["id"] in failed:
                 missing[node["tag"]] = "its instance %s %s" % (node["id"], failed[node["id"]])
         for tag, why in sorted(missing.items()):

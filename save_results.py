@@ -88,17 +88,6 @@ def key_of(path):
     return raw.decode("utf-8", "backslashreplace")
 
 
-def retrying(call, what, seconds=300):
-    """call() again, with backoff, while S3 answers with one of RETRIED, up to `seconds`."""
-    for delay in cs.backoff(time.monotonic() + seconds, first=1.0, cap=20.0):
-        try:
-            return call()
-        except ClientError as e:
-            if cs.error_code(e) not in RETRIED or delay is None:
-                raise
-            print("%s: %s, trying again" % (what, cs.error_code(e)), file=sys.stderr)
-
-
 def make_manifest(node, files, missing):
     code = read(".awsrun/exit_code")
     limit = node.get("max_runtime")
@@ -144,13 +133,13 @@ def finish(s3, bucket, tag, manifest):
     """Put the manifest, then the outcome marker that status reads: a manifest in the bucket
     means that everything it lists is there; the marker, that the node is done."""
     body = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
-    retrying(lambda: s3.put_object(Bucket=bucket, Key=tag + "/manifest.json", ContentType="application/json",
-                                   Body=body), "manifest")
+    cs.retrying(lambda: s3.put_object(Bucket=bucket, Key=tag + "/manifest.json", ContentType="application/json",
+                                      Body=body), cs.code_in(*RETRIED), 300, first=1.0, cap=20.0, what="manifest")
     started, ended = cs.parse_time(manifest["started"]), cs.parse_time(manifest["ended"])
     runtime = ended - started if started and ended else 0
     marker = ("%s %s\n" % (manifest.get("instance_id"), manifest.get("uploaded"))).encode()
-    retrying(lambda: s3.put_object(Bucket=bucket, Key=job_state.marker_key(tag, manifest["exit_code"], runtime),
-                                   Body=marker), "marker")
+    cs.retrying(lambda: s3.put_object(Bucket=bucket, Key=job_state.marker_key(tag, manifest["exit_code"], runtime),
+                                      Body=marker), cs.code_in(*RETRIED), 300, first=1.0, cap=20.0, what="marker")
 
 
 def clients(node):
