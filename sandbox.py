@@ -51,7 +51,8 @@ import urllib.parse
 import cloud_setup as cs
 import sandbox_iam
 import sandbox_ec2
-from sandbox_ec2 import ACCOUNT, REGION, MotoWorld, instance_role, play_ec2, power_off, processes_under
+from sandbox_ec2 import (ACCOUNT, REGION, MotoWorld, instance_role, kill_processes_under, play_ec2, power_off,
+                         processes_under)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -132,6 +133,7 @@ class Sandbox:
         self.credentials = {}   # instance id -> the metadata service's answer
         self.power = {}         # instance id -> the timer of its scheduled shutdown
         self.fault_hits = {}
+        self.world = MotoWorld()
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
@@ -192,13 +194,15 @@ class Sandbox:
     def gate(self, app, environ, start_response):
         """Authorize one request as IAM would, or answer a fault; else pass it to moto."""
         from werkzeug.wrappers import Request
-        body = Request(environ).get_data()
-        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
-        environ.pop("HTTP_TRANSFER_ENCODING", None)
         headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
         headers["content-type"] = environ.get("CONTENT_TYPE", "")
-        request = sandbox_iam.parse(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""),
-                                    environ.get("QUERY_STRING", ""), headers, body)
+        method, query = environ["REQUEST_METHOD"], environ.get("QUERY_STRING", "")
+        body = b""
+        if sandbox_iam.needs_body(sandbox_iam.scope(headers, query)[2], method):  # not S3's uploads: they pass
+            body = Request(environ).get_data()
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+        request = sandbox_iam.parse(method, environ.get("PATH_INFO", ""), query, headers, body)
         answer = self.authorize(request) or self.play_account(request, environ)
         if answer is None:
             return app(environ, start_response)
@@ -214,9 +218,8 @@ class Sandbox:
         if key == USER_KEY:
             return "user", USER_ARN, [user_policy(os.path.getmtime(USER_POLICY))]
         if key in self.node_keys:
-            from moto.iam.models import iam_backends
             instance, role = self.node_keys[key]
-            found = iam_backends[ACCOUNT]["aws"].roles.values()
+            found = sandbox_ec2.iam_backend().roles.values()
             policies = [json.loads(p) for r in found if r.name == role for p in r.policies.values()]
             return "node:" + instance, "arn:aws:sts::%s:assumed-role/%s/%s" % (ACCOUNT, role, instance), policies
         return "unknown", "unknown", []
@@ -228,7 +231,7 @@ class Sandbox:
             return None
         name, arn, policies = who
         try:
-            checks = sandbox_iam.needs(request, MotoWorld())
+            checks = sandbox_iam.needs(request, self.world)
         except (sandbox_iam.Unmapped, KeyError, ValueError) as e:
             self.record({"principal": name, "action": str(e), "decision": "unmapped",
                          "request": "%s %s" % (request["method"], request["path"])})
@@ -240,7 +243,7 @@ class Sandbox:
             if decision != "allowed" and denied is None:
                 denied = sandbox_iam.denial(request["service"], arn, action, resource)
         if denied is None and any(a == "iam:CreateServiceLinkedRole" for a, _, _ in checks):
-            MotoWorld().make_spot_role()  # as EC2 does on the first spot launch
+            self.world.make_spot_role()  # as EC2 does on the first spot launch
         return denied or self.fault(request["service"], name, checks, request)
 
     def account(self):
@@ -261,26 +264,30 @@ class Sandbox:
         count, error = sandbox_ec2.launch_count(request["params"], self.account())
         if error:
             return sandbox_iam.error_response("ec2", error[0], error[1], 400)
-        params = dict(request["params"], MinCount=str(count), MaxCount=str(count))
+        params = dict(request["params"], MaxCount=str(count))  # moto then launches MaxCount
         body = urllib.parse.urlencode(params).encode()
         environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
         environ["QUERY_STRING"] = ""
         return None
 
-    def fault(self, service, name, checks, request=None):
+    def fault_matches(self, rule, principal, checks, params):
+        """Whether a fault rule applies to a request: its principal, one of its checks' action
+        and resource (IAM wildcards), its parameters and its availability zone."""
+        return (sandbox_iam.like(rule.get("principal", "*"), principal)
+                and all(str(params.get(k)) == str(v) for k, v in rule.get("params", {}).items())
+                and ("zone" not in rule or self.world.zone_of(params) == rule["zone"])
+                and any(sandbox_iam.like(rule.get("action", "*"), a, case=False)
+                        and sandbox_iam.like(rule.get("resource", "*"), r) for a, r, _ in checks))
+
+    def fault(self, service, name, checks, request):
         """The first fault rule of DIR/faults.json that matches, while it has times left."""
         try:
             with open(self.path("faults.json")) as f:
                 rules = json.load(f)
         except (OSError, ValueError):
             return None
-        params = (request or {}).get("params", {})
         for rule in rules:
-            if any(str(params.get(k)) != str(v) for k, v in rule.get("params", {}).items()):
-                continue
-            if "zone" in rule and MotoWorld().zone_of(params) != rule["zone"]:
-                continue
-            if any(sandbox_iam.fault_matches(rule, name, a, r) for a, r, _ in checks):
+            if self.fault_matches(rule, name, checks, request.get("params", {})):
                 with self.lock:
                     key = json.dumps(rule, sort_keys=True)
                     hits = self.fault_hits.get(key, 0)
@@ -357,7 +364,7 @@ class Sandbox:
 
     def caller_instance(self, port):
         """The instance whose node folder holds the process that connected from `port`."""
-        pid = socket_owner(port, self.imds.server_port, processes_under(self.path("nodes")))
+        pid = socket_owner(port, self.imds.server_port, processes_under(self.path("nodes")))  # only nodes ask
         try:
             cwd = os.readlink("/proc/%d/cwd" % pid) if pid else ""
         except OSError:
@@ -492,11 +499,7 @@ class Sandbox:
                 self.sshd.wait()
         for timer in self.power.values():
             timer.cancel()
-        for pid in processes_under(self.path("nodes")):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        kill_processes_under(self.path("nodes"))
         for server in (self.moto, self.imds):
             if server:
                 server.shutdown()
@@ -517,9 +520,9 @@ def setting_node_venv():
     return os.environ.get("AWSRUN_SANDBOX_NODE_VENV") or NODE_VENV
 
 
-def socket_owner(port, server_port, among=None):
-    """The process id that holds the loopback TCP connection from `port` to `server_port`,
-    looked for among the given process ids (default: all)."""
+def socket_owner(port, server_port, among):
+    """The process id, among the given ones, that holds the loopback TCP connection from
+    `port` to `server_port`."""
     inode = None
     with open("/proc/net/tcp") as f:
         for line in f.readlines()[1:]:
@@ -531,7 +534,7 @@ def socket_owner(port, server_port, among=None):
     if inode is None:
         return None
     target = "socket:[%s]" % inode
-    for pid in map(str, among) if among is not None else filter(str.isdigit, os.listdir("/proc")):
+    for pid in map(str, among):
         try:
             for fd in os.listdir("/proc/%s/fd" % pid):
                 if os.readlink("/proc/%s/fd/%s" % (pid, fd)) == target:

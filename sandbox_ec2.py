@@ -26,72 +26,72 @@ ACCOUNT = "123456789012"
 DEFAULT_VCPU_QUOTA = 1152
 
 
+def ec2_backend():
+    from moto.ec2.models import ec2_backends
+    return ec2_backends[ACCOUNT][REGION]
+
+
+def iam_backend():
+    from moto.iam.models import iam_backends
+    return iam_backends[ACCOUNT]["aws"]
+
+
 class MotoWorld(sandbox_iam.World):
     """What IAM would know when it authorizes a request: resource tags and roles, from moto."""
 
     account = ACCOUNT
 
     def tags(self, kind, name):
-        from moto.ec2.models import ec2_backends
-        from moto.iam.models import iam_backends
         if kind == "role":
-            role = next((r for r in iam_backends[ACCOUNT]["aws"].roles.values() if r.name == name), None)
+            role = next((r for r in iam_backend().roles.values() if r.name == name), None)
             tags = (role.tags.values() if isinstance(role.tags, dict) else role.tags) if role else []
             return {t["Key"]: t["Value"] for t in tags}
-        ec2 = ec2_backends[ACCOUNT][REGION]
+        ec2 = ec2_backend()
         if kind == "key-pair":
             pair = ec2.key_pairs.get(name)
             name = pair.id if pair else name
         return dict(ec2.tags.get(name, {}))
 
     def default_vpc(self):
-        from moto.ec2.models import ec2_backends
-        vpcs = [v for v in ec2_backends[ACCOUNT][REGION].vpcs.values() if v.is_default]
+        vpcs = [v for v in ec2_backend().vpcs.values() if v.is_default]
         return vpcs[0].id if vpcs else "vpc-*"
 
     def has_spot_role(self):
-        from moto.iam.models import iam_backends
         return any(r.path == "/aws-service-role/spot.amazonaws.com/"
-                   for r in iam_backends[ACCOUNT]["aws"].roles.values())
+                   for r in iam_backend().roles.values())
 
     def make_spot_role(self):
-        from moto.iam.models import iam_backends
         if not self.has_spot_role():
-            iam_backends[ACCOUNT]["aws"].create_service_linked_role("spot.amazonaws.com", "", "")
+            iam_backend().create_service_linked_role("spot.amazonaws.com", "", "")
 
     def zone_of(self, params):
         """The availability zone a RunInstances call asks for, by subnet or placement."""
-        from moto.ec2.models import ec2_backends
         subnet = params.get("SubnetId") or params.get("NetworkInterface.1.SubnetId")
         if subnet:
-            return ec2_backends[ACCOUNT][REGION].get_subnet(subnet).availability_zone
+            return ec2_backend().get_subnet(subnet).availability_zone
         return params.get("Placement.AvailabilityZone") or REGION + "a"
 
     def profile_role(self, profile):
-        from moto.iam.models import iam_backends
-        found = [p for p in iam_backends[ACCOUNT]["aws"].instance_profiles.values() if p.name == profile]
+        found = [p for p in iam_backend().instance_profiles.values() if p.name == profile]
         return found[0].roles[0].name if found and found[0].roles else None
 
 
 def instance_role(instance_id):
     """The role of the instance profile an instance was launched with, from moto."""
-    from moto.ec2.models import ec2_backends
-    association = ec2_backends[ACCOUNT][REGION].iam_instance_profile_associations.get(instance_id)
+    association = ec2_backend().iam_instance_profile_associations.get(instance_id)
     roles = association.iam_instance_profile.roles if association else []
     return roles[0].name if roles else None
 
 
 def power_off(instance_id):
     """What an OS shutdown does to an EC2 instance: terminate it, or stop it."""
-    from moto.ec2.models import ec2_backends
-    ec2 = ec2_backends[ACCOUNT][REGION]
+    ec2 = ec2_backend()
     instance = ec2.get_instance(instance_id)
     if instance._state.name in ("pending", "running"):
         if instance.instance_initiated_shutdown_behavior == "terminate":
             ec2.terminate_instances([instance_id])
         else:
             ec2.stop_instances([instance_id])
-
 
 
 def processes_under(folder):
@@ -108,6 +108,29 @@ def processes_under(folder):
     return found
 
 
+def kill_processes_under(folder):
+    """End every process of a node folder, as the machine's end would."""
+    for pid in processes_under(folder):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def launch_up_to_max_count():
+    """As on EC2, a launch gets MaxCount instances when there is room for them; moto launches
+    MinCount. (sandbox.py first lowers MaxCount to what the account's quotas allow.)"""
+    from moto.ec2.responses.instances import InstanceResponse
+    original = getattr(InstanceResponse.run_instances, "awsrun_original", InstanceResponse.run_instances)
+
+    def run_instances(self):
+        if self._get_param("MaxCount"):
+            self.params["MinCount"] = self._get_param("MaxCount")
+        return original(self)
+    run_instances.awsrun_original = original
+    InstanceResponse.run_instances = run_instances
+
+
 def play_ec2(authorized_keys, nodes_dir, node_path=None, account=dict):
     """Make moto's instances act on this machine as EC2's do on theirs: like cloud-init, let
     an instance's key pair log in when it is launched, give every instance of a launch its
@@ -117,6 +140,7 @@ def play_ec2(authorized_keys, nodes_dir, node_path=None, account=dict):
     launch = getattr(InstanceBackend.run_instances, "awsrun_original", InstanceBackend.run_instances)
     end = getattr(InstanceBackend.terminate_instances, "awsrun_original", InstanceBackend.terminate_instances)
     lock = threading.Lock()
+    launch_up_to_max_count()
 
     def run_instances(self, *args, **kwargs):
         reservation = launch(self, *args, **kwargs)
@@ -154,11 +178,7 @@ def play_ec2(authorized_keys, nodes_dir, node_path=None, account=dict):
             except OSError:
                 continue
             if owner in instance_ids:
-                for pid in processes_under(folder):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
+                kill_processes_under(folder)
         return result
 
     run_instances.awsrun_original, terminate_instances.awsrun_original = launch, end
@@ -173,8 +193,7 @@ def vcpus(instance_type):
 
 
 def live_instances():
-    from moto.ec2.models import ec2_backends
-    return [i for r in ec2_backends[ACCOUNT][REGION].reservations.values() for i in r.instances
+    return [i for r in ec2_backend().reservations.values() for i in r.instances
             if i._state.name in ("pending", "running")]
 
 
@@ -219,8 +238,7 @@ def launch_count(params, account):
 
 def shape_network(account):
     """At start: an account without a default VPC, or whose default subnets map no public IP."""
-    from moto.ec2.models import ec2_backends
-    ec2 = ec2_backends[ACCOUNT][REGION]
+    ec2 = ec2_backend()
     for vpc in [v for v in ec2.vpcs.values() if v.is_default]:
         for subnet in ec2.describe_subnets(filters={"vpc-id": vpc.id}):
             if account.get("public_ips", True) is False:

@@ -12,17 +12,17 @@ key fails a condition unless the operator is negated or ends in IfExists.
 """
 from __future__ import annotations
 
-import fnmatch
 import functools
 import json
 import re
 import urllib.parse
 import xml.etree.ElementTree as ET
+from xml.sax.saxutils import escape as xml_escape
 
 # ---------------------------------------------------------------------------- evaluation
 
 
-def _like(pattern, value, case=True):
+def like(pattern, value, case=True):
     """IAM's wildcard match: * any run, ? one character, nothing else special."""
     return _wildcard(pattern, case).fullmatch(value) is not None
 
@@ -40,9 +40,9 @@ def _values(x):
 STRING_TESTS = {
     "StringEquals": lambda p, v: p == v,
     "StringEqualsIgnoreCase": lambda p, v: p.lower() == v.lower(),
-    "StringLike": _like,
+    "StringLike": like,
     "ArnEquals": lambda p, v: p == v,
-    "ArnLike": _like,
+    "ArnLike": like,
     "Bool": lambda p, v: str(p).lower() == str(v).lower(),
 }
 NEGATED = {"StringNotEquals": "StringEquals", "StringNotEqualsIgnoreCase": "StringEqualsIgnoreCase",
@@ -81,9 +81,9 @@ def statement_applies(statement, action, resource, context):
     resources = _values(statement.get("Resource", []))
     if "NotAction" in statement or "NotResource" in statement:
         raise ValueError("the sandbox's IAM does not evaluate NotAction or NotResource")
-    if not any(_like(a, action, case=False) for a in actions):
+    if not any(like(a, action, case=False) for a in actions):
         return False
-    if not any(_like(r, resource) for r in resources):
+    if not any(like(r, resource) for r in resources):
         return False
     return all(condition_holds(op, key, wanted, context)
                for op, block in statement.get("Condition", {}).items() for key, wanted in block.items())
@@ -104,21 +104,31 @@ def decide(policies, action, resource, context):
 # ---------------------------------------------------------------------------- requests
 
 
+JSON_SERVICES = ("ssm", "servicequotas")  # the services awsrun calls with the JSON protocol
+
+
 class Unmapped(Exception):
     """A request this module does not know: the sandbox denies it, so that it is noticed."""
 
 
+def scope(headers, query):
+    """(access key, region, service) of a signed request, from its signature's credential."""
+    found = re.search(r"Credential=([^/,\s]+)/\d+/([^/]+)/([^/]+)/", headers.get("authorization", ""))
+    if found:
+        return found.groups()
+    cred = urllib.parse.parse_qs(query).get("X-Amz-Credential", [""])[0].split("/")  # a presigned URL
+    return (cred[0], cred[2], cred[3]) if len(cred) > 3 else ("", "us-east-1", "")
+
+
+def needs_body(service, method):
+    """Whether authorizing the request reads its body: all but S3's object and bucket bodies
+    (only S3's DeleteObjects names its keys there)."""
+    return service != "s3" or method == "POST"
+
+
 def parse(method, path, query, headers, body):
     """What a raw request is: {principal key, service, region, operation, params}."""
-    auth = headers.get("authorization", "")
-    found = re.search(r"Credential=([^/,\s]+)/\d+/([^/]+)/([^/]+)/", auth)
-    if not found:
-        q = urllib.parse.parse_qs(query)
-        cred = q.get("X-Amz-Credential", [""])[0].split("/")
-        found_parts = (cred[0], cred[2], cred[3]) if len(cred) > 3 else ("", "us-east-1", "")
-    else:
-        found_parts = found.groups()
-    key, region, service = found_parts
+    key, region, service = scope(headers, query)
     request = {"key": key, "region": region, "service": service, "method": method, "path": path,
                "query": query, "headers": headers, "body": body}
     if service in ("ec2", "iam", "sts"):
@@ -126,7 +136,7 @@ def parse(method, path, query, headers, body):
         if body and "x-www-form-urlencoded" in headers.get("content-type", ""):
             params.update(urllib.parse.parse_qsl(body.decode("utf-8")))
         request["operation"], request["params"] = params.get("Action", ""), params
-    elif service in ("ssm", "servicequotas"):
+    elif service in JSON_SERVICES:
         request["operation"] = headers.get("x-amz-target", "").rpartition(".")[2]
         request["params"] = json.loads(body or b"{}")
     return request
@@ -315,15 +325,11 @@ def _s3_needs(request, world):
         return [("s3:ListAllMyBuckets", "*", {})]
     b, o = "arn:aws:s3:::" + bucket, "arn:aws:s3:::%s/%s" % (bucket, key)
     if not key:
-        sub = {"publicAccessBlock": "PublicAccessBlock", "encryption": "EncryptionConfiguration",
+        sub = {"publicAccessBlock": "BucketPublicAccessBlock", "encryption": "EncryptionConfiguration",
                "tagging": "BucketTagging", "policy": "BucketPolicy", "versioning": "BucketVersioning"}
         for name, what in sub.items():
-            if name in query:
-                verb = {"GET": "Get", "PUT": "Put", "DELETE": "Delete"}.get(method)
-                if what == "PublicAccessBlock":
-                    what = "BucketPublicAccessBlock"
-                if what == "EncryptionConfiguration" and verb == "Delete":
-                    verb = "Put"
+            if name in query:  # (deleting a bucket's encryption is s3:PutEncryptionConfiguration)
+                verb = {"GET": "Get", "PUT": "Put", "DELETE": "Put" if name == "encryption" else "Delete"}[method]
                 return [("s3:%s%s" % (verb, what), b, {})]
         if "location" in query:
             return [("s3:GetBucketLocation", b, {})]
@@ -363,10 +369,10 @@ def _s3_needs(request, world):
 
 def error_response(service, code, message, status):
     """An AWS-shaped error (status, headers, body) for a service's protocol."""
-    if service in ("ssm", "servicequotas"):
+    if service in JSON_SERVICES:
         return status, [("Content-Type", "application/x-amz-json-1.1")], json.dumps(
             {"__type": code, "message": message}).encode()
-    esc = message.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    esc = xml_escape(message)
     if service == "ec2":
         body = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>%s</Code>"
                 "<Message>%s</Message></Error></Errors><RequestID>sandbox</RequestID></Response>" % (code, esc))
@@ -384,12 +390,6 @@ def denial(service, principal_arn, action, resource):
     if service == "ec2":
         return error_response("ec2", "UnauthorizedOperation", "You are not authorized to perform this "
                               "operation. " + message, 403)
-    if service in ("ssm", "servicequotas"):
+    if service in JSON_SERVICES:
         return error_response(service, "AccessDeniedException", message, 400)
     return error_response(service, "AccessDenied", message, 403)
-
-
-def fault_matches(rule, principal, action, resource):
-    """A fault rule of the sandbox (see sandbox.py) applies to this check."""
-    return (_like(rule.get("action", "*"), action, case=False) and _like(rule.get("resource", "*"), resource)
-            and fnmatch.fnmatchcase(principal, rule.get("principal", "*")))

@@ -2,6 +2,7 @@
 and the sandbox (moto server + sshd on 127.0.0.1) for end-to-end tests through the CLI."""
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import cloud_setup as cs  # noqa: E402
+import sandbox_ec2  # noqa: E402
 
 
 @pytest.fixture
@@ -40,17 +42,10 @@ def aws_env(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def aws(aws_env, monkeypatch):
-    """moto's mock_aws in this process; yields an EC2 client. As on EC2 (and in the sandbox),
-    RunInstances launches MaxCount instances when there is room; moto launches MinCount."""
-    from moto.ec2.responses.instances import InstanceResponse
-    original = InstanceResponse.run_instances
-
-    def run_instances(self):
-        if self._get_param("MaxCount"):
-            self.params["MinCount"] = self._get_param("MaxCount")
-        return original(self)
-    monkeypatch.setattr(InstanceResponse, "run_instances", run_instances)
+def aws(aws_env):
+    """moto's mock_aws in this process; yields an EC2 client. RunInstances launches MaxCount
+    instances when there is room, as on EC2 and in the sandbox (moto launches MinCount)."""
+    sandbox_ec2.launch_up_to_max_count()
     with mock_aws():
         yield boto3.client("ec2", region_name="us-east-1")
 
@@ -169,6 +164,12 @@ class Sandbox:
 
     def manifest(self, bucket, tag):
         return json.loads(self.read(bucket, tag + "/manifest.json"))
+
+    def folder(self, job):
+        """A folder of the test's own for a job's files (job file, install script), in the sandbox's."""
+        path = pathlib.Path(self.env["AWSRUN_SANDBOX"]) / "jobs" / job
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def decisions(self):
         return iam_decisions(self.env)
