@@ -10,15 +10,8 @@ from test_operate import states, until
 
 
 def jobs_file(box, job, rows):
-    return write(_folder(box, job) / "jobs.csv", "instance_type,command\n" + "".join(
+    return write(box.folder(job) / "jobs.csv", "instance_type,command\n" + "".join(
         '%s,"%s"\n' % (itype, command.replace('"', '""')) for itype, command in rows))
-
-
-def _folder(box, job):
-    import pathlib
-    path = pathlib.Path(box.env["AWSRUN_SANDBOX"]) / "jobs" / job
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def create_dispatch(box, job, jobs, *extra, env=None):
@@ -162,7 +155,7 @@ def test_the_ssh_rule_follows_the_callers_new_address(box):
 def test_every_launched_machine_is_armed_to_end_before_it_is_prepared(box):
     job = "busy-guard"
     jobs = jobs_file(box, job, [("t3.micro", "echo never")])
-    install = write(_folder(box, job) / "broken.sh", "exit 1\n")
+    install = write(box.folder(job) / "broken.sh", "exit 1\n")
     run = box.run("dispatcher.py", "auto", job, jobs, "-c", "--install", install, "--install-tries", "1",
                   "--install-timeout", "20", "--ssh-timeout", "30", "--keep-failed")
     assert run.returncode == 1

@@ -13,18 +13,11 @@ from test_operate import states, until
 
 
 def create_dispatch(box, job, rows, *extra):
-    jobs = write(box_tmp(box, job) / "jobs.csv", "instance_type,command\n" + "".join(
+    jobs = write(box.folder(job) / "jobs.csv", "instance_type,command\n" + "".join(
         't3.micro,"%s"\n' % r.replace('"', '""') for r in rows))
     run = box.run("dispatcher.py", "auto", job, jobs, "-c", "-d", *extra)
     assert run.returncode == 0, run.stderr
     return run
-
-
-def box_tmp(box, job):
-    import pathlib
-    path = pathlib.Path(box.env["AWSRUN_SANDBOX"]) / "jobs" / job
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def node_log(box, tag, name):
@@ -91,7 +84,7 @@ def test_a_crashing_uploader_still_ends_its_machine(box):
 
 def test_a_throttled_terminate_still_ends_its_machine(box):
     job = "strict-throttle"
-    jobs = write(box_tmp(box, job) / "jobs.csv", "instance_type,command\nt3.micro,echo done\n")
+    jobs = write(box.folder(job) / "jobs.csv", "instance_type,command\nt3.micro,echo done\n")
     assert box.run("dispatcher.py", "auto", job, jobs, "-c").returncode == 0
     instance = box.instances(job)[0]["InstanceId"]
     box.faults([{"action": "ec2:TerminateInstances", "principal": "node:" + instance,
