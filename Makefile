@@ -1,6 +1,7 @@
 # awsrun: run a CSV of jobs on EC2, one instance per row.   `make help` lists the targets.
 #
 #   make create dispatch JOBS=awsjobs/x.csv [JOB=name] [AMI=ami-...] [CODE=dir] [ARGS="..."]
+#   make create dispatch JOBS=awsjobs/x.csv POOL=8 [SLOTS=4]    # pool mode: 8 machines per type
 #   make status [JOB=name]
 #   make fetch BUCKET=name OUT=dir
 
@@ -17,12 +18,15 @@ AMI    ?= auto
 BUCKET ?= $(JOB)
 OUT    ?= results/$(BUCKET)
 CODE   ?=
+POOL   ?=
+SLOTS  ?=
 ARGS   ?=
 TIMEOUT ?= 86400
 TAG    ?=
 DELETE_BUCKET ?= no
 
-DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)) $(ARGS)
+DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)) \
+	$(if $(POOL),--pool $(POOL)) $(if $(SLOTS),--slots $(SLOTS)) $(ARGS)
 # `make status` alone counts every instance; with JOB= given, one line per tag of that job.
 STATUS_JOB = $(if $(filter command line environment,$(origin JOB)),$(JOB))
 SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-server
@@ -55,10 +59,10 @@ $(NODE_PY): requirements-node.txt
 	$(NODE_VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-node.txt
 	touch $@
 
-create: $(PY)  ## launch and prepare one machine per row of JOBS
+create: $(PY)  ## launch and prepare one machine per row of JOBS (POOL=N: N per instance type)
 	$(DISPATCH) -c
 
-dispatch: $(PY)  ## start every row's command on its machine
+dispatch: $(PY)  ## start every row's command on its machine (POOL=N: queue the rows, start the workers)
 	$(DISPATCH) -d
 
 status: $(PY)  ## instance counts by state; with JOB=, one line per tag

@@ -46,7 +46,8 @@ ERROR_TAG = "awsrun:error"
 SINCE_TAG = "awsrun:since"        # when awsrun:status last changed
 PROGRESS_TAG = "awsrun:progress"  # the latest value set with update_tags.py
 UNTIL_TAG = "awsrun:until"        # an upload-failed node is kept up until then
-PROTECTED_TAGS = (JOB_TAG, ROWS_TAG, BUCKET_TAG)  # what a node may never change
+POOL_TAG = "awsrun:pool"          # on a pool machine: the instance type whose queue it serves
+PROTECTED_TAGS = (JOB_TAG, ROWS_TAG, BUCKET_TAG, POOL_TAG)  # what a node may never change
 
 UBUNTU_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
 RETRIES = Config(retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=64)
@@ -161,6 +162,16 @@ def default_job_name(source):
 
 def tag_name(job, number):
     return "%s%d" % (job, number)
+
+
+def pool_tag(job, instance_type, number):
+    """The tag of pool machine `number` of an instance type: JOB-pool-TYPE-K, never a row's."""
+    return "%s-pool-%s-%d" % (job, instance_type, number)
+
+
+def number_of(job, tag):
+    """The number in a row's tag (JOBN) or a pool machine's (JOB-pool-TYPE-K)."""
+    return int(tag[len(job):].rsplit("-", 1)[-1])
 
 
 def encode_rows(numbers):
@@ -325,13 +336,23 @@ def refresh_ssh_rule(job):
 
 # ---------------------------------------------------------------------------- instance profile
 
+def queue_prefix(job):
+    """What the names of a job's queues start with (pool mode): job names hold no `--`, so no
+    other job's queues share it."""
+    return "awsrun-%s--" % job
+
+
 def node_policy(job, bucket):
-    """Everything a node may do: write objects to its job's bucket (never its settings), tag
-    and terminate its job's instances, but never change the tags that say whose they are."""
+    """Everything a node may do: write objects to its job's bucket (never its settings), take
+    rows from its job's queues (pool mode), tag and terminate its job's instances, but never
+    change the tags that say whose they are."""
     return {"Version": "2012-10-17", "Statement": [
         {"Sid": "WriteResults", "Effect": "Allow",
          "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
          "Resource": "arn:aws:s3:::%s/*" % bucket},
+        {"Sid": "TakeRowsFromJobQueues", "Effect": "Allow",
+         "Action": ["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:DeleteMessage"],
+         "Resource": "arn:aws:sqs:*:*:%s*" % queue_prefix(job)},
         {"Sid": "TagAndEndOwnJob", "Effect": "Allow",
          "Action": ["ec2:CreateTags", "ec2:TerminateInstances"],
          "Resource": "arn:aws:ec2:*:*:instance/*",
@@ -489,7 +510,7 @@ def launch_subnets(subnet_ids=()):
 
 
 def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket, subnets, spot=False,
-           boot_guard=0):
+           boot_guard=0, pool=False):
     """Launch one instance type's nodes: calls of at most MAX_PER_LAUNCH instances with
     MinCount=1, each in one subnet, every instance tagged in its call. What a zone has no
     capacity for is tried in the next subnet, until every one was tried. Returns (instance ids,
@@ -498,7 +519,7 @@ def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket
     while pending and zones:
         batch = launch_batches(pending[:MAX_PER_LAUNCH])[0]
         params = launch_params(job, ami, instance_type, batch, key_name, group_id, profile, bucket, zones[0],
-                               spot, boot_guard)
+                               spot, boot_guard, pool)
         try:
             got = run_instances(params)
         except ClientError as e:
@@ -523,11 +544,15 @@ def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket
     return ids, {n: why for n in pending}
 
 
-def launch_params(job, ami, instance_type, numbers, key_name, group_id, profile, bucket, subnet, spot, boot_guard):
+def launch_params(job, ami, instance_type, numbers, key_name, group_id, profile, bucket, subnet, spot, boot_guard,
+                  pool=False):
     """The RunInstances arguments for one launch: tagged in the call, ended by an OS shutdown,
-    with a boot-time guard, in one subnet (given a public address if it maps none)."""
+    with a boot-time guard, in one subnet (given a public address if it maps none). Pool
+    machines carry POOL_TAG, and `numbers` are their machine numbers."""
     tags = [{"Key": "Name", "Value": job}, {"Key": JOB_TAG, "Value": job},
             {"Key": ROWS_TAG, "Value": encode_rows(numbers)}, {"Key": BUCKET_TAG, "Value": bucket}]
+    if pool:
+        tags.append({"Key": POOL_TAG, "Value": instance_type})
     params = dict(ImageId=ami, InstanceType=instance_type, MinCount=1, MaxCount=len(numbers),
                   KeyName=key_name, IamInstanceProfile={"Name": profile},
                   InstanceInitiatedShutdownBehavior="terminate",
@@ -588,36 +613,46 @@ def quota_family(instance_type):
     return "standard" if prefix[:1] and prefix[0] in "acdhimrtz" else None
 
 
-def quota_advice(family, needed=None, spot=False):
-    """What to do about a vCPU quota group's limit."""
+def quota_advice(family, needed=None, spot=False, pool=None):
+    """What to do about a vCPU quota group's limit; with `pool`, the pool size that fits."""
+    fewer = ("or run the rows on %d machines, in pool mode: POOL=%d (--pool %d)" % (pool, pool, pool) if pool
+             else "or run fewer rows at once")
     if family is None:
-        return "ask for more in Service Quotas, or run fewer rows at once"
+        return "ask for more in Service Quotas, " + fewer
     code = QUOTAS[family][spot]
     return ("ask for more (`aws service-quotas request-service-quota-increase --service-code ec2 --quota-code %s "
-            "--desired-value %s`), or run fewer rows at once" % (code, needed or "N"))
+            "--desired-value %s`), %s" % (code, needed or "N", fewer))
 
 
-def check_quotas(need, spot=False):
+def vcpu_quota(family, spot=False):
+    """The account's vCPU quota of a quota group in this region, or None if it cannot be read."""
+    try:
+        quota = client("service-quotas").get_service_quota(ServiceCode="ec2", QuotaCode=QUOTAS[family][spot])
+        return int(quota["Quota"]["Value"])
+    except (ClientError, BotoCoreError):
+        return None
+
+
+def check_quotas(need, spot=False, pooled=False):
     """Before launching: refuse a job that needs more vCPUs of a quota group than the account's
     quota allows. `need` is {instance type: (count, vCPUs each)}. A quota that cannot be read
-    is not checked: the launch's own error then says the same."""
+    is not checked: the launch's own error then says the same. Unless the machines are a pool
+    already, the error names the pool size that fits."""
     groups = {}
     for itype, (count, each) in need.items():
         family = quota_family(itype)
         if family:
-            total, types = groups.get(family, (0, []))
-            groups[family] = (total + count * each, types + ["%d x %s" % (count, itype)])
-    for family, (needed, types) in sorted(groups.items()):
-        try:
-            quota = client("service-quotas").get_service_quota(ServiceCode="ec2", QuotaCode=QUOTAS[family][spot])
-            allowed = int(quota["Quota"]["Value"])
-        except (ClientError, BotoCoreError):
+            total, types, most = groups.get(family, (0, [], 0))
+            groups[family] = (total + count * each, types + ["%d x %s" % (count, itype)], max(most, each))
+    for family, (needed, types, most) in sorted(groups.items()):
+        allowed = vcpu_quota(family, spot)
+        if allowed is None or needed <= allowed:
             continue
-        if needed > allowed:
-            raise UserError("the job needs %d vCPUs of %s %s instances (%s), but the account's quota in %s "
-                            "allows %d: %s" % (needed, "spot" if spot else "on-demand", QUOTA_NAMES[family],
-                                               ", ".join(types), region(), allowed,
-                                               quota_advice(family, needed, spot)))
+        fits = allowed // most if not pooled else None
+        raise UserError("the job needs %d vCPUs of %s %s instances (%s), but the account's quota in %s "
+                        "allows %d: %s" % (needed, "spot" if spot else "on-demand", QUOTA_NAMES[family],
+                                           ", ".join(types), region(), allowed,
+                                           quota_advice(family, needed, spot, fits)))
 
 
 def launch_error(e, instance_type, ami):
@@ -671,10 +706,11 @@ def node_of(instance):
     tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
     numbers = decode_rows(tags.get(ROWS_TAG, ""))
     index = instance.get("AmiLaunchIndex", 0)
-    job = tags.get(JOB_TAG, "")
+    job, pool = tags.get(JOB_TAG, ""), tags.get(POOL_TAG, "")
+    number = numbers[index] if index < len(numbers) else None
     return {"id": instance["InstanceId"], "type": instance["InstanceType"],
-            "state": instance["State"]["Name"], "job": job,
-            "tag": tag_name(job, numbers[index]) if index < len(numbers) else None,
+            "state": instance["State"]["Name"], "job": job, "pool": pool,
+            "tag": None if number is None else pool_tag(job, pool, number) if pool else tag_name(job, number),
             "bucket": tags.get(BUCKET_TAG, job), "status": tags.get(STATUS_TAG, ""),
             "error": tags.get(ERROR_TAG, ""), "launched": instance["LaunchTime"],
             "since": parse_time(tags.get(SINCE_TAG, "")), "progress": tags.get(PROGRESS_TAG, ""),
@@ -780,8 +816,9 @@ def down(job, timeout=600):
 
 def clean(job, delete_bucket=False, timeout=600):
     """down(), then delete the job's security group, key pair (and ~/.ssh/JOB.pem), role and
-    instance profile, and awsrun's state for it; the bucket too only if asked."""
-    import job_state  # it imports this file
+    instance profile, queues (pool mode), and awsrun's state for it; the bucket too only if asked."""
+    import job_state  # they import this file
+    import pool
     bucket = job_state.job_bucket(job, find_nodes(job))
     down(job, timeout)
     ec2, iam, name = client("ec2"), client("iam"), "awsrun-%s-node" % job
@@ -807,13 +844,14 @@ def clean(job, delete_bucket=False, timeout=600):
         iam.delete_role(RoleName=name)
     except iam.exceptions.NoSuchEntityException:
         pass
+    queues = pool.delete_queues(job)
     shutil.rmtree(state_dir(job), ignore_errors=True)
+    made = "security group, key pair, role, instance profile" + (", %d queues" % queues if queues else "")
     if delete_bucket:
         delete_whole_bucket(bucket)
-        log("job %s: security group, key pair, role, instance profile and bucket %s deleted" % (job, bucket))
+        log("job %s: %s and bucket %s deleted" % (job, made, bucket))
     else:
-        log("job %s: security group, key pair, role and instance profile deleted; bucket %s kept "
-            "(DELETE_BUCKET=yes deletes it)" % (job, bucket))
+        log("job %s: %s deleted; bucket %s kept (DELETE_BUCKET=yes deletes it)" % (job, made, bucket))
 
 
 def delete_whole_bucket(bucket):

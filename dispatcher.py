@@ -30,6 +30,7 @@ import paramiko
 
 import cloud_setup as cs
 import job_state
+import pool
 from cloud_setup import UserError, log
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -326,7 +327,7 @@ def for_each_node(nodes, work, parallel):
 # ---------------------------------------------------------------------------- create
 
 NODE_SCRIPTS = ("prepare.sh", "guard.sh", "start.sh", "run.sh")
-NODE_PYTHON = ("save_results.py", "cloud_setup.py", "job_state.py")  # the uploader and what it imports
+NODE_PYTHON = ("save_results.py", "cloud_setup.py", "job_state.py", "pool_worker.py")  # uploader, worker, imports
 
 
 def make_bundle(args):
@@ -363,15 +364,33 @@ def node_env(args, node):
     values = [("AWSRUN_PYTHON", cs.setting("NODE_PYTHON", "python3")), ("TAG", node["tag"]),
               ("INSTANCE_ID", node["id"]), ("MAX_RUNTIME", int(args.max_runtime or 0)),
               ("UPLOAD_HOLD", int(getattr(args, "upload_hold", 0) or 0))]
+    if node.get("pool"):
+        values.append(("POOL_IDLE", pool_idle()))
     return "".join("%s=%s\n" % (k, shlex.quote(str(v))) for k, v in values)
 
 
 def node_info(args, node, itype, command=None):
     """What the node-side scripts know of their node, in .awsrun/node.json."""
-    return {"job": args.job, "tag": node["tag"], "instance_id": node["id"], "instance_type": itype,
+    info = {"job": args.job, "tag": node["tag"], "instance_id": node["id"], "instance_type": itype,
             "bucket": node["bucket"], "region": cs.region(), "command": command,
             "outputs": args.output, "max_runtime": args.max_runtime or None,
             "upload_hold": getattr(args, "upload_hold", None)}
+    if node.get("pool"):  # what pool_worker.py reads
+        info.update(queue_url=node.get("queue_url"), slots=0 if args.slots == "auto" else int(args.slots),
+                    lease=pool_lease(), idle=pool_idle(), spot=bool(getattr(args, "spot", False)))
+    return info
+
+
+def pool_lease():
+    """Seconds a pool row's message stays invisible without a heartbeat: a lost machine's row
+    is back in the queue this long after the loss."""
+    return int(cs.setting("POOL_LEASE", 120))
+
+
+def pool_idle():
+    """Seconds a pool machine waits on an empty queue before it ends itself: longer than the
+    lease, so that a row lost near the end still finds a machine."""
+    return int(cs.setting("POOL_IDLE", pool_lease() + 60))
 
 
 def install_command(node, info, env, tries, seconds, idle):
@@ -432,9 +451,9 @@ def to_launch(args, wanted):
             raise UserError("%s is already running as %s, but line %d asks for %s: terminate %s first"
                             % (tag, node["type"], wanted[tag][0], wanted[tag][1], node["id"]))
     by_type = {}
-    for tag, (_line, itype, _command) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
+    for tag, (_line, itype, _command) in sorted(wanted.items(), key=lambda kv: (kv[1][0], kv[0])):
         if tag not in live:
-            by_type.setdefault(itype, []).append(int(tag[len(args.job):]))
+            by_type.setdefault(itype, []).append(cs.number_of(args.job, tag))
     return by_type
 
 
@@ -445,10 +464,11 @@ def launch_missing(args, by_type, ami, key_name, group_id, profile, bucket, subn
     guard = args.ssh_timeout + args.install_tries * (args.install_timeout + 15) + 600
     for itype, numbers in sorted(by_type.items()):
         got, lacking = cs.launch(args.job, ami, itype, numbers, key_name, group_id, profile, bucket, subnets,
-                                 spot=spot, boot_guard=guard)
+                                 spot=spot, boot_guard=guard, pool=bool(args.pool))
         ids += got
-        missing.update({cs.tag_name(args.job, n): why for n, why in lacking.items()})
-        log("launched %d x %s%s" % (len(got), itype, " (spot)" if spot else "") +
+        missing.update({cs.pool_tag(args.job, itype, n) if args.pool else cs.tag_name(args.job, n): why
+                        for n, why in lacking.items()})
+        log("launched %d x %s%s%s" % (len(got), itype, " (spot)" if spot else "", " (pool)" if args.pool else "") +
             (" (%d could not be launched)" % len(lacking) if lacking else ""))
     if not by_type:
         log("all machines already exist")
@@ -459,26 +479,37 @@ BUSY = ("running", "uploading", "upload-failed")  # node states that create must
 
 
 def create(args, wanted):
-    """Key pair, security group, instance profile, bucket, instances; then prepare every node.
-    Returns the SSH session, holding the nodes' connections for a dispatch in the same run, and
-    {tag: why} for the rows that could not be launched (the others go on)."""
+    """Key pair, security group, instance profile, bucket (and the queues, in pool mode),
+    instances; then prepare every node. `wanted` are the rows: one machine each, or in pool
+    mode the pool for them. Returns the SSH session, holding the nodes' connections for a
+    dispatch in the same run, and {tag: why} for the machines that could not be launched
+    (the others go on)."""
     ami = cs.default_ami() if args.ami == "auto" else args.ami
-    vcpus = cs.check_image_and_types(ami, {itype for _, itype, _ in wanted.values()})
+    types = {itype for _, itype, _ in wanted.values()}
+    vcpus = cs.check_image_and_types(ami, types)
     subnets = cs.launch_subnets(args.subnet)
+    spot = getattr(args, "spot", False)
+    if args.pool:
+        for itype in types:
+            pool.queue_name(args.job, itype)  # fits SQS's limit, before anything is made
+        wanted = pool.machine_plan(args.job, wanted, args.pool, vcpus, spot)
     by_type = to_launch(args, wanted)
-    cs.check_quotas({t: (len(n), vcpus[t]) for t, n in by_type.items()}, getattr(args, "spot", False))
+    cs.check_quotas({t: (len(n), vcpus[t]) for t, n in by_type.items()}, spot, pooled=bool(args.pool))
     bucket, cidr = args.bucket or args.job, cs.caller_cidr()
     with open(os.path.join(cs.state_dir(args.job), "bucket"), "w") as f:
         f.write(bucket)
-    with ThreadPoolExecutor(4) as pool:  # four independent resources, made at once
-        made = [pool.submit(cs.ensure_bucket, cs.client("s3"), bucket, cs.region()),
-                pool.submit(cs.ensure_key_pair, args.job),
-                pool.submit(cs.ensure_security_group, args.job, cidr, subnets[0]["vpc"]),
-                pool.submit(cs.ensure_instance_profile, args.job, bucket)]
-        _, key, group_id, profile = [m.result() for m in made]
+    with ThreadPoolExecutor(5) as making:  # independent resources, made at once
+        made = [making.submit(cs.ensure_bucket, cs.client("s3"), bucket, cs.region()),
+                making.submit(cs.ensure_key_pair, args.job),
+                making.submit(cs.ensure_security_group, args.job, cidr, subnets[0]["vpc"]),
+                making.submit(cs.ensure_instance_profile, args.job, bucket)]
+        if args.pool:
+            made.append(making.submit(pool.ensure_queues, args.job, types, args.max_attempts))
+        _, key, group_id, profile = [m.result() for m in made][:4]
     session = Session(args.job, args.ssh_timeout)
-    log("job %s: key %s, security group %s, instance profile %s, bucket %s"
-        % (args.job, key, group_id, profile, bucket))
+    log("job %s: key %s, security group %s, instance profile %s, bucket %s%s"
+        % (args.job, key, group_id, profile, bucket, ", queues " + " ".join(
+            pool.queue_name(args.job, t) for t in sorted(types)) if args.pool else ""))
     pause(args, "launch up to %d machines with AMI %s" % (len(wanted), ami))
     try:
         ids, missing = launch_missing(args, by_type, ami, args.job, group_id, profile, bucket, subnets)
@@ -490,7 +521,7 @@ def create(args, wanted):
             if node["id"] in failed:
                 missing[node["tag"]] = "its instance %s %s" % (node["id"], failed[node["id"]])
         for tag, why in sorted(missing.items()):
-            log("%s (line %d) was not launched: %s" % (tag, wanted[tag][0], why))
+            log("%s%s was not launched: %s" % (tag, "" if args.pool else " (line %d)" % wanted[tag][0], why))
         log("%d machines running; copying files and installing" % len(nodes))
         pause(args, "prepare the machines over SSH")
         if nodes:
@@ -556,7 +587,8 @@ def node_files(args, node, row):
         add_text(tar, ".awsrun/node.json", json.dumps(node_info(args, node, itype, command), indent=1,
                                                       ensure_ascii=False))
         add_text(tar, ".awsrun/node.env", node_env(args, node))
-        add_text(tar, ".awsrun/command.sh", command + "\n")
+        if command is not None:
+            add_text(tar, ".awsrun/command.sh", command + "\n")
     return data.getvalue()
 
 
@@ -577,6 +609,8 @@ def dispatch(args, wanted, session=None):
         cs.refresh_ssh_rule(args.job)
     session = session or Session(args.job, args.ssh_timeout)
     live = cs.current_nodes(cs.find_nodes(args.job, ("running",)))
+    if any(n["pool"] for n in live.values()):
+        raise UserError("job %s runs in pool mode: give POOL= (--pool) to dispatch and retry too" % args.job, code=2)
     missing = [t for t in wanted if t not in live]
     if len(missing) == len(wanted):
         raise UserError("job %s has no running machines: run create first" % args.job)
@@ -594,26 +628,69 @@ def dispatch(args, wanted, session=None):
     return code
 
 
+def dispatch_pool(args, wanted, session=None, requeue=False):
+    """Pool mode: put the rows in their queues (those never queued before, or with requeue
+    every one given), then start the worker on every prepared pool machine that has none."""
+    if session is None:
+        cs.refresh_ssh_rule(args.job)
+    session = session or Session(args.job, args.ssh_timeout)
+    found = cs.find_nodes(args.job, ("running",))
+    machines = {t: n for t, n in cs.current_nodes(found).items() if n["pool"]}
+    bucket = job_state.job_bucket(args.job, found)
+    if not requeue:
+        queued = job_state.queued(job_state.list_markers(bucket), args.job)
+        again = sorted(t for t in wanted if t in queued)
+        if again:
+            log("already queued: %d rows (`make retry` queues again those that failed or were lost)" % len(again))
+        wanted = {t: r for t, r in wanted.items() if t not in queued}
+    if wanted:
+        urls = pool.queue_urls(args.job, {itype for _, itype, _ in wanted.values()})
+        pool.enqueue(args.job, bucket, wanted, urls, args.max_attempts)
+    if not machines:
+        raise UserError("job %s has no running pool machine: `make retry` launches the pool" % args.job)
+    urls = pool.queue_urls(args.job, {n["pool"] for n in machines.values()})
+    nodes = [dict(n, queue_url=urls[n["pool"]]) for t, n in sorted(machines.items()) if n["status"] not in BUSY]
+    if len(nodes) < len(machines):
+        log("workers running already: " + " ".join(sorted(t for t, n in machines.items() if n["status"] in BUSY)))
+    cs.set_status([n["id"] for n in nodes], "running")
+    results = for_each_node(nodes, lambda n: start(n, args, (0, n["pool"], None), session), args.parallel)
+    cs.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
+    return report(args, nodes, results, "worker started")
+
+
 # ---------------------------------------------------------------------------- retry
 
 def retry_plan(args, wanted):
-    """The rows to run again: those with no succeeded result that are not running now."""
-    nodes = cs.current_nodes(cs.find_nodes(args.job))
-    markers = job_state.read_markers(job_state.job_bucket(args.job, nodes.values()))
+    """The rows to run again: those with no succeeded result that are not running now (in
+    pool mode, nor queued: dead-lettered rows are run again)."""
+    stranded = []
+    if args.pool:
+        rows = job_state.job_status(args.job)
+        states = {r["tag"]: r["state"] for r in rows if r["kind"] == "row"}
+        stranded = [t for t in job_state.stranded_rows(rows) if t in wanted]
+    else:
+        nodes = cs.current_nodes(cs.find_nodes(args.job))
+        markers = job_state.read_markers(job_state.job_bucket(args.job, nodes.values()))
+        states = {tag: job_state.node_state(nodes.get(tag), markers.get(tag))
+                  for tag in wanted if tag in nodes or tag in markers}
     again, skipped = {}, []
     for tag, row in wanted.items():
-        state = job_state.node_state(nodes.get(tag), markers.get(tag)) if (tag in nodes or tag in markers) else "new"
-        if state in ("succeeded", "running", "uploading", "upload-failed", "installing"):
+        state = states.get(tag, "new")
+        if state in ("succeeded", "running", "uploading", "upload-failed", "installing", "queued"):
             skipped.append("%s %s" % (tag, state))
         else:
             again[tag] = row
     if skipped:
         log("not run again: " + ", ".join(skipped))
-    if not again:
-        log("nothing to retry: every row has succeeded or is running")
-    else:
+    if again:
         log("retrying %d rows: %s" % (len(again), " ".join(sorted(again))))
-    return again
+    if stranded:
+        log("%d queued rows have no pool machine left: launching the pool for them" % len(stranded))
+    if not again and not stranded:
+        log("nothing to retry: every row has succeeded or is running")
+    if args.pool and again:
+        pool.purge_dead_letters(args.job, {itype for _, itype, _ in again.values()})
+    return again, {t: wanted[t] for t in stranded}
 
 
 # ---------------------------------------------------------------------------- main
@@ -630,6 +707,18 @@ def duration(text):
     if not parts or "".join(n + u for n, u in parts) != text.strip().lower():
         raise argparse.ArgumentTypeError("%r is not a duration like 90s, 30m, 2h or 1h30m" % text)
     return sum(int(n) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
+
+
+def pool_spec(text):
+    if text == "auto" or (text.isdigit() and int(text) > 0):
+        return text
+    raise argparse.ArgumentTypeError("%r: give a number of machines (1 or more) or auto" % text)
+
+
+def slots_spec(text):
+    if text == "auto" or (text.isdigit() and int(text) > 0):
+        return text
+    raise argparse.ArgumentTypeError("%r: give a number of rows at once (1 or more) or auto" % text)
 
 
 def parse_args(argv):
@@ -651,6 +740,13 @@ def parse_args(argv):
     p.add_argument("--tag_offset", type=int, default=0, help="number the machines from N")
     p.add_argument("--bucket", help="results bucket (default: the job name)")
     p.add_argument("--spot", action="store_true", help="launch spot instances")
+    p.add_argument("--pool", type=pool_spec, metavar="N|auto",
+                   help="pool mode: at most N machines per instance type take the rows from an SQS queue "
+                        "(auto: as many as the vCPU quota allows)")
+    p.add_argument("--slots", type=slots_spec, default="1", metavar="K|auto",
+                   help="pool mode: rows run at once on each machine (auto: one per vCPU; default 1)")
+    p.add_argument("--max-attempts", type=int, default=3, metavar="K",
+                   help="pool mode: a row whose machine is lost K times is given up (default 3)")
     p.add_argument("--subnet", action="append", default=[], metavar="ID",
                    help="launch in this subnet (repeatable: the next is tried when a zone has no capacity); "
                         "default: the default VPC's subnets")
@@ -668,6 +764,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if not (args.create or args.dispatch or args.retry):
         p.error("nothing to do: give -c (create), -d (dispatch), both, or --retry")
+    if not 1 <= args.max_attempts <= 1000:
+        p.error("--max-attempts must be 1 to 1000 (SQS's maxReceiveCount)")
     args.inputs = []
     return args
 
@@ -680,18 +778,23 @@ def main(argv=None):
             args.create = args.dispatch = True
         rows = check_arguments(args)
         wanted = plan(args, rows)
+        waiting = {}  # pool mode: queued rows that need machines, but are not queued again
         if args.retry:
-            wanted = retry_plan(args, wanted)
-            if not wanted:
+            wanted, waiting = retry_plan(args, wanted)
+            if not wanted and not waiting:
                 return 0
-        session, missing = create(args, wanted) if args.create else (None, {})
+        session, missing = create(args, dict(waiting, **wanted)) if args.create else (None, {})
         try:  # dispatch reuses create's connections; it starts what did launch
-            if args.dispatch and len(missing) < len(wanted):
+            if args.dispatch and args.pool:
+                dispatch_pool(args, wanted, session, requeue=args.retry)
+            elif args.dispatch and len(missing) < len(wanted):
                 dispatch(args, {t: r for t, r in wanted.items() if t not in missing}, session)
         finally:
             if session is not None:
                 session.close_all()
-        if missing:
+        if missing and args.pool:
+            log("%d pool machines could not be launched; the others take every row" % len(missing))
+        elif missing:
             raise missing_error(missing)
         return 0
     return cs.run_cli(run_all)

@@ -35,32 +35,83 @@ def print_num_running():
 
 
 # A node that has uploaded its results also writes a small marker object
-# _awsrun/TAG/exit=N,runtime=S, so that one listing tells the outcome of every tag.
+# _awsrun/TAG/exit=N,runtime=S, so that one listing tells the outcome of every tag. In pool
+# mode, the worker also marks each start of a row, _awsrun/TAG/start=INSTANCE,attempt=K, and
+# dispatch marks the rows it puts in a queue, a few hundred per object:
+# _awsrun/queued/TYPE/attempts=A,rows=0-99,120 (the row numbers as in awsrun:rows).
 MARKERS = "_awsrun/"
-FINISHED = ("succeeded", "failed", "lost", "install-failed", "upload-failed")
+QUEUED = MARKERS + "queued/"
+FINISHED = ("succeeded", "failed", "lost", "install-failed", "upload-failed", "ended")
 
 
 def marker_key(tag, exit_code, runtime):
     return "%s%s/exit=%s,runtime=%d" % (MARKERS, tag, exit_code, runtime)
 
 
-def read_markers(bucket):
-    """tag -> the newest outcome {exit, runtime, when} in the bucket: one listing call."""
-    found = {}
+def start_key(tag, instance_id, attempt):
+    return "%s%s/start=%s,attempt=%d" % (MARKERS, tag, instance_id, attempt)
+
+
+def queued_key(instance_type, attempts, numbers):
+    return "%s%s/attempts=%d,rows=%s" % (QUEUED, instance_type, attempts, cs.encode_rows(numbers))
+
+
+def list_markers(bucket):
+    """Every marker object of the bucket, oldest first: one listing call."""
     try:
         pages = cs.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=MARKERS)
-        objects = [o for page in pages for o in page.get("Contents", [])]
+        return sorted((o for page in pages for o in page.get("Contents", [])), key=lambda o: o["LastModified"])
     except ClientError as e:
         if cs.error_code(e) == "NoSuchBucket":
-            return found
+            return []
         raise
-    for o in sorted(objects, key=lambda o: o["LastModified"]):
+
+
+def fields_of(text):
+    return dict(f.partition("=")[::2] for f in text.split(","))
+
+
+def outcomes(objects):
+    """tag -> the newest outcome {exit, runtime, when}."""
+    found = {}
+    for o in objects:
         tag, _, fields = o["Key"][len(MARKERS):].partition("/")
-        values = dict(f.partition("=")[::2] for f in fields.split(","))
-        exit_code = values.get("exit", "")
-        found[tag] = {"exit": int(exit_code) if exit_code.lstrip("-").isdigit() else None,
-                      "runtime": int(values.get("runtime", "0") or 0), "when": o["LastModified"]}
+        values = fields_of(fields)
+        if "exit" in values:
+            exit_code = values["exit"]
+            found[tag] = {"exit": int(exit_code) if exit_code.lstrip("-").isdigit() else None,
+                          "runtime": int(values.get("runtime", "0") or 0), "when": o["LastModified"]}
     return found
+
+
+def starts(objects):
+    """tag -> the newest start of a pool row {instance, attempt, when}."""
+    found = {}
+    for o in objects:
+        tag, _, fields = o["Key"][len(MARKERS):].partition("/")
+        values = fields_of(fields)
+        if "start" in values:
+            found[tag] = {"instance": values["start"], "attempt": int(values.get("attempt") or 1),
+                          "when": o["LastModified"]}
+    return found
+
+
+def queued(objects, job):
+    """tag -> when its row was last put in a queue {type, attempts, when} (pool mode)."""
+    found = {}
+    for o in objects:
+        if o["Key"].startswith(QUEUED):
+            itype, _, rest = o["Key"][len(QUEUED):].partition("/")
+            attempts, _, rows = rest.partition(",rows=")
+            for n in cs.decode_rows(rows):
+                found[cs.tag_name(job, n)] = {"type": itype, "attempts": int(fields_of(attempts)["attempts"]),
+                                              "when": o["LastModified"]}
+    return found
+
+
+def read_markers(bucket):
+    """tag -> the newest outcome {exit, runtime, when} in the bucket: one listing call."""
+    return outcomes(list_markers(bucket))
 
 
 def job_bucket(job, nodes=()):
@@ -80,7 +131,7 @@ def node_state(node, marker):
     has not ended yet, and is still billing."""
     live = node is not None and node["state"] in cs.LIVE
     if marker is not None and not (live and node["launched"] > marker["when"]):
-        done = "succeeded" if marker["exit"] == 0 else "failed (exit %s)" % marker["exit"]
+        done = outcome_state(marker)
         if live:
             return done + " (ending)" if done == "succeeded" else done[:-1] + ", ending)"
         return done
@@ -102,15 +153,66 @@ def elapsed(seconds):
     return "%dm%02ds" % (seconds // 60, seconds % 60) if seconds >= 60 else "%ds" % seconds
 
 
+def outcome_state(marker):
+    return "succeeded" if marker["exit"] == 0 else "failed (exit %s)" % marker["exit"]
+
+
+def pool_row_state(queue, start, marker, machines):
+    """(state, instance id) of a row in pool mode, from the newest of its queued, start and
+    outcome markers (in that order when S3 gives them the same second). A started row whose
+    machine is gone is queued again, by SQS, until it has been lost `attempts` times: then
+    SQS moves it to the dead-letter queue."""
+    events = [(e["when"], rank, e) for rank, e in enumerate((queue, start, marker)) if e is not None]
+    _, rank, newest = max(events, key=lambda e: e[:2])
+    if rank == 2:
+        return outcome_state(newest), ""
+    if rank == 0:
+        return "queued", ""
+    machine = machines.get(newest["instance"])
+    if machine is not None and machine["state"] in cs.LIVE:
+        return "running", newest["instance"]
+    if queue is not None and newest["attempt"] >= queue["attempts"]:
+        return "failed (lost %d times)" % newest["attempt"], newest["instance"]
+    return "queued", ""
+
+
+def machine_state(node):
+    """The state of a pool machine: its own status while it is up; ended once its worker has
+    ended it, else lost."""
+    if node["state"] in cs.LIVE:
+        if node["status"] in ("installing", "ready", "upload-failed"):
+            return node["status"]
+        return "working" if node["status"] == "running" else "launching"
+    if node["status"] in ("ended", "install-failed"):
+        return node["status"]
+    return "lost (worker crashed)" if node["status"] == "crashed" else "lost"
+
+
 def job_status(job, now=None):
-    """One row per tag of the job: tag, instance, type, state, elapsed, progress.
-    Costs one DescribeInstances and one S3 listing, however many tags there are."""
-    nodes = cs.current_nodes(cs.find_nodes(job))
-    markers = read_markers(job_bucket(job, nodes.values()))
+    """One row per tag of the job: tag, instance, type, state, elapsed, progress; in pool mode
+    the rows, then the pool machines. Costs one DescribeInstances and one S3 listing, however
+    many tags there are."""
+    found = cs.current_nodes(cs.find_nodes(job))
+    nodes = {t: n for t, n in found.items() if not n["pool"]}
+    machines = {t: n for t, n in found.items() if n["pool"]}
+    by_id = {n["id"]: n for n in machines.values()}
+    objects = list_markers(job_bucket(job, found.values()))
+    markers, started, waiting = outcomes(objects), starts(objects), queued(objects, job)
     now = now or time.time()
     rows = []
-    for tag in sorted(set(nodes) | set(markers), key=lambda t: (len(t), t)):
+    for tag in sorted(set(nodes) | set(markers) | set(waiting), key=lambda t: (len(t), t)):
         node, marker = nodes.get(tag), markers.get(tag)
+        if tag in waiting:
+            state, instance = pool_row_state(waiting[tag], started.get(tag), marker, by_id)
+            node = by_id.get(instance)
+            since = started[tag]["when"] if instance else waiting[tag]["when"]
+            seconds = marker["runtime"] if state.startswith(("succ", "failed (exit")) else now - since.timestamp()
+            attempt = started[tag]["attempt"] if tag in started else 0
+            rows.append({"tag": tag, "instance": instance, "type": waiting[tag]["type"], "state": state,
+                         "exit": marker["exit"] if marker and state.startswith(("succ", "failed (exit")) else None,
+                         "elapsed": int(seconds), "progress": "attempt %d" % attempt if attempt > 1 else "",
+                         "held_until": "", "kind": "row"})
+            continue
         state = node_state(node, marker)
         if state.startswith(("succeeded", "failed")):
             seconds = marker["runtime"]
@@ -122,7 +224,14 @@ def job_status(job, now=None):
         rows.append({"tag": tag, "instance": node["id"] if node else "", "type": node["type"] if node else "",
                      "state": state, "exit": marker["exit"] if marker and state.startswith(("succ", "fail")) else None,
                      "elapsed": int(seconds), "progress": node["progress"] if node else "",
-                     "held_until": node["until"] if node and state == "upload-failed" else ""})
+                     "held_until": node["until"] if node and state == "upload-failed" else "", "kind": "row"})
+    for tag, node in sorted(machines.items(), key=lambda kv: (len(kv[0]), kv[0])):
+        running = sum(1 for r in rows if r["instance"] == node["id"] and r["state"] == "running")
+        since = node["since"] or node["launched"].timestamp()
+        rows.append({"tag": tag, "instance": node["id"], "type": node["type"], "state": machine_state(node),
+                     "exit": None, "elapsed": int(now - since), "held_until": node["until"],
+                     "progress": ("%d rows running" % running if running else "") or node["progress"],
+                     "kind": "machine"})
     return rows
 
 
@@ -131,23 +240,28 @@ def is_finished(row):
     return row["state"].startswith(FINISHED) and not row["state"].endswith("ending)")
 
 
-STATUS_FORMAT = "%-16s %-20s %-11s %-16s %8s  %s"
+STATUS_FORMAT = "%-*s %-20s %-11s %-16s %8s  %s"
 
 
 def print_job_status(job, rows):
     if not rows:
         print("no instances or results found for job %s" % job, file=sys.stderr)
         return
-    print(STATUS_FORMAT % ("TAG", "INSTANCE", "TYPE", "STATE", "ELAPSED", "PROGRESS"))
+    width = max([16] + [len(r["tag"]) for r in rows])
+    print(STATUS_FORMAT % (width, "TAG", "INSTANCE", "TYPE", "STATE", "ELAPSED", "PROGRESS"))
     for r in rows:
-        progress = "kept up until %s" % r["held_until"] if r.get("held_until") else r["progress"]
-        print(STATUS_FORMAT % (r["tag"], r["instance"] or "-", r["type"] or "-", r["state"],
+        progress = "kept up until %s" % r["held_until"] if r["state"] == "upload-failed" else r["progress"]
+        print(STATUS_FORMAT % (width, r["tag"], r["instance"] or "-", r["type"] or "-", r["state"],
                                elapsed(r["elapsed"]), progress))
-    counts = {}
-    for r in rows:
-        key = r["state"].split(" (")[0]
-        counts[key] = counts.get(key, 0) + 1
-    print("%d jobs: %s" % (len(rows), ", ".join("%d %s" % (n, k) for k, n in sorted(counts.items()))))
+    for kind, word in (("row", "jobs"), ("machine", "pool machines")):
+        counts = {}
+        for r in rows:
+            if r.get("kind", "row") == kind:
+                key = r["state"].split(" (")[0]
+                counts[key] = counts.get(key, 0) + 1
+        if counts:
+            print("%d %s: %s" % (sum(counts.values()), word,
+                                 ", ".join("%d %s" % (n, k) for k, n in sorted(counts.items()))))
 
 
 def status(job, watch=False, as_json=False, interval=10.0):
@@ -166,6 +280,12 @@ def status(job, watch=False, as_json=False, interval=10.0):
         time.sleep(interval)
 
 
+def stranded_rows(rows):
+    """Queued rows of an instance type that has no pool machine up any more."""
+    up = {r["type"] for r in rows if r["kind"] == "machine" and not is_finished(r)}
+    return [r["tag"] for r in rows if r["state"] == "queued" and r["type"] not in up]
+
+
 def wait_finished(job, timeout):
     """Wait until every node of the job has finished (uploaded and terminated itself, failed,
     or been lost). Raises UserError at the deadline, or naming the jobs that did not succeed."""
@@ -175,6 +295,10 @@ def wait_finished(job, timeout):
         busy = [r["tag"] for r in rows if not is_finished(r)]
         if not busy:
             break
+        stranded = stranded_rows(rows)
+        if stranded:
+            raise UserError("%d rows are queued but no pool machine of their type is left to run them (%s): "
+                            "`make retry` launches the pool again" % (len(stranded), " ".join(stranded[:10])))
         if delay is None:
             raise UserError("still running after %d s: %s (see `make status JOB=%s`)"
                             % (timeout, " ".join(busy), job))

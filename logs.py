@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 import cloud_setup as cs
@@ -19,13 +20,14 @@ import dispatcher
 from cloud_setup import UserError
 
 
-def from_node(job, node, install):
-    """The log read over SSH, or None if the node has none yet."""
+def from_node(job, node, install, folder=""):
+    """The log read over SSH (from `folder` in the node's work directory: a pool row's), or
+    None if the node has none yet."""
     cs.refresh_ssh_rule(job)  # the caller may be on another network since create
     session = dispatcher.Session(job, timeout=60)
     ssh = session.connect(node)
     try:
-        d = dispatcher.remote_dir(node["tag"])
+        d = dispatcher.remote_dir(node["tag"]) + ("/" + shlex.quote(folder) if folder else "")
         files = ".awsrun/install.*.log" if install else "screen_output.txt"
         command = "cd %s && for f in %s; do [ -f \"$f\" ] || exit 3; %s\"$f\"; done" % (
             d, files, 'echo "--- $f"; cat ' if install else "cat ")
@@ -54,9 +56,14 @@ def from_bucket(bucket, tag, install):
 
 def logs(job, tag, install=False):
     nodes = cs.current_nodes(cs.find_nodes(job))
-    node = nodes.get(tag)
+    node, folder = nodes.get(tag), ""
+    if node is None:  # pool mode: the machine that runs the row now, if any
+        start = job_state.starts(job_state.list_markers(job_state.job_bucket(job, nodes.values()))).get(tag)
+        machines = {n["id"]: n for n in nodes.values() if n["pool"]}
+        if start and start["instance"] in machines:
+            node, folder = machines[start["instance"]], ".awsrun/rows/" + tag
     if node is not None and node["state"] == "running":
-        text = from_node(job, node, install)
+        text = from_node(job, node, install, folder)
         if text is not None:
             return text
     text = from_bucket(job_state.job_bucket(job, nodes.values()), tag, install)

@@ -133,6 +133,7 @@ class Sandbox:
         self.credentials = {}   # instance id -> the metadata service's answer
         self.power = {}         # instance id -> the timer of its scheduled shutdown
         self.fault_hits = {}
+        self.queues_born = {}   # queue name -> when the sandbox saw it created
         self.world = MotoWorld()
 
     def path(self, *parts):
@@ -235,13 +236,13 @@ class Sandbox:
         except (sandbox_iam.Unmapped, KeyError, ValueError) as e:
             self.record({"principal": name, "action": str(e), "decision": "unmapped",
                          "request": "%s %s" % (request["method"], request["path"])})
-            return sandbox_iam.denial(request["service"], arn, str(e), "*")
+            return sandbox_iam.denial(request, arn, str(e), "*")
         denied = None
         for action, resource, context in checks:
             decision = sandbox_iam.decide(policies, action, resource, context)
             self.record({"principal": name, "action": action, "resource": resource, "decision": decision})
             if decision != "allowed" and denied is None:
-                denied = sandbox_iam.denial(request["service"], arn, action, resource)
+                denied = sandbox_iam.denial(request, arn, action, resource)
         if denied is None and any(a == "iam:CreateServiceLinkedRole" for a, _, _ in checks):
             self.world.make_spot_role()  # as EC2 does on the first spot launch
         return denied or self.fault(request["service"], name, checks, request)
@@ -255,10 +256,13 @@ class Sandbox:
             return {}
 
     def play_account(self, request, environ):
-        """What a real account answers where moto differs: Service Quotas for EC2, and how many
-        instances a launch gets (the body moto sees is rewritten to that count)."""
+        """What a real account answers where moto differs: Service Quotas for EC2, how many
+        instances a launch gets (the body moto sees is rewritten to that count), and a new SQS
+        queue that cannot be used for its first second."""
         if request["service"] == "servicequotas" and request.get("operation") == "GetServiceQuota":
             return sandbox_ec2.quota_answer(request["params"], self.account())
+        if request["service"] == "sqs":
+            return self.young_queue(request)
         if request["service"] != "ec2" or request.get("operation") != "RunInstances":
             return None
         count, error = sandbox_ec2.launch_count(request["params"], self.account())
@@ -269,6 +273,24 @@ class Sandbox:
         environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
         environ["QUERY_STRING"] = ""
         return None
+
+    def young_queue(self, request):
+        """SQS: "After you create a queue, you must wait at least one second after the queue is
+        created to be able to use the queue" (CreateQueue, SQS API Reference). Until then its
+        URL answers as a queue that does not exist."""
+        name = sandbox_iam.queue_name(request.get("params", {}))
+        with self.lock:
+            if request.get("operation") == "CreateQueue":
+                if name not in sandbox_ec2.sqs_backend().queues:
+                    self.queues_born[name] = time.monotonic()
+                return None
+            born = self.queues_born.get(name)
+        if born is None or time.monotonic() - born >= 1.0 or request.get("operation") == "ListQueues":
+            return None
+        json_protocol = sandbox_iam.speaks_json(request)
+        return sandbox_iam.error_response("sqs", "QueueDoesNotExist" if json_protocol else
+                                          "AWS.SimpleQueueService.NonExistentQueue",
+                                          "The specified queue does not exist.", 400, json_protocol)
 
     def fault_matches(self, rule, principal, checks, params):
         """Whether a fault rule applies to a request: its principal, one of its checks' action
@@ -297,7 +319,7 @@ class Sandbox:
                 self.record({"principal": name, "action": checks[0][0], "resource": checks[0][1],
                              "fault": rule["code"]})
                 return sandbox_iam.error_response(service, rule["code"], rule.get("message", "sandbox fault"),
-                                                  int(rule.get("status", 400)))
+                                                  int(rule.get("status", 400)), sandbox_iam.speaks_json(request))
         return None
 
     def refused_calls(self):
@@ -357,7 +379,12 @@ class Sandbox:
                     box.schedule_power(instance, when)
                 self.answer(200 if instance else 404, "")
 
-        self.imds = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                if not isinstance(sys.exc_info()[1], ConnectionError):  # a caller ended with its node
+                    super().handle_error(request, client_address)
+
+        self.imds = Server(("127.0.0.1", 0), Handler)
         self.imds.daemon_threads = True
         threading.Thread(target=self.imds.serve_forever, daemon=True).start()
         self.imds_url = "http://127.0.0.1:%d" % self.imds.server_port

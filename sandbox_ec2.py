@@ -31,6 +31,11 @@ def ec2_backend():
     return ec2_backends[ACCOUNT][REGION]
 
 
+def sqs_backend():
+    from moto.sqs.models import sqs_backends
+    return sqs_backends[ACCOUNT][REGION]
+
+
 def iam_backend():
     from moto.iam.models import iam_backends
     return iam_backends[ACCOUNT]["aws"]
@@ -46,6 +51,9 @@ class MotoWorld(sandbox_iam.World):
             role = next((r for r in iam_backend().roles.values() if r.name == name), None)
             tags = (role.tags.values() if isinstance(role.tags, dict) else role.tags) if role else []
             return {t["Key"]: t["Value"] for t in tags}
+        if kind == "queue":
+            queue = sqs_backend().queues.get(name)
+            return dict(queue.tags) if queue else {}
         ec2 = ec2_backend()
         if kind == "key-pair":
             pair = ec2.key_pairs.get(name)

@@ -104,7 +104,9 @@ def decide(policies, action, resource, context):
 # ---------------------------------------------------------------------------- requests
 
 
-JSON_SERVICES = ("ssm", "servicequotas")  # the services awsrun calls with the JSON protocol
+JSON_SERVICES = ("ssm", "servicequotas")  # the services awsrun calls with the JSON protocol only
+# SQS speaks both: botocore 1.43 (the user's) sends JSON with X-Amz-Target, the node image's
+# botocore 1.34.46 the query protocol (form fields, Action=...). Each gets its errors in its own.
 
 
 class Unmapped(Exception):
@@ -131,15 +133,25 @@ def parse(method, path, query, headers, body):
     key, region, service = scope(headers, query)
     request = {"key": key, "region": region, "service": service, "method": method, "path": path,
                "query": query, "headers": headers, "body": body}
-    if service in ("ec2", "iam", "sts"):
+    if service in ("ec2", "iam", "sts") or (service == "sqs" and not headers.get("x-amz-target")):
         params = dict(urllib.parse.parse_qsl(query))
         if body and "x-www-form-urlencoded" in headers.get("content-type", ""):
             params.update(urllib.parse.parse_qsl(body.decode("utf-8")))
         request["operation"], request["params"] = params.get("Action", ""), params
-    elif service in JSON_SERVICES:
+    elif service in JSON_SERVICES or service == "sqs":
         request["operation"] = headers.get("x-amz-target", "").rpartition(".")[2]
         request["params"] = json.loads(body or b"{}")
     return request
+
+
+def speaks_json(request):
+    """Whether the request, and so its error answer, uses the JSON protocol."""
+    return request["service"] in JSON_SERVICES or bool(request["headers"].get("x-amz-target"))
+
+
+def queue_name(params):
+    """The queue a request names, by QueueName or by the last part of its QueueUrl."""
+    return params.get("QueueName") or params.get("QueueUrl", "").rstrip("/").rsplit("/", 1)[-1]
 
 
 def _indexed(params, prefix):
@@ -211,6 +223,8 @@ def needs(request, world):
             return [("servicequotas:GetServiceQuota", "arn:aws:servicequotas:%s:%s:%s/%s" % (
                 region, account, p.get("ServiceCode"), p.get("QuotaCode")), {})]
         raise Unmapped("servicequotas:%s" % op)
+    if service == "sqs":
+        return _sqs_needs(op, p, region, account, world)
     if service == "ssm":
         if op == "GetParameter":
             return [("ssm:GetParameter", "arn:aws:ssm:%s::parameter/%s" % (region, p["Name"].lstrip("/")), {})]
@@ -312,6 +326,28 @@ def _create_tags(specs, op, arn_of):
             for kind, tags in specs.items() if tags]
 
 
+SQS_ACTIONS = {"SendMessageBatch": "SendMessage", "DeleteMessageBatch": "DeleteMessage",
+               "ChangeMessageVisibilityBatch": "ChangeMessageVisibility"}  # a batch needs its single action
+SQS_QUEUE_OPERATIONS = ("GetQueueUrl", "GetQueueAttributes", "SetQueueAttributes", "SendMessage", "ReceiveMessage",
+                        "DeleteMessage", "ChangeMessageVisibility", "PurgeQueue", "DeleteQueue", "TagQueue",
+                        "ListQueueTags")
+
+
+def _sqs_needs(op, p, region, account, world):
+    name = queue_name(p)
+    arn = "arn:aws:sqs:%s:%s:%s" % (region, account, name)
+    if op == "ListQueues":
+        return [("sqs:ListQueues", "*", {})]
+    if op == "CreateQueue":  # tags on create need sqs:TagQueue too (SQS API reference)
+        tags = p.get("tags") if isinstance(p.get("tags"), dict) else _tags(p, "Tag")
+        return [("sqs:CreateQueue", arn, _tag_context(tags))] + (
+            [("sqs:TagQueue", arn, _tag_context(tags))] if tags else [])
+    op = SQS_ACTIONS.get(op, op)
+    if op in SQS_QUEUE_OPERATIONS:
+        return [("sqs:" + op, arn, {"aws:ResourceTag/" + k: v for k, v in world.tags("queue", name).items()})]
+    raise Unmapped("sqs:%s" % op)
+
+
 def _s3_needs(request, world):
     method, path = request["method"], request["path"]
     query = dict(urllib.parse.parse_qsl(request["query"], keep_blank_values=True))
@@ -367,11 +403,14 @@ def _s3_needs(request, world):
 # ---------------------------------------------------------------------------- answers
 
 
-def error_response(service, code, message, status):
-    """An AWS-shaped error (status, headers, body) for a service's protocol."""
-    if service in JSON_SERVICES:
-        return status, [("Content-Type", "application/x-amz-json-1.1")], json.dumps(
-            {"__type": code, "message": message}).encode()
+def error_response(service, code, message, status, json_protocol=None):
+    """An AWS-shaped error (status, headers, body) for a service's protocol (JSON when
+    json_protocol, or for the JSON-only services)."""
+    if json_protocol or (json_protocol is None and service in JSON_SERVICES):
+        headers = [("Content-Type", "application/x-amz-json-1.0" if service == "sqs" else "application/x-amz-json-1.1")]
+        if service == "sqs":  # how SQS's JSON answers name the query protocol's code too
+            headers.append(("x-amzn-query-error", "%s;Sender" % code))
+        return status, headers, json.dumps({"__type": code, "message": message}).encode()
     esc = xml_escape(message)
     if service == "ec2":
         body = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>%s</Code>"
@@ -385,11 +424,12 @@ def error_response(service, code, message, status):
     return status, [("Content-Type", "text/xml")], body.encode()
 
 
-def denial(service, principal_arn, action, resource):
+def denial(request, principal_arn, action, resource):
+    service = request["service"]
     message = "User: %s is not authorized to perform: %s on resource: %s" % (principal_arn, action, resource)
     if service == "ec2":
         return error_response("ec2", "UnauthorizedOperation", "You are not authorized to perform this "
                               "operation. " + message, 403)
-    if service in JSON_SERVICES:
-        return error_response(service, "AccessDeniedException", message, 400)
+    if speaks_json(request):
+        return error_response(service, "AccessDeniedException", message, 400, json_protocol=True)
     return error_response(service, "AccessDenied", message, 403)

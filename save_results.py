@@ -58,26 +58,27 @@ def read(path, default=""):
         return default
 
 
-def result_files(outputs):
+def result_files(root, outputs):
     """(local path, name in the bucket) for output/**, the extra outputs, the log and the
-    install logs (as logs/install.N.log); and the extra outputs that do not exist."""
+    install logs (as logs/install.N.log) of the work directory `root`; and the extra outputs
+    that do not exist."""
     files, missing = [], []
-    for root, dirs, names in os.walk("output"):
+    for folder, dirs, names in os.walk(os.path.join(root, "output")):
         dirs.sort()
         for name in sorted(names):
-            path = os.path.join(root, name)
+            path = os.path.join(folder, name)
             if os.path.isfile(path):
-                files.append((path, key_of(os.path.relpath(path, "."))))
+                files.append((path, key_of(os.path.relpath(path, root))))
     for out in outputs:
-        if os.path.isfile(out):
-            files.append((out, out.replace(os.sep, "/")))
+        if os.path.isfile(os.path.join(root, out)):
+            files.append((os.path.join(root, out), out.replace(os.sep, "/")))
         else:
             missing.append(out)
-    if os.path.isfile("screen_output.txt"):
-        files.append(("screen_output.txt", "screen_output.txt"))
-    for name in sorted(os.listdir(".awsrun")):
+    if os.path.isfile(os.path.join(root, "screen_output.txt")):
+        files.append((os.path.join(root, "screen_output.txt"), "screen_output.txt"))
+    for name in sorted(os.listdir(os.path.join(root, ".awsrun"))):
         if name.startswith("install.") and name.endswith(".log"):
-            files.append((os.path.join(".awsrun", name), "logs/" + name))
+            files.append((os.path.join(root, ".awsrun", name), "logs/" + name))
     return files, missing
 
 
@@ -88,16 +89,20 @@ def key_of(path):
     return raw.decode("utf-8", "backslashreplace")
 
 
-def make_manifest(node, files, missing):
-    code = read(".awsrun/exit_code")
+def make_manifest(node, root, files, missing):
+    code = read(os.path.join(root, ".awsrun", "exit_code"))
     limit = node.get("max_runtime")
-    return {"job": node["job"], "tag": node["tag"], "instance_id": node["instance_id"],
-            "instance_type": node["instance_type"], "command": node["command"],
-            "exit_code": int(code) if code.lstrip("-").isdigit() else None,
-            "started": read(".awsrun/started"), "ended": read(".awsrun/ended"),
-            "uploaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "files": [], "missing_outputs": missing, "max_runtime": limit,
-            "timed_out": bool(limit) and code in ("124", "137")}
+    manifest = {"job": node["job"], "tag": node["tag"], "instance_id": node["instance_id"],
+                "instance_type": node["instance_type"], "command": node["command"],
+                "exit_code": int(code) if code.lstrip("-").isdigit() else None,
+                "started": read(os.path.join(root, ".awsrun", "started")),
+                "ended": read(os.path.join(root, ".awsrun", "ended")),
+                "uploaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "files": [], "missing_outputs": missing, "max_runtime": limit,
+                "timed_out": bool(limit) and code in ("124", "137")}
+    if node.get("attempt"):  # pool mode: which time SQS gave this row out
+        manifest["attempt"] = node["attempt"]
+    return manifest
 
 
 def describe(path, key):
@@ -161,24 +166,28 @@ def mark(ec2, node, status, extra=None):
         print("could not tag this node %s: %s" % (status, e), file=sys.stderr)
 
 
-def save(node):
-    """Upload the results; terminate this node if they are all in the bucket. Returns the
-    exit status for run.sh: 0, or UPLOAD_FAILED with the node tagged upload-failed."""
-    s3, ec2 = clients(node)
-    mark(ec2, node, "uploading")
-    files, missing = result_files(node.get("outputs", []))
+def save(node, root=".", clients_=None, end_node=True):
+    """Upload the results of the work directory `root`; then (end_node) terminate this node.
+    Returns 0 when they are all in the bucket, or UPLOAD_FAILED with the node tagged
+    upload-failed. The pool worker passes its own clients and ends its machine itself."""
+    s3, ec2 = clients_ or clients(node)
+    if end_node:
+        mark(ec2, node, "uploading")
+    files, missing = result_files(root, node.get("outputs", []))
     try:
-        manifest = make_manifest(node, files, missing)
+        manifest = make_manifest(node, root, files, missing)
         manifest["files"] = upload(s3, node["bucket"], node["tag"], files)
         finish(s3, node["bucket"], node["tag"], manifest)
     except (BotoCoreError, ClientError, OSError) as e:
         hold = int(node.get("upload_hold") or 0)
         until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + hold))
-        print("upload failed, leaving this node up until %s so nothing is lost: %s" % (until, e), file=sys.stderr)
+        print("%s: upload failed, leaving this node up until %s so nothing is lost: %s" % (node["tag"], until, e),
+              file=sys.stderr)
         mark(ec2, node, "upload-failed", {cs.ERROR_TAG: str(e)[:250], cs.UNTIL_TAG: until})
         return UPLOAD_FAILED
     print("uploaded %d files to s3://%s/%s/" % (len(files) + 1, node["bucket"], node["tag"]))
-    end(ec2, node)
+    if end_node:
+        end(ec2, node)
     return 0
 
 

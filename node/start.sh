@@ -1,8 +1,8 @@
 #!/bin/bash
 # Starts this node's row at `dispatch`: unpacks the row's files (node.json, node.env and
-# command.sh, from standard input), arms the runtime guard and starts run.sh detached. Runs
-# on the node, in its work directory. Exit 11: not prepared for this instance; 12: started
-# already.
+# command.sh, from standard input), arms the runtime guard and starts run.sh detached. A pool
+# machine (POOL_IDLE set) gets no command: its guard starts as the worker's idle one. Runs on
+# the node, in its work directory. Exit 11: not prepared for this instance; 12: started already.
 #
 #   bash .awsrun/start.sh INSTANCE_ID < files.tar
 owner=
@@ -13,6 +13,10 @@ tar -xf - || exit 13
 : > .awsrun/dispatched
 # shellcheck source=/dev/null
 . .awsrun/node.env
-bash .awsrun/guard.sh runtime "$MAX_RUNTIME"
+if [ -n "$POOL_IDLE" ]; then
+    bash .awsrun/guard.sh hold $((POOL_IDLE + 600))
+else
+    bash .awsrun/guard.sh runtime "$MAX_RUNTIME"
+fi
 setsid -f bash .awsrun/run.sh > .awsrun/runner.log 2>&1 < /dev/null
 echo started

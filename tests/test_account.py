@@ -6,7 +6,7 @@ import os
 import subprocess
 
 from conftest import ROOT, write
-from test_operate import states, until
+from test_operate import release, states, until, waits_for
 
 
 def jobs_file(box, job, rows):
@@ -78,7 +78,7 @@ def test_a_job_over_the_vcpu_quota_is_refused_before_anything_is_made(account):
         "error: the job needs 6 vCPUs of on-demand Standard (A, C, D, H, I, M, R, T, Z) instances (3 x t3.small), "
         "but the account's quota in us-east-1 allows 4: ask for more (`aws service-quotas "
         "request-service-quota-increase --service-code ec2 --quota-code L-1216C47A --desired-value 6`), or run "
-        "fewer rows at once\n")
+        "the rows on 2 machines, in pool mode: POOL=2 (--pool 2)\n")
     assert box.instances(job) == [] and job not in [b["Name"] for b in box.s3.list_buckets()["Buckets"]]
 
 
@@ -129,12 +129,14 @@ def test_no_default_vpc_asks_for_a_subnet_and_then_uses_it(account):
     until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the row")
 
 
-def test_subnets_that_map_no_public_ip_get_one_for_each_node(account):
+def test_subnets_that_map_no_public_ip_get_one_for_each_node(account, tmp_path):
     box = account(public_ips=False)
     job = "busy-noip"
-    run = create_dispatch(box, job, jobs_file(box, job, [("t3.micro", "echo reachable")]))
+    row = "echo reachable; " + waits_for(tmp_path, "go")  # running until the address is checked
+    run = create_dispatch(box, job, jobs_file(box, job, [("t3.micro", row)]))
     assert run.returncode == 0, run.stderr
     assert all(i.get("PublicIpAddress") for i in box.instances(job))
+    release(tmp_path, "go")
     until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the row")
 
 

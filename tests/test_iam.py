@@ -155,3 +155,53 @@ def test_both_policies_name_only_real_actions_and_condition_keys():
         assert issue == "RESOURCE_MISMATCH" and {d["action"] for d in detail} == {"ec2:RunInstances"}, (issue, detail)
     typo = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:CreateTag", "Resource": "*"}]}
     assert [issue for issue, _ in lint(typo)] == ["UNKNOWN_ACTION"]
+
+
+def sqs_request(operation, params, json_protocol):
+    """An SQS request as botocore sends it: JSON (1.43, the user's) or query (1.34, the node's)."""
+    if json_protocol:
+        return iam.parse("POST", "/", "", {"authorization": "Credential=k/20260101/us-east-1/sqs/aws4_request,",
+                                           "x-amz-target": "AmazonSQS." + operation,
+                                           "content-type": "application/x-amz-json-1.0"},
+                         json.dumps(params).encode())
+    import urllib.parse
+    return iam.parse("POST", "/", "", {"authorization": "Credential=k/20260101/us-east-1/sqs/aws4_request,",
+                                       "content-type": "application/x-www-form-urlencoded; charset=utf-8"},
+                     urllib.parse.urlencode(dict(params, Action=operation)).encode())
+
+
+@pytest.mark.parametrize("json_protocol", [True, False])
+def test_sqs_requests_are_authorized_in_both_protocols(json_protocol):
+    url = "http://127.0.0.1:5000/%s/awsrun-j1--t3-micro" % ACCOUNT
+    node, user = cs.node_policy("j1", "b1"), USER_POLICY
+
+    def verdicts(policy, operation, **params):
+        request = sqs_request(operation, params, json_protocol)
+        return [iam.decide([policy], a, r, c) for a, r, c in iam.needs(request, iam.World())]
+    for op in ("ReceiveMessage", "ChangeMessageVisibility", "DeleteMessage"):
+        assert verdicts(node, op, QueueUrl=url) == ["allowed"]
+        assert verdicts(node, op, QueueUrl=url.replace("j1--", "j1-b--")) == ["not allowed"]  # job j1-b's queue
+    assert verdicts(node, "SendMessageBatch", QueueUrl=url) == ["not allowed"]
+    for op in ("SendMessageBatch", "GetQueueAttributes", "PurgeQueue", "DeleteQueue", "SetQueueAttributes"):
+        assert verdicts(user, op, QueueUrl=url) == ["allowed"]
+    assert verdicts(user, "DeleteQueue", QueueUrl="http://127.0.0.1:5000/%s/someone-elses" % ACCOUNT) == \
+        ["not allowed"]
+    tags = {"tags": {"awsrun:job": "j1"}} if json_protocol else {"Tag.1.Key": "awsrun:job", "Tag.1.Value": "j1"}
+    made = iam.needs(sqs_request("CreateQueue", dict(QueueName="awsrun-j1--t3-micro", **tags), json_protocol),
+                     iam.World())
+    assert [(a, c["aws:RequestTag/awsrun:job"]) for a, _, c in made] == [("sqs:CreateQueue", "j1"),
+                                                                          ("sqs:TagQueue", "j1")]
+    assert verdicts(user, "ListQueues", QueueNamePrefix="awsrun-j1--") == ["allowed"]
+    denied = iam.denial(sqs_request("ReceiveMessage", {"QueueUrl": url}, json_protocol), "arn", "sqs:X", "r")
+    assert ("x-amzn-query-error", "AccessDeniedException;Sender") in denied[1] if json_protocol else \
+        b"<Code>AccessDenied</Code>" in denied[2]
+
+
+def test_the_user_may_write_only_the_queued_markers():
+    def put(key):
+        request = {"service": "s3", "region": REGION, "method": "PUT", "path": "/b1/" + key, "query": "",
+                   "headers": {"host": "127.0.0.1:5000"}, "body": b""}
+        return [iam.decide([USER_POLICY], a, r, c) for a, r, c in iam.needs(request, iam.World())]
+    assert put("_awsrun/queued/t3.micro/attempts=3,rows=0-9") == ["allowed"]
+    assert put("_awsrun/j10/exit=0,runtime=1") == ["not allowed"]
+    assert put("j10/output/x.txt") == ["not allowed"]

@@ -201,13 +201,15 @@ def test_instance_profile_policy_is_scoped_to_bucket_and_job(aws):
     assert [r["RoleName"] for r in profile["Roles"]] == [name]
     policy = iam.get_role_policy(RoleName=name, PolicyName="awsrun-node")["PolicyDocument"]
     policy = json.loads(policy) if isinstance(policy, str) else policy
-    s3, ec2 = policy["Statement"]
+    s3, sqs, ec2 = policy["Statement"]
     assert s3["Resource"] == "arn:aws:s3:::bucket-a/*"  # objects only: never the bucket's settings
     assert sorted(s3["Action"]) == ["s3:AbortMultipartUpload", "s3:PutObject"]
+    assert sqs["Resource"] == "arn:aws:sqs:*:*:awsrun-job-a--*"  # its own job's queues only
+    assert sorted(sqs["Action"]) == ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:ReceiveMessage"]
     assert sorted(ec2["Action"]) == ["ec2:CreateTags", "ec2:TerminateInstances"]
     assert ec2["Condition"] == {"StringEquals": {"aws:ResourceTag/awsrun:job": "job-a"},
                                 "ForAllValues:StringNotEquals": {
-                                    "aws:TagKeys": ["awsrun:job", "awsrun:rows", "awsrun:bucket"]}}
+                                    "aws:TagKeys": ["awsrun:job", "awsrun:rows", "awsrun:bucket", "awsrun:pool"]}}
     trust = iam.get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"]
     assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
 
@@ -238,7 +240,7 @@ def test_an_existing_bucket_keeps_its_own_settings(aws):
 
 def launch_setup(aws, job, rows):
     ami = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    args = argparse.Namespace(job=job, tag_offset=0)
+    args = argparse.Namespace(job=job, tag_offset=0, pool=None)
     wanted = dispatcher.plan(args, rows)
     key = cs.ensure_key_pair(job)
     group = cs.ensure_security_group(job, "198.51.100.7/32")
@@ -522,3 +524,81 @@ def test_fetch_progress_is_one_updating_line_at_a_terminal_only():
     assert [get_s3_files.human(n) for n in (999, 12_345, 6_500_000, 7e12)] == \
         ["999 B", "12.3 KB", "6.5 MB", "7000.0 GB"]
     assert "\n" not in "".join(lines[:-1])  # one line, rewritten in place
+
+
+def test_state_of_a_pool_row_from_its_queued_start_and_outcome_markers():
+    import datetime
+    t0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+    def at(seconds, **values):
+        return dict(values, when=t0 + datetime.timedelta(seconds=seconds))
+    queued, up = at(0, type="t3.micro", attempts=3), {"i-a": {"state": "running"}, "i-gone": {"state": "terminated"}}
+    cases = [(queued, None, None, ("queued", "")),
+             (queued, at(0, instance="i-a", attempt=1), None, ("running", "i-a")),   # the same second: started
+             (queued, at(5, instance="i-gone", attempt=1), None, ("queued", "")),   # lost: SQS gives it out again
+             (queued, at(5, instance="i-x", attempt=2), None, ("queued", "")),      # EC2 forgot the machine
+             (queued, at(9, instance="i-gone", attempt=3), None, ("failed (lost 3 times)", "i-gone")),
+             (queued, at(5, instance="i-a", attempt=1), at(5, exit=0), ("succeeded", "")),
+             (queued, at(5, instance="i-a", attempt=1), at(6, exit=2), ("failed (exit 2)", "")),
+             (at(60, type="t3.micro", attempts=3), at(5, instance="i-a", attempt=1), at(6, exit=2), ("queued", ""))]
+    assert [job_state.pool_row_state(q, s, m, up) for q, s, m, _ in cases] == [want for *_, want in cases]
+
+
+def test_queued_markers_name_hundreds_of_rows_in_one_key_and_round_trip():
+    import datetime
+    keys = [job_state.queued_key("t3.micro", 3, numbers) for numbers in cs.launch_batches(list(range(0, 1000, 3)), 700)]
+    assert len(keys) == 1 and len(keys[0]) < 1024
+    when = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    found = job_state.queued([{"Key": k, "LastModified": when} for k in keys], "j")
+    assert sorted(found, key=lambda t: int(t[1:])) == ["j%d" % n for n in range(0, 1000, 3)]
+    assert found["j999"] == {"type": "t3.micro", "attempts": 3, "when": when}
+    starts = job_state.starts([{"Key": job_state.start_key("j4", "i-1", 2), "LastModified": when},
+                               {"Key": job_state.marker_key("j4", 0, 5), "LastModified": when}])
+    assert starts == {"j4": {"instance": "i-1", "attempt": 2, "when": when}}
+    assert job_state.outcomes([{"Key": job_state.start_key("j4", "i-1", 2), "LastModified": when}]) == {}
+
+
+def test_pool_sizes_from_the_option_or_the_vcpu_quota(aws, monkeypatch):
+    import pool
+    assert pool.pool_size("8", {"t3.micro": 20, "c5.large": 3}, {}) == {"t3.micro": 8, "c5.large": 3}
+    monkeypatch.setattr(cs, "vcpu_quota", lambda family, spot=False: {"standard": 16, "g": None}[family])
+    assert pool.pool_size("auto", {"t3.micro": 40}, {"t3.micro": 2}) == {"t3.micro": 8}
+    assert pool.pool_size("auto", {"t3.micro": 3}, {"t3.micro": 2}) == {"t3.micro": 3}
+    assert pool.pool_size("auto", {"t3.micro": 30, "c5.xlarge": 10}, {"t3.micro": 2, "c5.xlarge": 4}) == \
+        {"t3.micro": 6, "c5.xlarge": 1}
+    with pytest.raises(cs.UserError, match="could not read the vCPU quota of g5.xlarge: give the number"):
+        pool.pool_size("auto", {"g5.xlarge": 4}, {"g5.xlarge": 4})
+    with pytest.raises(cs.UserError, match="use a job name of at most 48 characters"):
+        pool.queue_name("j" * 50, "u7in-32tb.224xlarge")
+
+
+def test_the_pool_worker_sees_a_spot_interruption_notice(monkeypatch):
+    import http.server
+    import threading
+    import pool_worker
+    notice = {"on": False}
+
+    class Metadata(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_PUT(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"token")
+
+        def do_GET(self):
+            found = notice["on"] and self.path == "/latest/meta-data/spot/instance-action" and \
+                self.headers.get("X-aws-ec2-metadata-token") == "token"
+            self.send_response(200 if found else 404)
+            self.end_headers()
+            self.wfile.write(b'{"action": "terminate", "time": "2026-01-01T00:02:00Z"}' if found else b"")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:%d" % server.server_port)
+    try:
+        assert pool_worker.spot_interrupted() is False
+        notice["on"] = True
+        assert pool_worker.spot_interrupted() is True
+    finally:
+        server.shutdown()

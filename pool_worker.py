@@ -1,0 +1,261 @@
+"""Runs ON a pool machine: takes rows from the job's SQS queue and runs them, SLOTS at a time,
+until the queue has been empty for a while; then ends the machine. Started by run.sh.
+
+    python3 .awsrun/pool_worker.py      # from the machine's work directory (run.sh does this)
+
+Runs on the node image's own boto3 (Ubuntu 24.04's 1.34.46 or later) and the standard library.
+
+For each row it gets (a message {tag, line, command}, long-polled):
+- marks the start in the bucket, _awsrun/TAG/start=INSTANCE,attempt=K;
+- runs the command as one-machine-per-row mode does: bash, with TAG set, stopped at
+  MAX_RUNTIME, in .awsrun/rows/TAG: a copy of the prepared work directory (copy-on-write
+  where the file system can), so rows that run at once never share output/;
+- keeps the message invisible to other machines while the row runs (a heartbeat of
+  ChangeMessageVisibility every LEASE/3 seconds), so that a lost machine's row comes back
+  to the queue within LEASE seconds;
+- uploads the results with save_results.py's code, and deletes the message only once the
+  manifest and the outcome marker are in the bucket; then removes the row's folder.
+
+A row whose upload failed is handed back to the queue and its files are kept: the worker takes
+no new row, and exits 75 (run.sh then keeps the machine up for the upload hold). On a spot
+machine, the interruption notice hands every running row back at once. Settings come from
+.awsrun/node.json, written by the dispatcher: queue_url, slots (0: one per CPU), lease, idle.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+import job_state
+import save_results
+
+ROWS = os.path.join(".awsrun", "rows")
+TICK = 5.0  # seconds between looks at the spot interruption notice
+
+
+def now_text():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Worker:
+    def __init__(self, node):
+        self.node = node
+        self.slots = int(node.get("slots") or 0) or os.cpu_count() or 1
+        self.lease, self.idle = int(node.get("lease") or 120), int(node.get("idle") or 180)
+        session = boto3.session.Session(region_name=node["region"])
+        self.sqs = session.client("sqs", config=Config(retries={"mode": "standard", "max_attempts": 10},
+                                                       max_pool_connections=max(10, self.slots + 4)))
+        self.s3, self.ec2 = save_results.clients(node)
+        self.lock = threading.Condition()
+        self.running = {}         # tag -> receipt handle of its message
+        self.stopping = threading.Event()  # take no more rows
+        self.finished = threading.Event()  # no row runs any more: the heartbeat stops
+        self.upload_failed = False
+        self.armed = None         # the shutdown that guard.sh last scheduled: busy or idle
+
+    # -- the loop
+
+    def work(self):
+        """Take rows while there are any; returns the exit status for run.sh."""
+        threading.Thread(target=self.heartbeat, daemon=True).start()
+        threads, idle_since = [], time.monotonic()
+        while not self.stopping.is_set():
+            with self.lock:
+                while len(self.running) >= self.slots and not self.stopping.is_set():
+                    self.lock.wait(1.0)
+                free = self.slots - len(self.running)
+            if self.stopping.is_set():
+                break
+            messages = self.receive(min(10, free))
+            for message in messages:
+                thread = threading.Thread(target=self.run_row, args=(message,))
+                thread.start()
+                threads.append(thread)
+            with self.lock:
+                busy = bool(self.running)
+            if messages or busy:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= self.idle:
+                break
+            else:
+                self.arm(busy=False)
+        for thread in threads:
+            thread.join()
+        self.finished.set()
+        return save_results.UPLOAD_FAILED if self.upload_failed else 0
+
+    def arm(self, busy):
+        """Move the machine's OS shutdown (node/guard.sh): while rows run, to the row runtime's
+        limit (or none); while idle, to the idle period and 10 minutes, so that a worker that
+        hangs still ends its machine."""
+        with self.lock:
+            if not busy and self.armed == "idle":
+                return
+            if busy and self.armed == "busy" and not self.node.get("max_runtime"):
+                return
+            self.armed = "busy" if busy else "idle"
+        if busy:
+            self.guard("runtime", self.node.get("max_runtime") or 0)
+        else:
+            self.guard("hold", self.idle + 600)
+
+    def receive(self, count):
+        """Up to `count` messages, long-polled (at most 20 s, SQS's longest wait)."""
+        try:
+            return self.sqs.receive_message(
+                QueueUrl=self.node["queue_url"], MaxNumberOfMessages=count, WaitTimeSeconds=min(20, self.idle),
+                VisibilityTimeout=self.lease, AttributeNames=["ApproximateReceiveCount"]).get("Messages", [])
+        except (BotoCoreError, ClientError) as e:
+            print("could not read the queue, trying again: %s" % e, file=sys.stderr)
+            self.stopping.wait(5)
+            return []
+
+    def heartbeat(self):
+        """Keep every running row's message invisible; on a spot interruption notice, hand
+        them all back at once and take no more rows."""
+        last = time.monotonic()
+        while not self.finished.wait(min(TICK, self.lease / 3)):
+            if self.node.get("spot") and spot_interrupted():
+                print("spot interruption notice: handing back every running row", file=sys.stderr)
+                self.stopping.set()
+                self.change_all(0)
+                return
+            if time.monotonic() - last >= self.lease / 3:
+                last = time.monotonic()
+                self.change_all(self.lease)
+
+    def change_all(self, seconds):
+        with self.lock:
+            handles = list(self.running.items())
+        for tag, handle in handles:
+            try:
+                self.sqs.change_message_visibility(QueueUrl=self.node["queue_url"], ReceiptHandle=handle,
+                                                   VisibilityTimeout=seconds)
+            except (BotoCoreError, ClientError) as e:
+                print("%s: could not keep its row: %s" % (tag, e), file=sys.stderr)
+
+    # -- one row
+
+    def run_row(self, message):
+        row = json.loads(message["Body"])
+        tag, handle = row["tag"], message["ReceiptHandle"]
+        attempt = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+        with self.lock:
+            self.running[tag] = handle
+        try:
+            self.s3.put_object(Bucket=self.node["bucket"], Body=b"",
+                               Key=job_state.start_key(tag, self.node["instance_id"], attempt))
+            self.arm(busy=True)
+            root = self.make_folder(row, attempt)
+            self.run_command(root)
+            info = self.row_info(row, attempt)
+            code = save_results.save(info, root, (self.s3, self.ec2), end_node=False)
+            if code == 0:
+                self.sqs.delete_message(QueueUrl=self.node["queue_url"], ReceiptHandle=handle)
+                shutil.rmtree(root, ignore_errors=True)
+            else:
+                self.upload_failed = True
+                self.stopping.set()
+                self.release(handle)
+        except Exception as e:  # this row's failure never stops the others: it goes back to the queue
+            print("%s: %s: %s" % (tag, type(e).__name__, e), file=sys.stderr)
+            self.release(handle)
+        finally:
+            with self.lock:
+                self.running.pop(tag, None)
+                self.lock.notify_all()
+
+    def release(self, handle):
+        try:
+            self.sqs.change_message_visibility(QueueUrl=self.node["queue_url"], ReceiptHandle=handle,
+                                               VisibilityTimeout=0)
+        except (BotoCoreError, ClientError) as e:
+            print("could not hand a row back (it comes back by itself): %s" % e, file=sys.stderr)
+
+    def row_info(self, row, attempt):
+        return dict(self.node, tag=row["tag"], command=row["command"], attempt=attempt)
+
+    def make_folder(self, row, attempt):
+        """.awsrun/rows/TAG: a copy of the prepared work directory, its .awsrun/ holding the
+        row's settings, command and the machine's install logs."""
+        root = os.path.join(ROWS, row["tag"])
+        shutil.rmtree(root, ignore_errors=True)
+        os.makedirs(os.path.join(root, ".awsrun"))
+        entries = [e for e in sorted(os.listdir(".")) if e not in (".awsrun", "output", "screen_output.txt")]
+        if entries:
+            subprocess.run(["cp", "-a", "--reflink=auto", "-t", root] + entries, check=True)
+        for name in os.listdir(".awsrun"):
+            if name.startswith("install.") and name.endswith(".log"):
+                shutil.copy(os.path.join(".awsrun", name), os.path.join(root, ".awsrun", name))
+        for name in ("cloud_setup.py",):  # what update_tags.py imports
+            shutil.copy(os.path.join(".awsrun", name), os.path.join(root, ".awsrun", name))
+        with open(os.path.join(root, ".awsrun", "node.json"), "w", encoding="utf-8") as f:
+            json.dump(self.row_info(row, attempt), f, ensure_ascii=False)
+        with open(os.path.join(root, ".awsrun", "command.sh"), "w", encoding="utf-8") as f:
+            f.write(row["command"] + "\n")
+        os.makedirs(os.path.join(root, "output"), exist_ok=True)
+        return root
+
+    def run_command(self, root):
+        """The row's command, as run.sh runs it; its exit code and times in .awsrun/."""
+        command = ["bash", ".awsrun/command.sh"]
+        if self.node.get("max_runtime"):
+            command = ["timeout", "-k", "60", str(int(self.node["max_runtime"]))] + command
+        with open(os.path.join(root, ".awsrun", "started"), "w") as f:
+            f.write(now_text() + "\n")
+        with open(os.path.join(root, "screen_output.txt"), "wb") as out:
+            code = subprocess.call(command, cwd=root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                   env=dict(os.environ, TAG=os.path.basename(root)))
+        for name, value in (("exit_code", code if code >= 0 else 128 - code), ("ended", now_text())):
+            with open(os.path.join(root, ".awsrun", name), "w") as f:
+                f.write("%s\n" % value)
+
+    def guard(self, what, seconds):
+        """node/guard.sh: the machine's OS shutdown, moved as rows start and the worker idles."""
+        subprocess.call(["bash", ".awsrun/guard.sh", what, str(int(seconds))], stdin=subprocess.DEVNULL)
+
+    def end(self):
+        """The queue is done with: tag the machine ended and terminate it (run.sh's OS shutdown
+        backs this)."""
+        save_results.mark(self.ec2, self.node, "ended")
+        save_results.end(self.ec2, self.node)
+
+
+def spot_interrupted():
+    """Whether EC2 has scheduled this spot instance's interruption (IMDSv2)."""
+    base = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://169.254.169.254").rstrip("/")
+    try:
+        token = urllib.request.urlopen(urllib.request.Request(
+            base + "/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"}),
+            timeout=2).read().decode()
+        with urllib.request.urlopen(urllib.request.Request(
+                base + "/latest/meta-data/spot/instance-action", headers={"X-aws-ec2-metadata-token": token}),
+                timeout=2) as answer:
+            return answer.status == 200
+    except OSError:  # 404 (no notice) is an HTTPError, an OSError
+        return False
+
+
+def main():
+    with open(os.path.join(".awsrun", "node.json"), encoding="utf-8") as f:
+        node = json.load(f)
+    worker = Worker(node)
+    code = worker.work()
+    if code == 0:
+        worker.end()
+    return code
+
+
+if __name__ == "__main__":
+    os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    sys.exit(main())

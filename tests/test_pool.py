@@ -1,0 +1,188 @@
+"""End-to-end tests of pool mode in the strict sandbox, through the commands a user types: more
+rows than machines, rows of uneven length, lost machines, dead-lettered rows, the quota, clean,
+and what status costs."""
+import csv
+import io
+import json
+import time
+
+from conftest import write
+from test_operate import states, status, until, vanish
+
+# The sandbox's rows come back to the queue 4 s after their machine is lost, and a machine
+# ends after 8 s on an empty queue (the defaults are 120 s and 180 s).
+FAST = {"AWSRUN_POOL_LEASE": "4", "AWSRUN_POOL_IDLE": "8"}
+
+
+def jobs_file(box, job, commands, itype="t3.micro"):
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["instance_type", "command"])
+    writer.writerows([itype, c] for c in commands)
+    return write(box.folder(job) / "jobs.csv", text.getvalue())
+
+
+def pool_run(box, job, commands, *extra, env=None, timeout=240):
+    run = box.run("dispatcher.py", "auto", job, jobs_file(box, job, commands), "-c", "-d", *extra,
+                  env=dict(FAST, **(env or {})), timeout=timeout)
+    assert run.returncode == 0, run.stderr
+    return run
+
+
+def wait(box, job, timeout=180):
+    run = box.run("cloud_setup.py", "wait", job, "--timeout", str(timeout), timeout=timeout + 30)
+    assert run.returncode == 0, run.stderr
+    return run
+
+
+def rows_of(box, job):
+    return {tag: r for tag, r in status(box, job).items() if r["kind"] == "row"}
+
+
+def test_a_small_pool_runs_rows_of_uneven_length_within_20_percent_of_the_best_makespan(box):
+    job = "pool-uneven"
+    seconds = [6, 6, 5, 4, 3, 3, 2, 2, 2, 1, 1, 1]
+    commands = ['a=$(date +%%s.%%N); sleep %d; echo "$TAG $a $(date +%%s.%%N)" > output/times.txt' % s
+                for s in seconds]
+    pool_run(box, job, commands, "--pool", "2", "--slots", "2")
+    wait(box, job)
+    assert {t: r["state"] for t, r in rows_of(box, job).items()} == {"%s%d" % (job, i): "succeeded" for i in range(12)}
+    machines = [r for r in status(box, job).values() if r["kind"] == "machine"]
+    assert sorted(r["state"] for r in machines) == ["ended", "ended"]
+    assert box.states(job) == ["terminated", "terminated"]
+    objects = box.objects(job)
+    times = []
+    for i in range(12):
+        tag = "%s%d" % (job, i)
+        assert {tag + "/output/times.txt", tag + "/manifest.json", tag + "/screen_output.txt"} <= set(objects)
+        line = box.read(job, tag + "/output/times.txt").split()
+        assert line[0] == tag  # the row ran with its own TAG, in its own folder
+        times.append((float(line[1]), float(line[2])))
+        assert box.manifest(job, tag)["exit_code"] == 0
+    makespan = max(end for _, end in times) - min(start for start, _ in times)
+    best = max(sum(end - start for start, end in times) / 4, max(end - start for start, end in times))
+    assert makespan <= 1.2 * best, (makespan, best)
+
+
+def test_a_row_whose_machine_is_lost_runs_again_on_another_and_succeeds(box, tmp_path):
+    job = "pool-lost"
+    first = tmp_path / "first-try"
+    victim = "if [ -e %s ]; then echo again > output/r.txt; else touch %s; sleep 600; fi" % (first, first)
+    pool_run(box, job, [victim, "echo 1", "echo 2", "echo 3"], "--pool", "2")
+    tag = job + "0"
+    until(lambda: rows_of(box, job)[tag]["state"] == "running", what="the row to run")
+    lost_on = rows_of(box, job)[tag]["instance"]
+    vanish(box, job, tag)
+    seen, deadline = [("running", lost_on)], time.monotonic() + 90
+    while seen[-1][0] != "succeeded" and time.monotonic() < deadline:
+        row = rows_of(box, job)[tag]
+        if (row["state"], row["instance"]) != seen[-1]:
+            seen.append((row["state"], row["instance"]))
+    states_seen = [s for s, _ in seen]
+    assert states_seen[-1] == "succeeded" and set(states_seen) <= {"running", "queued", "succeeded"}, seen
+    assert states_seen[1] == "queued" or (states_seen[1] == "running" and seen[1][1] != lost_on), seen
+    manifest = box.manifest(job, tag)
+    assert manifest["attempt"] == 2 and manifest["instance_id"] != lost_on
+    assert box.read(job, tag + "/output/r.txt") == "again\n"
+    wait(box, job)
+    assert {t: r["state"] for t, r in rows_of(box, job).items()} == {"%s%d" % (job, i): "succeeded" for i in range(4)}
+
+
+def test_a_row_that_loses_its_machine_every_time_is_dead_lettered_and_retry_runs_it(box, tmp_path):
+    job = "pool-dead"
+    fixed = tmp_path / "fixed"
+    killer = "if [ -e %s ]; then echo fixed > output/ok.txt; else sudo shutdown -h now; sleep 60; fi" % fixed
+    pool_run(box, job, [killer] + ["echo %d" % i for i in range(1, 6)], "--pool", "4", "--max-attempts", "3",
+             env={"AWSRUN_POOL_IDLE": "30"})
+    wait(box, job)
+    rows = rows_of(box, job)
+    assert rows[job + "0"]["state"] == "failed (lost 3 times)"
+    assert {t: r["state"] for t, r in rows.items() if t != job + "0"} == {
+        "%s%d" % (job, i): "succeeded" for i in range(1, 6)}
+    sqs = box.client("sqs")
+    dead = sqs.get_queue_url(QueueName="awsrun-%s--t3-micro-dlq" % job)["QueueUrl"]
+    assert sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["ApproximateNumberOfMessages"])[
+        "Attributes"]["ApproximateNumberOfMessages"] == "1"
+    assert all(s == "terminated" for s in box.states(job))
+
+    fixed.write_text("yes")  # the row works now: retry puts it back and launches a pool for it
+    retry = box.run("dispatcher.py", "auto", job, jobs_file(box, job, [killer] + ["echo %d" % i for i in range(1, 6)]),
+                    "--retry", "--pool", "4", env=FAST)
+    assert retry.returncode == 0, retry.stderr
+    assert "retrying 1 rows: %s0" % job in retry.stderr
+    wait(box, job)
+    assert rows_of(box, job)[job + "0"]["state"] == "succeeded"
+    assert box.read(job, job + "0/output/ok.txt") == "fixed\n"
+    assert sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["ApproximateNumberOfMessages"])[
+        "Attributes"]["ApproximateNumberOfMessages"] == "0"
+
+
+def test_a_job_over_the_quota_runs_in_pool_mode_and_clean_removes_its_queues(account):
+    box = account(vcpu_quota=8, instance_quota=4)  # four t3.micro machines at most
+    job = "pool-quota"
+    commands = ["echo %d > output/n.txt" % i for i in range(40)]
+    refused = box.run("dispatcher.py", "auto", job, jobs_file(box, job, commands), "-c", "-d", env=FAST)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().endswith("or run the rows on 4 machines, in pool mode: POOL=4 (--pool 4)")
+    assert box.instances(job) == []
+    pool_run(box, job, commands, "--pool", "auto")
+    wait(box, job)
+    assert len(box.instances(job)) == 4
+    assert set(states(box, job).values()) == {"succeeded", "ended"}
+    assert [box.read(job, "%s%d/output/n.txt" % (job, i)) for i in range(40)] == ["%d\n" % i for i in range(40)]
+    sqs = box.client("sqs")
+    assert len(sqs.list_queues(QueueNamePrefix="awsrun-%s--" % job)["QueueUrls"]) == 2
+    clean = box.run("cloud_setup.py", "clean", job)
+    assert clean.returncode == 0, clean.stderr
+    assert "2 queues deleted" in clean.stderr
+    assert sqs.list_queues(QueueNamePrefix="awsrun-%s--" % job).get("QueueUrls", []) == []
+
+
+def status_calls(box, job):
+    """The AWS actions one `status` makes, as the sandbox's IAM saw them."""
+    before = len(box.decisions())
+    assert box.run("cloud_setup.py", "status", job).returncode == 0
+    return sorted(d["action"] for d in box.decisions()[before:] if d.get("principal") == "user")
+
+
+def test_status_costs_the_same_calls_for_5_rows_as_for_500_queued(box, tmp_path):
+    calls = {}
+    for job, count in (("pool-cost-few", 5), ("pool-cost-many", 500)):
+        commands = [waits_for_ever(tmp_path)] * count  # one runs, the others wait in the queue
+        pool_run(box, job, commands, "--pool", "1")
+        until(lambda job=job: "running" in states(box, job).values(), what="the first row to start")
+        counted = states(box, job)
+        assert sum(s == "queued" for s in counted.values()) == count - 1
+        calls[count] = status_calls(box, job)
+        assert box.run("cloud_setup.py", "clean", job).returncode == 0
+    assert calls[5] == calls[500] == ["ec2:DescribeInstances", "s3:ListBucket"]
+
+
+def waits_for_ever(tmp_path):
+    return "while [ ! -e %s ]; do sleep 0.2; done" % (tmp_path / "never")
+
+
+def test_pool_machines_are_never_taken_for_rows(box):
+    job = "pool-tags"
+    pool_run(box, job, ["echo a", "echo b"], "--pool", "1")
+    wait(box, job)
+    table = box.run("cloud_setup.py", "status", job).stdout
+    assert "%s-pool-t3.micro-0" % job in table
+    assert "2 jobs: 2 succeeded" in table and "1 pool machines: 1 ended" in table
+    tags = {t["Key"]: t["Value"] for t in box.instances(job)[0]["Tags"]}
+    assert tags["awsrun:pool"] == "t3.micro"
+    logs = box.run("logs.py", job, job + "1")
+    assert logs.returncode == 0 and logs.stdout == "b\n"
+    rows = json.loads(box.run("cloud_setup.py", "status", job, "--json").stdout)
+    assert [(r["tag"], r["kind"]) for r in rows] == [(job + "0", "row"), (job + "1", "row"),
+                                                      ("%s-pool-t3.micro-0" % job, "machine")]
+
+
+def test_logs_of_a_running_pool_row_come_from_its_machine(box, tmp_path):
+    job = "pool-logs"
+    pool_run(box, job, ["echo early; " + waits_for_ever(tmp_path)], "--pool", "1")
+    tag = job + "0"
+    until(lambda: rows_of(box, job)[tag]["state"] == "running", what="the row to run")
+    logs = until(lambda: box.run("logs.py", job, tag).stdout, what="its log")
+    assert logs == "early\n"
+    assert box.run("cloud_setup.py", "down", job).returncode == 0
