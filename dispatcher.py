@@ -105,6 +105,11 @@ def parse_inputs(specs):
     return pairs
 
 
+# SQS keeps a received message from other consumers for 12 hours at most (ChangeMessageVisibility
+# is refused beyond that), so a pool row, with its copy and upload, must end well within it.
+POOL_MAX_RUNTIME = 11 * 3600
+
+
 def check_arguments(args):
     """Every check that needs no AWS. Returns the job file's rows."""
     cs.check_job_name(args.job)
@@ -113,6 +118,12 @@ def check_arguments(args):
     if args.tag_offset < 0:
         raise UserError("--tag_offset must be 0 or more", code=2)
     rows = read_jobs(args.jobfile)
+    if args.pool:
+        if args.max_runtime > POOL_MAX_RUNTIME:
+            raise UserError("--max-runtime %s: in pool mode a row runs at most 11h, as SQS keeps its message from "
+                            "other machines for 12 hours at most; run longer rows one machine per row (without "
+                            "--pool)" % job_state.elapsed(args.max_runtime), code=2)
+        args.max_runtime = args.max_runtime or POOL_MAX_RUNTIME
     if args.create:
         if args.code and not os.path.isdir(args.code):
             raise UserError("--code %s is not a folder" % args.code, code=2)

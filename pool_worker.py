@@ -18,7 +18,8 @@ For each row it gets (a message {tag, line, command}, long-polled):
 
 A row whose upload failed is handed back to the queue and its files are kept: the worker takes
 no new row, and exits 75 (run.sh then keeps the machine up for the upload hold). On a spot
-machine, the interruption notice hands every running row back at once. Settings come from
+machine, the interruption notice hands every running row back at once (their results here are
+not uploaded: another machine runs them again). Settings come from
 .awsrun/node.json, written by the dispatcher: queue_url, slots (0: one per CPU), lease, idle.
 """
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Worker:
         self.stopping = threading.Event()  # take no more rows
         self.finished = threading.Event()  # no row runs any more: the heartbeat stops
         self.upload_failed = False
+        self.interrupted = False  # the rows were handed back: their results are not uploaded
         self.armed = None         # the shutdown that guard.sh last scheduled: busy or idle
 
     # -- the loop
@@ -127,6 +129,7 @@ class Worker:
         while not self.finished.wait(min(TICK, self.lease / 3)):
             if self.node.get("spot") and spot_interrupted():
                 print("spot interruption notice: handing back every running row", file=sys.stderr)
+                self.interrupted = True
                 self.stopping.set()
                 self.change_all(0)
                 return
@@ -158,6 +161,8 @@ class Worker:
             self.arm(busy=True)
             root = self.make_folder(row, attempt)
             self.run_command(root)
+            if self.interrupted:  # another machine runs it now; this one is about to end
+                return
             info = self.row_info(row, attempt)
             code = save_results.save(info, root, (self.s3, self.ec2), end_node=False)
             if code == 0:

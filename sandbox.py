@@ -18,6 +18,8 @@ real account (README, "What the sandbox checks"):
 - Node image: node sessions run the Python of .venv-node, pinned to Ubuntu 24.04's boto3.
 - Like EC2: a launched key pair may log in (as cloud-init would); a terminated instance's
   processes end; `shutdown` on a node terminates its instance (InstanceInitiatedShutdownBehavior).
+- Spot interruptions on demand: DIR/interruptions.json names the instances whose metadata
+  shows EC2's two-minute interruption notice.
 - Faults on demand: DIR/faults.json (or AWSRUN_SANDBOX_FAULTS at start) lists AWS errors to
   answer instead, e.g. [{"action": "s3:PutObject", "principal": "node*", "code": "SlowDown",
   "status": 503, "times": 2}].
@@ -363,6 +365,9 @@ class Sandbox:
                 base = "/latest/meta-data/iam/security-credentials/"
                 if self.path == "/latest/meta-data/instance-id" and instance:
                     return self.answer(200, instance)
+                if self.path == "/latest/meta-data/spot/instance-action" and instance in box.interruptions():
+                    return self.answer(200, json.dumps({"action": "terminate", "time": box.interruptions()[instance]}),
+                                       "application/json")
                 if not role or not self.path.startswith(base):
                     box.record({"metadata": self.path, "caller": instance, "role": role})
                     return self.answer(404, "")
@@ -388,6 +393,15 @@ class Sandbox:
         self.imds.daemon_threads = True
         threading.Thread(target=self.imds.serve_forever, daemon=True).start()
         self.imds_url = "http://127.0.0.1:%d" % self.imds.server_port
+
+    def interruptions(self):
+        """DIR/interruptions.json: {instance id: time} of the spot instances that EC2 will
+        interrupt then; their metadata shows the notice (the test ends them itself)."""
+        try:
+            with open(self.path("interruptions.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
 
     def caller_instance(self, port):
         """The instance whose node folder holds the process that connected from `port`."""

@@ -174,6 +174,12 @@ class Sandbox:
     def decisions(self):
         return iam_decisions(self.env)
 
+    def interrupt(self, instance_id):
+        """Show a spot instance EC2's interruption notice (sandbox.py: interruptions.json)."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))
+        with open(os.path.join(self.env["AWSRUN_SANDBOX"], "interruptions.json"), "w") as f:
+            json.dump({instance_id: when}, f)
+
     def faults(self, rules):
         """Make the sandbox's AWS answer with these errors (sandbox.py: faults on demand)."""
         with open(os.path.join(self.env["AWSRUN_SANDBOX"], "faults.json"), "w") as f:

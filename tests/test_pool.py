@@ -186,3 +186,25 @@ def test_logs_of_a_running_pool_row_come_from_its_machine(box, tmp_path):
     logs = until(lambda: box.run("logs.py", job, tag).stdout, what="its log")
     assert logs == "early\n"
     assert box.run("cloud_setup.py", "down", job).returncode == 0
+
+
+def test_a_spot_interruption_notice_hands_the_row_back_at_once(box, tmp_path):
+    job = "pool-spot"
+    go = tmp_path / "go"
+    row = "while [ ! -e %s ]; do sleep 0.2; done; echo done > output/d.txt" % go
+    # A lease of 90 s: the row can only come back in time if the notice handed it back.
+    pool_run(box, job, [row, "echo 1", "echo 2"], "--pool", "2", "--spot",
+             env={"AWSRUN_POOL_LEASE": "90", "AWSRUN_POOL_IDLE": "25"})
+    tag = job + "0"
+    until(lambda: rows_of(box, job)[tag]["state"] == "running", what="the row to run")
+    doomed = rows_of(box, job)[tag]["instance"]
+    noticed = time.monotonic()
+    box.interrupt(doomed)
+    until(lambda: rows_of(box, job)[tag]["instance"] not in ("", doomed), timeout=45, what="another machine")
+    assert time.monotonic() - noticed < 45
+    box.ec2.terminate_instances(InstanceIds=[doomed])  # as EC2 does after the notice
+    go.write_text("go")
+    wait(box, job)
+    manifest = box.manifest(job, tag)
+    assert manifest["attempt"] == 2 and manifest["instance_id"] != doomed
+    assert sum(1 for k in box.objects(job) if k.startswith("_awsrun/%s/exit=" % tag)) == 1  # uploaded once
