@@ -2,7 +2,7 @@
 Runs on the developer's machine.
 
     make bench                      # all of it: prints the table and writes BENCHMARKS.md
-    python bench.py --only fetch    # one part: fetch, upload or setup
+    python bench.py --only fetch    # one part: fetch, upload, setup or pool
     python bench.py --quick         # fewer repetitions and smaller N, for a quick look
 
 Each comparison runs both sides in the same run, alternating, several times, and reports the
@@ -13,10 +13,12 @@ AWS CLI (installed by `make bench` in .venv-bench from bench-requirements.txt) a
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -301,6 +303,67 @@ def bench_setup(box, work, sizes, reps, parallel=32):
     return results, calls
 
 
+def results_in(s3, bucket, job, count, deadline):
+    """Wait until `count` rows of the job have their outcome marker in the bucket."""
+    while time.monotonic() < deadline:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="_awsrun/" + job)
+        if sum("/exit=" in o["Key"] for p in pages for o in p.get("Contents", [])) >= count:
+            return True
+        time.sleep(0.2)
+    raise SystemExit("the pool benchmark: not every row of %s finished in time" % job)
+
+
+STAGE = re.compile(r"attempt \d+: (.*) \(ms\)")
+
+
+def row_stages(nodes_dir):
+    """The worker's own timing of each row's stages (runner.log), in ms: {stage: [ms, ...]}."""
+    stages = {}
+    for log_file in glob.glob(os.path.join(nodes_dir, "*", ".awsrun", "runner.log")):
+        with open(log_file) as f:
+            for line in f:
+                found = STAGE.search(line)
+                for part in found.group(1).split(", ") if found else []:
+                    name, ms = part.rsplit(" ", 1)
+                    stages.setdefault(name, []).append(float(ms))
+    return stages
+
+
+def bench_pool(box, work, rows=200, machines=4, slots=4):
+    """Throughput: `rows` trivial rows from dispatch to every result in the bucket, on a pool of
+    machines x slots and on one machine per row; the pool's per-row overhead by stage."""
+    env = dict(box.child_environment(), AWSRUN_POOL_IDLE="20")
+    s3 = box_client(box, "s3")
+    install = os.path.join(work, "trivial-install.sh")
+    with open(install, "w") as f:
+        f.write("touch READY\n")
+    jobs = os.path.join(work, "pool.csv")
+    with open(jobs, "w") as f:
+        f.write("instance_type,command\n" + "t3.micro,echo $TAG > output/tag.txt\n" * rows)
+    result = {}
+    for name, job, extra in (("pool", "bench-pool", ["--pool", str(machines), "--slots", str(slots)]),
+                             ("one per row", "bench-rows", [])):
+        base = [PY, os.path.join(HERE, "dispatcher.py"), "auto", job, jobs, "--install", install] + extra
+        subprocess.run(base + ["-c"], env=env, check=True, capture_output=True)
+        started = time.perf_counter()
+        subprocess.run(base + ["-d"], env=env, check=True, capture_output=True)
+        results_in(s3, job, job, rows, time.monotonic() + 600)
+        result[name] = time.perf_counter() - started
+        log("%s: %d rows in %.2f s" % (name, rows, result[name]))
+        if name == "pool":
+            result["stages"] = {k: statistics.median(v) for k, v in row_stages(box.path("nodes")).items()}
+        subprocess.run([PY, os.path.join(HERE, "cloud_setup.py"), "clean", job], env=env, check=True,
+                       capture_output=True)
+    result["slots"], result["rows"] = machines * slots, rows
+    return result
+
+
+def box_client(box, service):
+    import boto3
+    return boto3.client(service, endpoint_url=box.endpoint, region_name="us-east-1", aws_access_key_id=ADMIN,
+                        aws_secret_access_key=ADMIN)
+
+
 def make_payload(path):
     """The same bundle a node gets (INSTALL.sh, save_results.py, ...), for the minimal script's copy."""
     args = argparse.Namespace(code=None, inputs=[], install=os.path.join(HERE, "INSTALL.sh"))
@@ -312,7 +375,7 @@ def make_payload(path):
 
 # ---------------------------------------------------------------------------- report
 
-def table(cold, warm, upload, setup, calls):
+def table(cold, warm, upload, setup, calls, pooled=None):
     lines = ["| comparison | awsrun | other | ratio | goal | awsrun peak MB | other peak MB |",
              "|---|---:|---:|---:|---|---:|---:|"]
 
@@ -328,6 +391,16 @@ def table(cold, warm, upload, setup, calls):
         row("node upload", upload["awsrun"], upload["aws s3 cp"], "aws s3 cp --recursive", "<= 1.0x")
     for n, r in sorted((setup or {}).items()):
         row("create+dispatch, N=%d" % n, r["awsrun"], r["minimal"], "minimal paramiko", "<= 1.5x")
+    if pooled:
+        per_slot = pooled["pool"] * pooled["slots"] / pooled["rows"] * 1000
+        lines += ["", "Pool mode: %d trivial rows from dispatch to every result in the bucket:" % pooled["rows"], "",
+                  "| placement | wall | rows/s |", "|---|---:|---:|",
+                  "| pool of 4 machines x 4 slots | %.2f s | %.1f |" % (
+                      pooled["pool"], pooled["rows"] / pooled["pool"]),
+                  "| one machine per row | %.2f s | %.1f |" % (
+                      pooled["one per row"], pooled["rows"] / pooled["one per row"]),
+                  "", "Per row in the pool: %.0f ms of slot time; the worker's stages (median ms): %s." % (
+                      per_slot, ", ".join("%s %.0f" % kv for kv in pooled["stages"].items()))]
     if calls:
         sizes = sorted(calls)
         lines += ["", "AWS requests made by `dispatcher.py -c -d`, by operation:", "",
@@ -342,12 +415,12 @@ def table(cold, warm, upload, setup, calls):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=("fetch", "upload", "setup"), action="append")
+    p.add_argument("--only", choices=("fetch", "upload", "setup", "pool"), action="append")
     p.add_argument("--quick", action="store_true", help="2 repetitions, N up to 64")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", default=os.path.join(HERE, "BENCHMARKS.md"))
     args = p.parse_args(argv)
-    parts = args.only or ["fetch", "upload", "setup"]
+    parts = args.only or ["fetch", "upload", "setup", "pool"]
     reps = 2 if args.quick else args.reps
     if "fetch" in parts and not shutil.which("rclone"):
         raise SystemExit("the fetch benchmark needs rclone: sudo apt-get install rclone")
@@ -358,7 +431,7 @@ def main(argv=None):
     box = sandbox.Sandbox(os.path.join(work, "sandbox")).start()
     started = time.perf_counter()
     try:
-        cold = warm = upload = setup = calls = None
+        cold = warm = upload = setup = calls = pooled = None
         if "fetch" in parts:
             cold, warm = bench_fetch(box, work, reps)
         if "upload" in parts:
@@ -366,10 +439,12 @@ def main(argv=None):
         if "setup" in parts:
             sizes = (16, 64) if args.quick else (16, 64, 256)
             setup, calls = bench_setup(box, work, sizes, reps)
+        if "pool" in parts:
+            pooled = bench_pool(box, work)
     finally:
         box.stop()
         shutil.rmtree(work, ignore_errors=True)
-    result = table(cold, warm, upload, setup, calls)
+    result = table(cold, warm, upload, setup, calls, pooled)
     print(result)
     with open(args.out, "w") as f:
         f.write("# awsrun benchmarks\n\n`make bench` on %s (%d cores), %s, %d repetitions each, "

@@ -42,6 +42,7 @@ import save_results
 
 ROWS = os.path.join(".awsrun", "rows")
 TICK = 5.0  # seconds between looks at the spot interruption notice
+REARM = 600  # seconds between moves of a busy machine's OS shutdown
 
 
 def now_text():
@@ -58,12 +59,13 @@ class Worker:
                                                        max_pool_connections=max(10, self.slots + 4)))
         self.s3, self.ec2 = save_results.clients(node)
         self.lock = threading.Condition()
-        self.running = {}         # tag -> receipt handle of its message
+        self.running = {}         # message id -> (what it is, for messages; its receipt handle)
         self.stopping = threading.Event()  # take no more rows
         self.finished = threading.Event()  # no row runs any more: the heartbeat stops
         self.upload_failed = False
         self.interrupted = False  # the rows were handed back: their results are not uploaded
         self.armed = None         # the shutdown that guard.sh last scheduled: busy or idle
+        self.armed_at = 0.0
 
     # -- the loop
 
@@ -78,8 +80,14 @@ class Worker:
                 free = self.slots - len(self.running)
             if self.stopping.is_set():
                 break
+            asked = time.perf_counter()
             messages = self.receive(min(10, free))
+            if messages:
+                print("received %d rows in %.0f ms" % (len(messages), (time.perf_counter() - asked) * 1000), flush=True)
+            threads = [t for t in threads if t.is_alive()]
             for message in messages:
+                with self.lock:  # counted in its slot before the next receive
+                    self.running[message["MessageId"]] = (message.get("Body", "")[:80], message["ReceiptHandle"])
                 thread = threading.Thread(target=self.run_row, args=(message,))
                 thread.start()
                 threads.append(thread)
@@ -98,14 +106,14 @@ class Worker:
 
     def arm(self, busy):
         """Move the machine's OS shutdown (node/guard.sh): while rows run, to the row runtime's
-        limit (or none); while idle, to the idle period and 10 minutes, so that a worker that
-        hangs still ends its machine."""
+        limit and an hour for the upload; while idle, to the idle period and 10 minutes, so that
+        a worker that hangs still ends its machine. While busy it is moved on at most every
+        REARM seconds (a row started since then still has most of that hour): each move costs
+        a shell and two `shutdown` calls, half a second per row in the sandbox."""
         with self.lock:
-            if not busy and self.armed == "idle":
+            if self.armed == ("busy" if busy else "idle") and (not busy or time.monotonic() < self.armed_at + REARM):
                 return
-            if busy and self.armed == "busy" and not self.node.get("max_runtime"):
-                return
-            self.armed = "busy" if busy else "idle"
+            self.armed, self.armed_at = "busy" if busy else "idle", time.monotonic()
         if busy:
             self.guard("runtime", self.node.get("max_runtime") or 0)
         else:
@@ -139,7 +147,7 @@ class Worker:
 
     def change_all(self, seconds):
         with self.lock:
-            handles = list(self.running.items())
+            handles = list(self.running.values())
         for tag, handle in handles:
             try:
                 self.sqs.change_message_visibility(QueueUrl=self.node["queue_url"], ReceiptHandle=handle,
@@ -150,24 +158,38 @@ class Worker:
     # -- one row
 
     def run_row(self, message):
-        row = json.loads(message["Body"])
-        tag, handle = row["tag"], message["ReceiptHandle"]
+        handle = message["ReceiptHandle"]
         attempt = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
-        with self.lock:
-            self.running[tag] = handle
+        tag, times, last = message.get("MessageId"), [], time.perf_counter()
+
+        def lap(what):
+            nonlocal last
+            now = time.perf_counter()
+            times.append("%s %.0f" % (what, (now - last) * 1000))
+            last = now
         try:
+            row = json.loads(message["Body"])
+            tag = row["tag"]
+            with self.lock:
+                self.running[message["MessageId"]] = (tag, handle)
             self.s3.put_object(Bucket=self.node["bucket"], Body=b"",
                                Key=job_state.start_key(tag, self.node["instance_id"], attempt))
             self.arm(busy=True)
+            lap("mark")
             root = self.make_folder(row, attempt)
+            lap("copy")
             self.run_command(root)
+            lap("run")
             if self.interrupted:  # another machine runs it now; this one is about to end
                 return
             info = self.row_info(row, attempt)
             code = save_results.save(info, root, (self.s3, self.ec2), end_node=False)
+            lap("upload")
             if code == 0:
                 self.sqs.delete_message(QueueUrl=self.node["queue_url"], ReceiptHandle=handle)
                 shutil.rmtree(root, ignore_errors=True)
+                lap("delete")
+                print("%s attempt %d: %s (ms)" % (tag, attempt, ", ".join(times)), flush=True)
             else:
                 self.upload_failed = True
                 self.stopping.set()
@@ -177,7 +199,7 @@ class Worker:
             self.release(handle)
         finally:
             with self.lock:
-                self.running.pop(tag, None)
+                self.running.pop(message["MessageId"], None)
                 self.lock.notify_all()
 
     def release(self, handle):

@@ -209,6 +209,8 @@ class Sandbox:
         answer = self.authorize(request) or self.play_account(request, environ)
         if answer is None:
             return app(environ, start_response)
+        if not body:  # an upload refused here: read it first, as S3 does, or the closing socket
+            Request(environ).get_data()  # resets the connection and the caller retries in vain
         status, response_headers, payload = answer
         start_response("%d %s" % (status, http.server.BaseHTTPRequestHandler.responses.get(status, ("",))[0]),
                        response_headers + [("Content-Length", str(len(payload)))])
@@ -406,8 +408,10 @@ class Sandbox:
     def caller_instance(self, port):
         """The instance whose node folder holds the process that connected from `port`."""
         pid = socket_owner(port, self.imds.server_port, processes_under(self.path("nodes")))  # only nodes ask
+        if pid is None:  # the caller has gone already
+            return None
         try:
-            cwd = os.readlink("/proc/%d/cwd" % pid) if pid else ""
+            cwd = os.readlink("/proc/%d/cwd" % pid)
         except OSError:
             return None
         relative = os.path.relpath(cwd, self.path("nodes"))
@@ -470,7 +474,11 @@ class Sandbox:
             os.chmod(self.path("bin", name), 0o755)
         self.ssh_port = free_port()
         node_path = self.node_path
+        # EC2's metadata service answers in a millisecond; this one looks the caller up in /proc,
+        # which with hundreds of node processes on a laptop's cores can take longer than
+        # botocore's default of 1 s and one attempt.
         node_env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds_url,
+                    "AWS_METADATA_SERVICE_TIMEOUT": "10", "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "3",
                     "AWS_CONFIG_FILE": self.path("aws", "config"),
                     "AWS_SHARED_CREDENTIALS_FILE": self.path("aws", "credentials"), "PATH": node_path}
         node_shell = os.path.join(ssh, "node-shell")
