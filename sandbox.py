@@ -362,7 +362,8 @@ class Sandbox:
                 self.answer(200, secrets.token_hex(16))
 
             def do_GET(self):
-                instance = box.caller_instance(self.client_address[1])
+                why = []
+                instance = box.caller_instance(self.client_address[1], why)
                 role = instance and instance_role(instance)
                 base = "/latest/meta-data/iam/security-credentials/"
                 if self.path == "/latest/meta-data/instance-id" and instance:
@@ -371,7 +372,7 @@ class Sandbox:
                     return self.answer(200, json.dumps({"action": "terminate", "time": box.interruptions()[instance]}),
                                        "application/json")
                 if not role or not self.path.startswith(base):
-                    box.record({"metadata": self.path, "caller": instance, "role": role})
+                    box.record({"metadata": self.path, "caller": instance, "role": role, "why": why[-1:]})
                     return self.answer(404, "")
                 if self.path == base:
                     return self.answer(200, role)
@@ -405,22 +406,30 @@ class Sandbox:
         except (OSError, ValueError):
             return {}
 
-    def caller_instance(self, port):
-        """The instance whose node folder holds the process that connected from `port`."""
-        pid = socket_owner(port, self.imds.server_port, processes_under(self.path("nodes")))  # only nodes ask
+    def caller_instance(self, port, why=None):
+        """The instance whose node folder holds the process that connected from `port`. If
+        none, `why` (a list) gets the reason."""
+        why = [] if why is None else why
+        for delay in cs.backoff(time.monotonic() + 2, first=0.02, cap=0.2):  # /proc can miss a socket that churns
+            pid = socket_owner(port, self.imds.server_port, processes_under(self.path("nodes")), why)
+            if pid is not None or delay is None:
+                break
         if pid is None:  # the caller has gone already
             return None
         try:
             cwd = os.readlink("/proc/%d/cwd" % pid)
         except OSError:
+            why.append("process %d ended" % pid)
             return None
         relative = os.path.relpath(cwd, self.path("nodes"))
         if relative.startswith(".."):
+            why.append("process %d is not a node's: %s" % (pid, cwd))
             return None
         try:
             with open(os.path.join(self.path("nodes"), relative.split(os.sep)[0], ".awsrun", "instance")) as f:
                 return f.read().strip() or None
-        except OSError:
+        except OSError as e:
+            why.append(str(e))
             return None
 
     def node_credentials(self, instance, role):
@@ -569,18 +578,25 @@ def setting_node_venv():
     return os.environ.get("AWSRUN_SANDBOX_NODE_VENV") or NODE_VENV
 
 
-def socket_owner(port, server_port, among):
+def connection_inode(table, port, server_port):
+    """The socket inode of the TCP connection from `port` to `server_port` in a /proc/net/tcp
+    table, or None."""
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1].split(":"), fields[2].split(":")
+        # An earlier connection from the same (reused) port may linger in TIME_WAIT: inode 0.
+        if int(local[1], 16) == port and int(remote[1], 16) == server_port and fields[9] != "0":
+            return fields[9]
+    return None
+
+
+def socket_owner(port, server_port, among, why):
     """The process id, among the given ones, that holds the loopback TCP connection from
-    `port` to `server_port`."""
-    inode = None
+    `port` to `server_port`; else None, with the reason appended to `why`."""
     with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            local, remote = fields[1].split(":"), fields[2].split(":")
-            if int(local[1], 16) == port and int(remote[1], 16) == server_port:
-                inode = fields[9]
-                break
+        inode = connection_inode(f.read(), port, server_port)
     if inode is None:
+        why.append("no connection from port %d" % port)
         return None
     target = "socket:[%s]" % inode
     for pid in map(str, among):
@@ -590,6 +606,7 @@ def socket_owner(port, server_port, among):
                     return int(pid)
         except OSError:
             continue
+    why.append("no node process holds socket %s (of %d processes)" % (inode, len(among)))
     return None
 
 

@@ -185,6 +185,9 @@ def test_logs_of_a_running_pool_row_come_from_its_machine(box, tmp_path):
     until(lambda: rows_of(box, job)[tag]["state"] == "running", what="the row to run")
     logs = until(lambda: box.run("logs.py", job, tag).stdout, what="its log")
     assert logs == "early\n"
+    forgot = box.run("dispatcher.py", "auto", job, box.folder(job) / "jobs.csv", "-d", env=FAST)
+    assert (forgot.returncode, forgot.stderr) == (2, "error: job %s runs in pool mode: give POOL= (--pool) to "
+                                                     "dispatch and retry too\n" % job)
     assert box.run("cloud_setup.py", "down", job).returncode == 0
 
 
