@@ -169,8 +169,8 @@ def pool_row_state(queue, start, marker, machines):
     if rank == 0:
         return "queued", ""
     machine = machines.get(newest["instance"])
-    if machine is not None and machine["state"] in cs.LIVE:
-        return "running", newest["instance"]
+    if machine is not None and machine["state"] in cs.LIVE and machine.get("status") != "upload-failed":
+        return "running", newest["instance"]  # (a held machine has handed back every row it had)
     if queue is not None and newest["attempt"] >= queue["attempts"]:
         return "failed (lost %d times)" % newest["attempt"], newest["instance"]
     return "queued", ""

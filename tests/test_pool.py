@@ -211,3 +211,20 @@ def test_a_spot_interruption_notice_hands_the_row_back_at_once(box, tmp_path):
     manifest = box.manifest(job, tag)
     assert manifest["attempt"] == 2 and manifest["instance_id"] != doomed
     assert sum(1 for k in box.objects(job) if k.startswith("_awsrun/%s/exit=" % tag)) == 1  # uploaded once
+
+
+def test_a_pool_row_whose_upload_fails_is_handed_back_and_its_machine_kept_up(box):
+    job = "pool-upfail"
+    box.faults([{"action": "s3:PutObject", "resource": "arn:aws:s3:::%s/%s0/*" % (job, job), "code": "AccessDenied",
+                 "status": 403}])
+    pool_run(box, job, ["echo kept > output/k.txt", "echo b"], "--pool", "1", "--upload-hold", "1h")
+    machine = "%s-pool-t3.micro-0" % job
+    until(lambda: states(box, job).get(machine) == "upload-failed", what="the machine to be held")
+    table = status(box, job)
+    assert table[job + "0"]["state"] == "queued"  # handed back: another machine may run it
+    assert table[machine]["held_until"]
+    folder = box.nodes_dir + "/%s/.awsrun/rows/%s0/output/k.txt" % (machine, job)
+    assert open(folder).read() == "kept\n"  # its results stay on the machine
+    assert box.states(job) == ["running"]
+    box.faults([])
+    assert box.run("cloud_setup.py", "down", job).returncode == 0

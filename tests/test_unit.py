@@ -532,10 +532,12 @@ def test_state_of_a_pool_row_from_its_queued_start_and_outcome_markers():
 
     def at(seconds, **values):
         return dict(values, when=t0 + datetime.timedelta(seconds=seconds))
-    queued, up = at(0, type="t3.micro", attempts=3), {"i-a": {"state": "running"}, "i-gone": {"state": "terminated"}}
+    queued, up = at(0, type="t3.micro", attempts=3), {"i-a": {"state": "running"}, "i-gone": {"state": "terminated"},
+                                                      "i-held": {"state": "running", "status": "upload-failed"}}
     cases = [(queued, None, None, ("queued", "")),
              (queued, at(0, instance="i-a", attempt=1), None, ("running", "i-a")),   # the same second: started
              (queued, at(5, instance="i-gone", attempt=1), None, ("queued", "")),   # lost: SQS gives it out again
+             (queued, at(5, instance="i-held", attempt=1), None, ("queued", "")),   # handed back by a held machine
              (queued, at(5, instance="i-x", attempt=2), None, ("queued", "")),      # EC2 forgot the machine
              (queued, at(9, instance="i-gone", attempt=3), None, ("failed (lost 3 times)", "i-gone")),
              (queued, at(5, instance="i-a", attempt=1), at(5, exit=0), ("succeeded", "")),
