@@ -71,29 +71,28 @@ def fields_of(text):
     return dict(f.partition("=")[::2] for f in text.split(","))
 
 
+def tag_markers(objects):
+    """(tag, fields, when) of every per-tag marker, oldest first."""
+    for o in objects:
+        tag, _, fields = o["Key"][len(MARKERS):].partition("/")
+        yield tag, fields_of(fields), o["LastModified"]
+
+
 def outcomes(objects):
     """tag -> the newest outcome {exit, runtime, when}."""
     found = {}
-    for o in objects:
-        tag, _, fields = o["Key"][len(MARKERS):].partition("/")
-        values = fields_of(fields)
+    for tag, values, when in tag_markers(objects):
         if "exit" in values:
             exit_code = values["exit"]
             found[tag] = {"exit": int(exit_code) if exit_code.lstrip("-").isdigit() else None,
-                          "runtime": int(values.get("runtime", "0") or 0), "when": o["LastModified"]}
+                          "runtime": int(values.get("runtime", "0") or 0), "when": when}
     return found
 
 
 def starts(objects):
     """tag -> the newest start of a pool row {instance, attempt, when}."""
-    found = {}
-    for o in objects:
-        tag, _, fields = o["Key"][len(MARKERS):].partition("/")
-        values = fields_of(fields)
-        if "start" in values:
-            found[tag] = {"instance": values["start"], "attempt": int(values.get("attempt") or 1),
-                          "when": o["LastModified"]}
-    return found
+    return {tag: {"instance": values["start"], "attempt": int(values.get("attempt") or 1), "when": when}
+            for tag, values, when in tag_markers(objects) if "start" in values}
 
 
 def queued(objects, job):
