@@ -31,7 +31,7 @@ DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)
 STATUS_JOB = $(if $(filter command line environment,$(origin JOB)),$(JOB))
 SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-server
 
-.PHONY: help create dispatch status watch wait logs retry down clean fetch demo _demo test lint bench venv node-venv
+.PHONY: help create dispatch status watch wait logs retry down clean collect fetch demo _demo test lint bench venv node-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -86,6 +86,9 @@ down: $(PY)  ## terminate every instance of JOB and wait until they are gone
 
 clean: $(PY)  ## down, then delete JOB's security group, key pair and role (DELETE_BUCKET=yes: the bucket too)
 	$(PY) cloud_setup.py clean $(JOB) $(if $(filter yes,$(DELETE_BUCKET)),--delete-bucket)
+
+collect: $(PY)  ## merge every row's CSV files (PATTERN='output/*.csv') into results/JOB/collected.csv (FROM=dir: a fetched folder)
+	$(PY) collect.py $(JOB) $(if $(PATTERN),--pattern '$(PATTERN)') $(if $(FROM),--from $(FROM))
 
 fetch: $(PY)  ## download every result of BUCKET into OUT/TAG/...
 	$(PY) get_s3_files.py $(BUCKET) $(OUT)
