@@ -98,10 +98,12 @@ demo: $(DEV) $(NODE_PY)  ## the whole workflow in a local sandbox, no AWS accoun
 	$(PY) sandbox.py run -- $(MAKE) --no-print-directory _demo
 
 _demo:
-	$(MAKE) --no-print-directory create dispatch wait status fetch \
+	$(MAKE) --no-print-directory create dispatch wait status fetch collect \
 		JOBS=awsjobs/demo.csv JOB=awsrun-demo CODE=awsjobs/demo OUT=results/awsrun-demo TIMEOUT=60
 	@echo "--- fetched files:"; find results/awsrun-demo -type f | sort
 	@echo "--- one result:"; cat results/awsrun-demo/awsrun-demo0/output/summary.txt
+	@echo "--- every row's output/result.csv in one table, results/awsrun-demo/collected.csv:"
+	@cat results/awsrun-demo/collected.csv
 
 test: $(DEV) $(NODE_PY)  ## unit and end-to-end tests (the end-to-end ones need sshd)
 	$(PY) -m pytest -q tests

@@ -7,7 +7,8 @@
 The table's first columns are tag, command, exit_code (from the row's manifest) and file (the
 file's path inside its tag), then the union of the files' headers, in the order first seen;
 a file that lacks a column leaves its cells empty. A UTF-8 byte-order mark (Excel's CSV) is
-dropped; quoted fields may hold commas and line breaks. Files are read one at a time as they
+dropped; quoted fields may hold commas and line breaks. In a pattern, * and ? match within
+one folder and ** across folders. Files are read one at a time as they
 stream, so a large job does not fill memory: every header first (in parallel, the first 64 KB
 of each file), then the rows. A file whose header cannot be read is named and left out.
 """
@@ -16,10 +17,10 @@ from __future__ import annotations
 import argparse
 import codecs
 import csv
-import fnmatch
 import io
 import json
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -104,7 +105,7 @@ def collect(source, job, pattern, out):
     if not results:
         raise UserError("job %s has no results in %s yet: see `make status JOB=%s`" % (job, source.where, job))
     files = [k for k in source.keys if "/" in k and k.split("/", 1)[0] in results
-             and fnmatch.fnmatch(k.split("/", 1)[1], pattern)]
+             and matches(pattern, k.split("/", 1)[1])]
     if not files:
         raise UserError("no file of the %d results of job %s matches %r: check PATTERN= (e.g. 'output/*.csv')"
                         % (len(results), job, pattern))
@@ -139,6 +140,13 @@ def collect(source, job, pattern, out):
     if missing:
         log("%d rows had no file matching %r: %s" % (len(missing), pattern, " ".join(missing[:20])))
     return count, len(readable), len(results)
+
+
+def matches(pattern, path):
+    """A shell-style pattern, as glob reads it: * and ? stay inside one folder, ** crosses them."""
+    regex = "".join(".*" if part == "**" else "[^/]*" if part == "*" else "[^/]" if part == "?" else re.escape(part)
+                    for part in re.split(r"(\*\*|\*|\?)", pattern))
+    return re.fullmatch(regex, path) is not None
 
 
 def attempt(function, read, key):

@@ -43,7 +43,8 @@ def test_demo_flow_end_to_end(box, tmp_path):
     assert m["instance_id"] in [i["InstanceId"] for i in box.instances(job)]
     assert m["started"] <= m["ended"] <= m["uploaded"]
     assert sorted(f["path"] for f in m["files"]) == \
-        ["logs/install.1.log", "output/plots/walk.csv", "output/summary.txt", "screen_output.txt"]
+        ["logs/install.1.log", "output/plots/walk.csv", "output/result.csv", "output/summary.txt",
+         "screen_output.txt"]
 
     status = box.run("cloud_setup.py", "status", job)
     assert status.returncode == 0, status.stderr
@@ -59,13 +60,21 @@ def test_demo_flow_end_to_end(box, tmp_path):
     assert fetch.returncode == 0, fetch.stderr
     fetched = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != ".awsrun-fetch.json")
     assert fetched == sorted(k for k in keys if not k.startswith("_awsrun/"))
-    assert len(fetched) == 13
+    assert len(fetched) == 16
     walk = (out / "e2e-demo2/output/plots/walk.csv").read_text()
     assert walk == box.read(job, "e2e-demo2/output/plots/walk.csv")
-    assert "fetched 13 files" in fetch.stderr
+    assert "fetched 16 files" in fetch.stderr
+
+    table = box.run("collect.py", job, "--from", str(out), "--out", str(tmp_path / "table.csv"))
+    assert table.returncode == 0, table.stderr
+    lines = (tmp_path / "table.csv").read_text().splitlines()
+    assert lines[0] == "tag,command,exit_code,file,seed,final,max,min"  # not plots/walk.csv: * stays in output/
+    assert [line.split(",")[:5] for line in lines[1:]] == [
+        ["e2e-demo%d" % i, "python3 experiment.py --seed %d%s" % (i + 1, " --plots" if i == 2 else ""), "0",
+         "output/result.csv", str(i + 1)] for i in range(3)]
 
     again = box.run("get_s3_files.py", job, str(out))
-    assert again.returncode == 0 and "fetched 0 files" in again.stderr and "(13 already there)" in again.stderr
+    assert again.returncode == 0 and "fetched 0 files" in again.stderr and "(16 already there)" in again.stderr
     (out / "e2e-demo0/output/summary.txt").write_text("changed locally")
     third = box.run("get_s3_files.py", job, str(out))
     assert "fetched 1 files" in third.stderr
@@ -73,8 +82,8 @@ def test_demo_flow_end_to_end(box, tmp_path):
 
     flat = box.run("get_s3_files.py", job, str(tmp_path / "flat"), "--flat")
     assert flat.returncode == 1
-    assert flat.stderr == ("error: --flat: e2e-demo0/output/summary.txt and e2e-demo1/output/summary.txt "
-                           "would both be saved as summary.txt: fetch without --flat\n")
+    assert flat.stderr == ("error: --flat: e2e-demo0/output/result.csv and e2e-demo1/output/result.csv "
+                           "would both be saved as result.csv: fetch without --flat\n")
     assert not (tmp_path / "flat").exists() or not any((tmp_path / "flat").iterdir())
 
     with open(os.path.join(box.env["AWSRUN_SANDBOX"], "standins.log")) as f:  # only the cost guard's

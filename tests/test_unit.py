@@ -613,3 +613,11 @@ def test_the_sandbox_finds_a_metadata_caller_past_an_old_connection_from_the_sam
     new = "   1: 0100007F:A1B2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 98765 1 0\n"
     assert sandbox.connection_inode(header + old + new, 0xA1B2, 0x1F90) == "98765"  # not the TIME_WAIT one
     assert sandbox.connection_inode(header + old, 0xA1B2, 0x1F90) is None
+
+
+def test_collect_patterns_read_as_glob_reads_them():
+    import collect
+    assert collect.matches("output/*.csv", "output/r.csv")
+    assert not collect.matches("output/*.csv", "output/plots/walk.csv")  # * stays in its folder
+    assert collect.matches("output/**.csv", "output/plots/walk.csv")
+    assert not collect.matches("output/*.csv", "output/r.csv.bak") and not collect.matches("a.b/*", "aXb/x")

@@ -16,6 +16,8 @@ for _ in range(1000):
 print("node %s: seed %d, final position %d" % (os.environ.get("TAG"), args.seed, walk[-1]))
 with open("output/summary.txt", "w") as f:
     f.write("tag=%s seed=%d final=%d max=%d\n" % (os.environ.get("TAG"), args.seed, walk[-1], max(walk)))
+with open("output/result.csv", "w") as f:  # one line of numbers per row: `make collect` merges them
+    f.write("seed,final,max,min\n%d,%d,%d,%d\n" % (args.seed, walk[-1], max(walk), min(walk)))
 if args.plots:
     os.makedirs("output/plots", exist_ok=True)
     with open("output/plots/walk.csv", "w") as f:
