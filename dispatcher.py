@@ -654,12 +654,12 @@ def dispatch_pool(args, wanted, session=None, requeue=False):
         if again:
             log("already queued: %d rows (`make retry` queues again those that failed or were lost)" % len(again))
         wanted = {t: r for t, r in wanted.items() if t not in queued}
+    urls = pool.queue_urls(args.job, {itype for _, itype, _ in wanted.values()} |
+                           {n["pool"] for n in machines.values()})  # one ListQueues
     if wanted:
-        urls = pool.queue_urls(args.job, {itype for _, itype, _ in wanted.values()})
         pool.enqueue(args.job, bucket, wanted, urls, args.max_attempts)
     if not machines:
         raise UserError("job %s has no running pool machine: `make retry` launches the pool" % args.job)
-    urls = pool.queue_urls(args.job, {n["pool"] for n in machines.values()})
     nodes = [dict(n, queue_url=urls[n["pool"]]) for t, n in sorted(machines.items()) if n["status"] not in BUSY]
     if len(nodes) < len(machines):
         log("workers running already: " + " ".join(sorted(t for t, n in machines.items() if n["status"] in BUSY)))
@@ -720,16 +720,13 @@ def duration(text):
     return sum(int(n) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
 
 
-def pool_spec(text):
-    if text == "auto" or (text.isdigit() and int(text) > 0):
-        return text
-    raise argparse.ArgumentTypeError("%r: give a number of machines (1 or more) or auto" % text)
-
-
-def slots_spec(text):
-    if text == "auto" or (text.isdigit() and int(text) > 0):
-        return text
-    raise argparse.ArgumentTypeError("%r: give a number of rows at once (1 or more) or auto" % text)
+def count_or_auto(what):
+    """An argparse type: a number of `what`, 1 or more, or auto."""
+    def check(text):
+        if text == "auto" or (text.isdigit() and int(text) > 0):
+            return text
+        raise argparse.ArgumentTypeError("%r: give a number of %s (1 or more) or auto" % (text, what))
+    return check
 
 
 def parse_args(argv):
@@ -751,10 +748,10 @@ def parse_args(argv):
     p.add_argument("--tag_offset", type=int, default=0, help="number the machines from N")
     p.add_argument("--bucket", help="results bucket (default: the job name)")
     p.add_argument("--spot", action="store_true", help="launch spot instances")
-    p.add_argument("--pool", type=pool_spec, metavar="N|auto",
+    p.add_argument("--pool", type=count_or_auto("machines"), metavar="N|auto",
                    help="pool mode: at most N machines per instance type take the rows from an SQS queue "
                         "(auto: as many as the vCPU quota allows)")
-    p.add_argument("--slots", type=slots_spec, default="1", metavar="K|auto",
+    p.add_argument("--slots", type=count_or_auto("rows at once"), default="1", metavar="K|auto",
                    help="pool mode: rows run at once on each machine (auto: one per vCPU; default 1)")
     p.add_argument("--max-attempts", type=int, default=3, metavar="K",
                    help="pool mode: a row whose machine is lost K times is given up (default 3)")

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 
 from botocore.exceptions import ClientError
 
@@ -187,6 +188,11 @@ def machine_state(node):
     return "lost (worker crashed)" if node["status"] == "crashed" else "lost"
 
 
+def since_of(node):
+    """When a node's current status began (or, without one, its launch), in epoch seconds."""
+    return node["since"] or node["launched"].timestamp()
+
+
 def job_status(job, now=None):
     """One row per tag of the job: tag, instance, type, state, elapsed, progress; in pool mode
     the rows, then the pool machines. Costs one DescribeInstances and one S3 listing, however
@@ -203,12 +209,12 @@ def job_status(job, now=None):
         node, marker = nodes.get(tag), markers.get(tag)
         if tag in waiting:
             state, instance = pool_row_state(waiting[tag], started.get(tag), marker, by_id)
-            node = by_id.get(instance)
+            done = state.startswith(("succ", "failed (exit"))  # not `failed (lost K times)`
             since = started[tag]["when"] if instance else waiting[tag]["when"]
-            seconds = marker["runtime"] if state.startswith(("succ", "failed (exit")) else now - since.timestamp()
+            seconds = marker["runtime"] if done else now - since.timestamp()
             attempt = started[tag]["attempt"] if tag in started else 0
             rows.append({"tag": tag, "instance": instance, "type": waiting[tag]["type"], "state": state,
-                         "exit": marker["exit"] if marker and state.startswith(("succ", "failed (exit")) else None,
+                         "exit": marker["exit"] if done else None,
                          "elapsed": int(seconds), "progress": "attempt %d" % attempt if attempt > 1 else "",
                          "held_until": "", "kind": "row"})
             continue
@@ -216,20 +222,19 @@ def job_status(job, now=None):
         if state.startswith(("succeeded", "failed")):
             seconds = marker["runtime"]
         elif node is not None:
-            since = node["since"] or node["launched"].timestamp()
-            seconds = now - since
+            seconds = now - since_of(node)
         else:
             seconds = 0
         rows.append({"tag": tag, "instance": node["id"] if node else "", "type": node["type"] if node else "",
                      "state": state, "exit": marker["exit"] if marker and state.startswith(("succ", "fail")) else None,
                      "elapsed": int(seconds), "progress": node["progress"] if node else "",
                      "held_until": node["until"] if node and state == "upload-failed" else "", "kind": "row"})
+    running = Counter(r["instance"] for r in rows if r["state"] == "running")
     for tag, node in sorted(machines.items(), key=lambda kv: (len(kv[0]), kv[0])):
-        running = sum(1 for r in rows if r["instance"] == node["id"] and r["state"] == "running")
-        since = node["since"] or node["launched"].timestamp()
         rows.append({"tag": tag, "instance": node["id"], "type": node["type"], "state": machine_state(node),
-                     "exit": None, "elapsed": int(now - since), "held_until": node["until"],
-                     "progress": ("%d rows running" % running if running else "") or node["progress"],
+                     "exit": None, "elapsed": int(now - since_of(node)), "held_until": node["until"],
+                     "progress": ("%d rows running" % running[node["id"]] if running[node["id"]] else "")
+                     or node["progress"],
                      "kind": "machine"})
     return rows
 

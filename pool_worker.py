@@ -37,16 +37,13 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+import cloud_setup as cs
 import job_state
 import save_results
 
 ROWS = os.path.join(".awsrun", "rows")
 TICK = 5.0  # seconds between looks at the spot interruption notice
 REARM = 600  # seconds between moves of a busy machine's OS shutdown
-
-
-def now_text():
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class Worker:
@@ -176,13 +173,13 @@ class Worker:
                                Key=job_state.start_key(tag, self.node["instance_id"], attempt))
             self.arm(busy=True)
             lap("mark")
-            root = self.make_folder(row, attempt)
+            info = dict(self.node, tag=tag, command=row["command"], attempt=attempt)  # its node.json
+            root = self.make_folder(info)
             lap("copy")
             self.run_command(root)
             lap("run")
             if self.interrupted:  # another machine runs it now; this one is about to end
                 return
-            info = self.row_info(row, attempt)
             code = save_results.save(info, root, (self.s3, self.ec2), end_node=False)
             lap("upload")
             if code == 0:
@@ -209,13 +206,10 @@ class Worker:
         except (BotoCoreError, ClientError) as e:
             print("could not hand a row back (it comes back by itself): %s" % e, file=sys.stderr)
 
-    def row_info(self, row, attempt):
-        return dict(self.node, tag=row["tag"], command=row["command"], attempt=attempt)
-
-    def make_folder(self, row, attempt):
+    def make_folder(self, info):
         """.awsrun/rows/TAG: a copy of the prepared work directory, its .awsrun/ holding the
-        row's settings, command and the machine's install logs."""
-        root = os.path.join(ROWS, row["tag"])
+        row's settings (`info`), command and the machine's install logs."""
+        root = os.path.join(ROWS, info["tag"])
         shutil.rmtree(root, ignore_errors=True)
         os.makedirs(os.path.join(root, ".awsrun"))
         entries = [e for e in sorted(os.listdir(".")) if e not in (".awsrun", "output", "screen_output.txt")]
@@ -224,12 +218,11 @@ class Worker:
         for name in os.listdir(".awsrun"):
             if name.startswith("install.") and name.endswith(".log"):
                 shutil.copy(os.path.join(".awsrun", name), os.path.join(root, ".awsrun", name))
-        for name in ("cloud_setup.py",):  # what update_tags.py imports
-            shutil.copy(os.path.join(".awsrun", name), os.path.join(root, ".awsrun", name))
+        shutil.copy(os.path.join(".awsrun", "cloud_setup.py"), os.path.join(root, ".awsrun"))  # update_tags.py's
         with open(os.path.join(root, ".awsrun", "node.json"), "w", encoding="utf-8") as f:
-            json.dump(self.row_info(row, attempt), f, ensure_ascii=False)
+            json.dump(info, f, ensure_ascii=False)
         with open(os.path.join(root, ".awsrun", "command.sh"), "w", encoding="utf-8") as f:
-            f.write(row["command"] + "\n")
+            f.write(info["command"] + "\n")
         os.makedirs(os.path.join(root, "output"), exist_ok=True)
         return root
 
@@ -239,11 +232,11 @@ class Worker:
         if self.node.get("max_runtime"):
             command = ["timeout", "-k", "60", str(int(self.node["max_runtime"]))] + command
         with open(os.path.join(root, ".awsrun", "started"), "w") as f:
-            f.write(now_text() + "\n")
+            f.write(cs.now_text() + "\n")
         with open(os.path.join(root, "screen_output.txt"), "wb") as out:
             code = subprocess.call(command, cwd=root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                    env=dict(os.environ, TAG=os.path.basename(root)))
-        for name, value in (("exit_code", code if code >= 0 else 128 - code), ("ended", now_text())):
+        for name, value in (("exit_code", code if code >= 0 else 128 - code), ("ended", cs.now_text())):
             with open(os.path.join(root, ".awsrun", name), "w") as f:
                 f.write("%s\n" % value)
 

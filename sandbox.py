@@ -410,10 +410,7 @@ class Sandbox:
         """The instance whose node folder holds the process that connected from `port`. If
         none, `why` (a list) gets the reason."""
         why = [] if why is None else why
-        for delay in cs.backoff(time.monotonic() + 2, first=0.02, cap=0.2):  # /proc can miss a socket that churns
-            pid = socket_owner(port, self.imds.server_port, processes_under(self.path("nodes")), why)
-            if pid is not None or delay is None:
-                break
+        pid = socket_owner(port, self.imds.server_port, processes_under(self.path("nodes")), why)  # only nodes ask
         if pid is None:  # the caller has gone already
             return None
         try:
