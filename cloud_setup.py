@@ -713,6 +713,7 @@ def node_of(instance):
             "tag": None if number is None else pool_tag(job, pool, number) if pool else tag_name(job, number),
             "bucket": tags.get(BUCKET_TAG, job), "status": tags.get(STATUS_TAG, ""),
             "error": tags.get(ERROR_TAG, ""), "launched": instance["LaunchTime"],
+            "spot": instance.get("InstanceLifecycle") == "spot",
             "since": parse_time(tags.get(SINCE_TAG, "")), "progress": tags.get(PROGRESS_TAG, ""),
             "until": tags.get(UNTIL_TAG, ""),
             "address": instance.get("PrivateIpAddress", "") if setting("SSH_ADDRESS", "public") == "private"

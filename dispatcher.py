@@ -385,10 +385,11 @@ def node_info(args, node, itype, command=None):
     info = {"job": args.job, "tag": node["tag"], "instance_id": node["id"], "instance_type": itype,
             "bucket": node["bucket"], "region": cs.region(), "command": command,
             "outputs": args.output, "max_runtime": args.max_runtime or None,
-            "upload_hold": getattr(args, "upload_hold", None)}
+            "upload_hold": getattr(args, "upload_hold", None), "spot": node.get("spot", False),
+            "launched": node["launched"].strftime("%Y-%m-%dT%H:%M:%SZ") if node.get("launched") else None}
     if node.get("pool"):  # what pool_worker.py reads
         info.update(queue_url=node.get("queue_url"), slots=0 if args.slots == "auto" else int(args.slots),
-                    lease=pool_lease(), idle=pool_idle(), spot=bool(getattr(args, "spot", False)))
+                    lease=pool_lease(), idle=pool_idle())
     return info
 
 
@@ -611,7 +612,31 @@ def start(node, args, row, session):
         return "already started"
     if code != 0:
         raise NodeError(output.strip() or "exit %d" % code)
+    words = output.split()
+    node["install_times"] = words[words.index("started") + 1:][:2] if "started" in words else []
     return "started"
+
+
+def record_dispatch(args, bucket, nodes, results, rows):
+    """Write what this dispatch started to the bucket (job_state.DISPATCHED): each machine's
+    launch and install times and each row's command, so that a report made after the machines
+    are gone still knows them, even for a row lost before it uploaded anything. `rows`: {tag:
+    (line, type, command)}; in one-machine-per-row mode the rows whose machine started."""
+    machines = {}
+    for n in nodes:
+        if results.get(n["tag"]) == "started":
+            times = (n.get("install_times") or []) + [None, None]
+            machines[n["id"]] = {"tag": n["tag"], "type": n["type"], "spot": n.get("spot", False),
+                                 "launched": n["launched"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                 "install_started": times[0], "install_ended": times[1]}
+    ids = {n["tag"]: n["id"] for n in nodes if n["id"] in machines and not args.pool}
+    rows = {tag: {"command": command, "instance_type": itype, "instance_id": ids.get(tag)}
+            for tag, (_, itype, command) in rows.items() if args.pool or tag in ids}
+    if machines or rows:
+        job_state.write_dispatch(bucket, {"job": args.job, "pool": bool(args.pool), "dispatched": cs.now_text(),
+                                          "idle": pool_idle() if args.pool else None,
+                                          "max_runtime": args.max_runtime or None,
+                                          "machines": machines, "rows": rows})
 
 
 def dispatch(args, wanted, session=None):
@@ -633,6 +658,7 @@ def dispatch(args, wanted, session=None):
     cs.set_status([n["id"] for n in nodes], "running")
     results = for_each_node(nodes, lambda n: start(n, args, wanted[n["tag"]], session), args.parallel)
     cs.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
+    record_dispatch(args, job_state.job_bucket(args.job, nodes), nodes, results, wanted)
     code = report(args, nodes, results, "started")
     if missing:
         raise UserError("no running machine for %s: run create for them first" % " ".join(sorted(missing)))
@@ -666,6 +692,7 @@ def dispatch_pool(args, wanted, session=None, requeue=False):
     cs.set_status([n["id"] for n in nodes], "running")
     results = for_each_node(nodes, lambda n: start(n, args, (0, n["pool"], None), session), args.parallel)
     cs.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
+    record_dispatch(args, bucket, nodes, results, wanted)
     return report(args, nodes, results, "worker started")
 
 

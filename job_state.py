@@ -42,6 +42,9 @@ def print_num_running():
 # _awsrun/queued/TYPE/attempts=A,rows=0-99,120 (the row numbers as in awsrun:rows).
 MARKERS = "_awsrun/"
 QUEUED = MARKERS + "queued/"
+# Each dispatch also writes what it started, _awsrun/dispatch/TIME.json (record_dispatch in
+# dispatcher.py): the machines' launch and install times and the rows' commands, for report.py.
+DISPATCHED = MARKERS + "dispatch/"
 FINISHED = ("succeeded", "failed", "lost", "install-failed", "upload-failed", "ended")
 
 
@@ -55,6 +58,18 @@ def start_key(tag, instance_id, attempt):
 
 def queued_key(instance_type, attempts, numbers):
     return "%s%s/attempts=%d,rows=%s" % (QUEUED, instance_type, attempts, cs.encode_rows(numbers))
+
+
+def write_dispatch(bucket, record):
+    """Put a dispatch's record in the bucket; a failure is said, never fatal (the rows run)."""
+    now = time.time()
+    key = "%s%s.%06dZ.json" % (DISPATCHED, time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)), now % 1 * 1e6)
+    try:
+        cs.client("s3").put_object(Bucket=bucket, Key=key, ContentType="application/json",
+                                   Body=json.dumps(record, indent=1, ensure_ascii=False).encode())
+    except ClientError as e:
+        log("could not record this dispatch in s3://%s/%s (the report will lack its launch and install times): %s"
+            % (bucket, key, e))
 
 
 def list_markers(bucket):

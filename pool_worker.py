@@ -173,7 +173,7 @@ class Worker:
                                Key=job_state.start_key(tag, self.node["instance_id"], attempt))
             self.arm(busy=True)
             lap("mark")
-            info = dict(self.node, tag=tag, command=row["command"], attempt=attempt)  # its node.json
+            info = dict(self.node, tag=tag, command=row["command"], attempt=attempt, machine=self.node["tag"])
             root = self.make_folder(info)
             lap("copy")
             self.run_command(root)
@@ -208,15 +208,15 @@ class Worker:
 
     def make_folder(self, info):
         """.awsrun/rows/TAG: a copy of the prepared work directory, its .awsrun/ holding the
-        row's settings (`info`), command and the machine's install logs."""
+        row's settings (`info`), command and the machine's install logs and times."""
         root = os.path.join(ROWS, info["tag"])
         shutil.rmtree(root, ignore_errors=True)
         os.makedirs(os.path.join(root, ".awsrun"))
         entries = [e for e in sorted(os.listdir(".")) if e not in (".awsrun", "output", "screen_output.txt")]
         if entries:
             subprocess.run(["cp", "-a", "--reflink=auto", "-t", root] + entries, check=True)
-        for name in os.listdir(".awsrun"):
-            if name.startswith("install.") and name.endswith(".log"):
+        for name in os.listdir(".awsrun"):  # install.N.log, install_started, install_ended
+            if name.startswith("install"):
                 shutil.copy(os.path.join(".awsrun", name), os.path.join(root, ".awsrun", name))
         shutil.copy(os.path.join(".awsrun", "cloud_setup.py"), os.path.join(root, ".awsrun"))  # update_tags.py's
         with open(os.path.join(root, ".awsrun", "node.json"), "w", encoding="utf-8") as f:

@@ -261,12 +261,14 @@ class Sandbox:
 
     def play_account(self, request, environ):
         """What a real account answers where moto differs: Service Quotas for EC2, how many
-        instances a launch gets (the body moto sees is rewritten to that count), and a new SQS
-        queue that cannot be used for its first second."""
+        instances a launch gets (the body moto sees is rewritten to that count), a new SQS
+        queue that cannot be used for its first second, and the Price List API (moto has none)."""
         if request["service"] == "servicequotas" and request.get("operation") == "GetServiceQuota":
             return sandbox_ec2.quota_answer(request["params"], self.account())
         if request["service"] == "sqs":
             return self.young_queue(request)
+        if request["service"] == "pricing" and request.get("operation") == "GetProducts":
+            return sandbox_ec2.price_answer(request["params"], self.account())
         if request["service"] != "ec2" or request.get("operation") != "RunInstances":
             return None
         count, error = sandbox_ec2.launch_count(request["params"], self.account())

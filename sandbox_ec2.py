@@ -217,6 +217,36 @@ def quota_answer(params, account):
     return 200, [("Content-Type", "application/x-amz-json-1.1")], json.dumps({"Quota": quota}).encode()
 
 
+def price_product(instance_type, region, usd_per_hour):
+    """One EC2 product of the Price List API, in the shape GetProducts gives each PriceList
+    entry (as a JSON string): a Linux, shared-tenancy instance type's on-demand price."""
+    sku, term = "SANDBOX%s" % instance_type.upper().replace(".", ""), "JRTCKXETXF"
+    attributes = {"instanceType": instance_type, "regionCode": region, "operatingSystem": "Linux",
+                  "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "Used",
+                  "licenseModel": "No License required", "servicecode": "AmazonEC2"}
+    dimension = {"unit": "Hrs", "beginRange": "0", "endRange": "Inf", "appliesTo": [],
+                 "rateCode": "%s.%s.6YS6EN2CT7" % (sku, term), "pricePerUnit": {"USD": "%.10f" % usd_per_hour},
+                 "description": "$%s per On Demand Linux %s Instance Hour" % (usd_per_hour, instance_type)}
+    return {"product": {"productFamily": "Compute Instance", "attributes": attributes, "sku": sku},
+            "serviceCode": "AmazonEC2", "version": "20261101000000", "publicationDate": "2026-11-01T00:00:00Z",
+            "terms": {"OnDemand": {"%s.%s" % (sku, term): {
+                "priceDimensions": {dimension["rateCode"]: dimension}, "sku": sku, "offerTermCode": term,
+                "effectiveDate": "2026-11-01T00:00:00Z", "termAttributes": {}}}}}
+
+
+def price_answer(params, account):
+    """The Price List API's GetProducts for EC2, from the account's setting {"prices": {type:
+    USD per hour}} (none by default: moto has no Price List API), filtered as TERM_MATCH does."""
+    products = [price_product(t, REGION, float(usd)) for t, usd in account.get("prices", {}).items()]
+    if params.get("ServiceCode") == "AmazonEC2":
+        for f in params.get("Filters", []):
+            products = [p for p in products if p["product"]["attributes"].get(f["Field"]) == f["Value"]]
+    else:
+        products = []
+    return 200, [("Content-Type", "application/x-amz-json-1.1")], json.dumps(
+        {"FormatVersion": "aws_v1", "PriceList": [json.dumps(p) for p in products]}).encode()
+
+
 def launch_count(params, account):
     """How many instances a RunInstances call gets: as many of MinCount..MaxCount as the quotas
     allow, or an error (code, message) as EC2 answers it."""

@@ -104,7 +104,7 @@ def decide(policies, action, resource, context):
 # ---------------------------------------------------------------------------- requests
 
 
-JSON_SERVICES = ("ssm", "servicequotas")  # the services awsrun calls with the JSON protocol only
+JSON_SERVICES = ("ssm", "servicequotas", "pricing")  # the services awsrun calls with the JSON protocol only
 # SQS speaks both: botocore 1.43 (the user's) sends JSON with X-Amz-Target, the node image's
 # botocore 1.34.46 the query protocol (form fields, Action=...). Each gets its errors in its own.
 
@@ -225,6 +225,10 @@ def needs(request, world):
         raise Unmapped("servicequotas:%s" % op)
     if service == "sqs":
         return _sqs_needs(op, p, region, account, world)
+    if service == "pricing":  # the Price List API has no resource-level permissions
+        if op == "GetProducts":
+            return [("pricing:GetProducts", "*", {})]
+        raise Unmapped("pricing:%s" % op)
     if service == "ssm":
         if op == "GetParameter":
             return [("ssm:GetParameter", "arn:aws:ssm:%s::parameter/%s" % (region, p["Name"].lstrip("/")), {})]

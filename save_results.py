@@ -6,10 +6,11 @@ Runs on the node image's own boto3: Ubuntu 24.04's packaged 1.34.46 or later.
 
 Uploads to s3://BUCKET/TAG/: every file under output/ (relative paths kept), the extra
 output files (-o), screen_output.txt, the install logs (logs/), then manifest.json (job,
-tag, instance, command, exit code, start and end times, and every file with its size and
-SHA-256), and last a small marker _awsrun/TAG/exit=N,runtime=S that status lists (it names the
-instance and the upload's time, so every upload's marker differs). Then it
-terminates its own instance through the EC2 API. It never changes the bucket's settings.
+tag, instance, command, exit code, the machine's launch and install times, the row's start,
+end and upload times, and every file with its size and SHA-256), and last a small marker
+_awsrun/TAG/exit=N,runtime=S that status lists (it names the instance and the upload's time,
+so every upload's marker differs). Then it terminates its own instance through the EC2 API.
+It never changes the bucket's settings.
 
 Exit status, which run.sh acts on: 0 when the results are in the bucket (run.sh then also
 shuts the machine down, in case the API call did not get through); 75 when the upload
@@ -95,13 +96,16 @@ def make_manifest(node, root, files, missing):
     manifest = {"job": node["job"], "tag": node["tag"], "instance_id": node["instance_id"],
                 "instance_type": node["instance_type"], "command": node["command"],
                 "exit_code": int(code) if code.lstrip("-").isdigit() else None,
+                "launched": node.get("launched"), "spot": bool(node.get("spot")),
+                "install_started": read(os.path.join(root, ".awsrun", "install_started")) or None,
+                "install_ended": read(os.path.join(root, ".awsrun", "install_ended")) or None,
                 "started": read(os.path.join(root, ".awsrun", "started")),
                 "ended": read(os.path.join(root, ".awsrun", "ended")),
                 "uploaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "files": [], "missing_outputs": missing, "max_runtime": limit,
                 "timed_out": bool(limit) and code in ("124", "137")}
-    if node.get("attempt"):  # pool mode: which time SQS gave this row out
-        manifest["attempt"] = node["attempt"]
+    if node.get("attempt"):  # pool mode: which time SQS gave this row out, on which machine
+        manifest.update(attempt=node["attempt"], machine=node.get("machine"), idle=node.get("idle"))
     return manifest
 
 

@@ -1,8 +1,9 @@
 #!/bin/bash
 # Prepares a node at `create`: runs INSTALL.sh until it creates READY, each try limited in
 # time and logged to .awsrun/install.N.log, with a growing pause between tries so that a
-# boot-time lock can clear; then arms the idle guard. Runs on the node, in its work directory,
-# right after the bundle is unpacked there.
+# boot-time lock can clear; then arms the idle guard. The install's start and end times go in
+# .awsrun/install_started and install_ended, for the manifest and the report. Runs on the
+# node, in its work directory, right after the bundle is unpacked there.
 #
 #   bash .awsrun/prepare.sh TRIES SECONDS IDLE
 tries=$1 seconds=$2 idle=$3
@@ -10,7 +11,9 @@ cd "${0%/*}/.." || exit 2
 # shellcheck source=/dev/null
 . .awsrun/node.env
 echo "$INSTANCE_ID" > .awsrun/instance
+stamp() { TZ=UTC printf '%(%Y-%m-%dT%H:%M:%SZ)T\n' -1 > ".awsrun/$1"; }
 if [ ! -f READY ]; then
+    stamp install_started
     i=0
     while [ "$i" -lt "$tries" ]; do
         i=$((i + 1))
@@ -21,6 +24,7 @@ if [ ! -f READY ]; then
         echo "try $i: INSTALL.sh exited $code without creating READY"
         if [ "$i" -lt "$tries" ]; then sleep $((5 << i)); fi
     done
+    stamp install_ended
 fi
 if [ ! -f READY ]; then
     echo "--- last lines of $PWD/.awsrun/install.$tries.log:"

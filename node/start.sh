@@ -2,7 +2,8 @@
 # Starts this node's row at `dispatch`: unpacks the row's files (node.json, node.env and
 # command.sh, from standard input), arms the runtime guard and starts run.sh detached. A pool
 # machine (POOL_IDLE set) gets no command: its guard starts as the worker's idle one. Runs on
-# the node, in its work directory. Exit 11: not prepared for this instance; 12: started already.
+# the node, in its work directory. Prints "started" and the install's start and end times.
+# Exit 11: not prepared for this instance; 12: started already.
 #
 #   bash .awsrun/start.sh INSTANCE_ID < files.tar
 owner=
@@ -19,4 +20,4 @@ else
     bash .awsrun/guard.sh runtime "$MAX_RUNTIME"
 fi
 setsid -f bash .awsrun/run.sh > .awsrun/runner.log 2>&1 < /dev/null
-echo started
+echo "started $(cat .awsrun/install_started .awsrun/install_ended 2>/dev/null | tr '\n' ' ')"

@@ -197,11 +197,12 @@ def test_sqs_requests_are_authorized_in_both_protocols(json_protocol):
         b"<Code>AccessDenied</Code>" in denied[2]
 
 
-def test_the_user_may_write_only_the_queued_markers():
+def test_the_user_may_write_only_the_queued_and_dispatch_markers():
     def put(key):
         request = {"service": "s3", "region": REGION, "method": "PUT", "path": "/b1/" + key, "query": "",
                    "headers": {"host": "127.0.0.1:5000"}, "body": b""}
         return [iam.decide([USER_POLICY], a, r, c) for a, r, c in iam.needs(request, iam.World())]
     assert put("_awsrun/queued/t3.micro/attempts=3,rows=0-9") == ["allowed"]
+    assert put("_awsrun/dispatch/20261129T160000.000001Z.json") == ["allowed"]
     assert put("_awsrun/j10/exit=0,runtime=1") == ["not allowed"]
     assert put("j10/output/x.txt") == ["not allowed"]

@@ -1,0 +1,524 @@
+"""A picture of a job's run: one self-contained HTML file, and a short summary on stdout.
+Runs on the user's machine.
+
+    python report.py JOBNAME                        # results/JOB/report.html
+    python report.py JOBNAME --out run.html --prices prices.csv
+
+The report has four parts:
+- Timeline: one lane per machine; each row's phases (waiting for launch, install, run,
+  upload) are bars on one time axis, coloured by the row's outcome (succeeded, failed,
+  timed out, lost); hovering a bar shows its tag, command, exit code and times.
+- Run times: their distribution; rows that ran over 3x the median are named.
+- Failures: each failed or timed-out row with the last lines of its log.
+- Cost: instance-seconds per instance type, split into running a row and idle (launching,
+  installing, waiting, uploading), and dollars: from --prices (a CSV of instance_type,
+  price_per_hour) if given; else on-demand prices from the AWS Price List API and, for spot
+  machines, the spot prices of the run's hours (DescribeSpotPriceHistory); else hours only.
+  The report says which source it used.
+
+Everything comes from the bucket, so a report can be made long after the machines are gone:
+one listing of _awsrun/ (outcome, start and queued markers, and the dispatch records), one
+GET per manifest (in parallel), and the last 4 KB of each failed row's log. One
+DescribeInstances says which rows are still running; without it, a row with no result is lost.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+import cloud_setup as cs
+import get_s3_files
+import job_state
+from cloud_setup import UserError, log
+
+PHASES = [("launch", "waiting for launch"), ("install", "install"), ("run", "run"), ("upload", "upload")]
+OUTCOMES = ["succeeded", "failed", "timed-out", "lost", "running", "queued"]
+STRAGGLER = 3.0    # a row that ran this many times the median run time is named
+LOG_BYTES = 4096   # the end of a failed row's log that the report shows
+LOG_LINES = 12
+MAX_LOGS = 100     # failed rows whose logs are read; the others are named only
+PRICE_REGION = "us-east-1"  # the Price List API answers in us-east-1 (and ap-south-1, eu-central-1)
+
+
+# ---------------------------------------------------------------------------- the data
+
+def read_json(s3, bucket, key):
+    """An object's JSON, or None if it is not there."""
+    try:
+        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as e:
+        if cs.error_code(e) in ("NoSuchKey", "404"):
+            return None
+        raise
+
+
+def load(job):
+    """Everything the report needs from the bucket: (markers, dispatch records, manifests)."""
+    s3, bucket = cs.client("s3"), job_state.job_bucket(job)
+    objects = job_state.list_markers(bucket)
+    if not objects:
+        get_s3_files.list_objects(s3, bucket)  # one clear line if the bucket does not exist
+        raise UserError("job %s has no results in s3://%s yet: see `make status JOB=%s`" % (job, bucket, job))
+    finished = job_state.outcomes(objects)
+    records = [o["Key"] for o in objects if o["Key"].startswith(job_state.DISPATCHED)]
+    with ThreadPoolExecutor(32) as pool:
+        dispatches = [r for r in pool.map(lambda k: read_json(s3, bucket, k), records) if r]
+        tags = sorted(finished)
+        manifests = dict(zip(tags, pool.map(lambda t: read_json(s3, bucket, t + "/manifest.json"), tags)))
+    for tag in tags:
+        if manifests[tag] is None:
+            log("%s: its outcome marker is in the bucket but not its manifest (its upload did not finish): "
+                "shown without its times" % tag)
+    return s3, bucket, objects, dispatches, {t: m for t, m in manifests.items() if m}
+
+
+def seconds(text):
+    return cs.parse_time(text) if text else None
+
+
+def build(job, objects, dispatches, manifests, live, now):
+    """(rows, machines) of the run. A row: tag, command, type, machine, outcome, exit code,
+    attempt and its phases [(phase, start, end)]; a machine: its lane, type, spot, launch
+    and install times, and its end."""
+    finished, started, queued = job_state.outcomes(objects), job_state.starts(objects), job_state.queued(objects, job)
+    machines, planned = {}, {}
+    for record in sorted(dispatches, key=lambda r: r.get("dispatched", "")):
+        for instance, m in record.get("machines", {}).items():
+            machines[instance] = dict(m, id=instance, idle=record.get("idle"), pool=record.get("pool"))
+        for tag, r in record.get("rows", {}).items():
+            planned[tag] = r
+    for tag, m in manifests.items():  # the manifest knows its machine too (a dispatch record may be missing)
+        machine = machines.setdefault(m["instance_id"], {"id": m["instance_id"], "tag": m.get("machine") or tag,
+                                                         "type": m.get("instance_type"), "pool": bool(m.get("machine")),
+                                                         "idle": m.get("idle")})
+        for key in ("launched", "install_started", "install_ended", "spot"):
+            if machine.get(key) is None and m.get(key) is not None:
+                machine[key] = m[key]
+    rows = []
+    for tag in sorted(set(planned) | set(finished) | set(queued), key=lambda t: (len(t), t)):
+        m, plan = manifests.get(tag), planned.get(tag, {})
+        row = {"tag": tag, "command": (m or plan).get("command") or "", "exit": None, "attempt": 1, "phases": [],
+               "type": (m or {}).get("instance_type") or plan.get("instance_type") or queued.get(tag, {}).get("type")}
+        instance = (m or {}).get("instance_id") or (started.get(tag) or {}).get("instance") or plan.get("instance_id")
+        row["machine"] = machines.get(instance, {"id": instance, "tag": instance}) if instance else None
+        if tag in finished:
+            row["exit"] = finished[tag]["exit"]
+            row["outcome"] = ("timed-out" if m and m.get("timed_out") else
+                              "succeeded" if row["exit"] == 0 else "failed")
+        elif instance in live:
+            row["outcome"] = "running"
+        elif tag in queued and tag not in started and live:
+            row["outcome"] = "queued"
+        else:
+            row["outcome"] = "lost"
+        if m:
+            row["attempt"] = m.get("attempt") or 1
+            row["times"] = [seconds(m.get(k)) for k in ("started", "ended", "uploaded")]
+        elif tag in started:
+            row["attempt"] = started[tag]["attempt"]
+            row["times"] = [started[tag]["when"].timestamp(), None, None]
+        else:
+            row["times"] = [None, None, None]
+        rows.append(row)
+    for machine in machines.values():
+        for key in ("launched", "install_started", "install_ended"):
+            machine[key] = seconds(machine.get(key))
+    end = max([now if r["outcome"] == "running" else t for r in rows for t in r["times"] if t] + [
+        m[k] for m in machines.values() for k in ("launched", "install_ended") if m.get(k)] + [0]) or now
+    for row in rows:
+        row["phases"] = phases(row, end, now)
+    for machine in machines.values():
+        mine = [r for r in rows if r["machine"] and r["machine"]["id"] == machine["id"]]
+        ends = [t for r in mine for _, _, t in r["phases"]]
+        machine["end"] = max(ends + [machine.get("install_ended") or 0]) or end
+        if machine.get("pool") and machine.get("idle") and not any(r["outcome"] == "running" for r in mine):
+            machine["end"] = min(max(end, now), machine["end"] + machine["idle"])  # it waits, then ends itself
+    return rows, machines
+
+
+def phases(row, end, now):
+    """A row's bars [(phase, start, end)]: its machine's launch and install (in
+    one-machine-per-row mode; a pool machine's are drawn once, on its lane), its run and its
+    upload. A lost row's run is drawn to the last moment the run is known; a running one's to now."""
+    bars, machine = [], row["machine"] or {}
+    started, ended, uploaded = row["times"]
+    if not machine.get("pool"):
+        launched, i0, i1 = machine.get("launched"), machine.get("install_started"), machine.get("install_ended")
+        if launched and (i0 or started):
+            bars.append(("launch", launched, i0 or started))
+        if i0 and i1:
+            bars.append(("install", i0, i1))
+    if started:
+        stop = ended or (now if row["outcome"] == "running" else end)
+        bars.append(("run", started, max(started, stop)))
+    if ended and uploaded:
+        bars.append(("upload", ended, max(ended, uploaded)))
+    return bars
+
+
+def run_time(row):
+    started, ended, _ = row["times"]
+    return ended - started if started and ended else None
+
+
+# ---------------------------------------------------------------------------- cost
+
+def union(intervals):
+    total, last = 0.0, None
+    for a, b in sorted(intervals):
+        if last is None or a > last:
+            total += b - a
+            last = b
+        elif b > last:
+            total += b - last
+            last = b
+    return total
+
+
+def usage(rows, machines):
+    """{type: {machines, running, idle, spot, start, end}}: instance-seconds per instance type,
+    running a row (a pool machine's rows that overlap count once) and not."""
+    found = {}
+    for machine in machines.values():
+        if not machine.get("launched"):
+            continue
+        mine = [r for r in rows if r["machine"] and r["machine"]["id"] == machine["id"]]
+        life = max(0.0, machine["end"] - machine["launched"])
+        busy = min(life, union([(a, b) for r in mine for p, a, b in r["phases"] if p == "run"]))
+        u = found.setdefault((machine["type"], bool(machine.get("spot"))), {
+            "machines": 0, "running": 0.0, "idle": 0.0, "start": machine["launched"], "end": machine["end"]})
+        u["machines"] += 1
+        u["running"] += busy
+        u["idle"] += life - busy
+        u["start"], u["end"] = min(u["start"], machine["launched"]), max(u["end"], machine["end"])
+    return found
+
+
+def prices_from_file(path, types):
+    """{type: USD per hour} from a CSV with columns instance_type and price_per_hour."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            table = {r["instance_type"].strip(): float(r["price_per_hour"]) for r in csv.DictReader(f)}
+    except OSError as e:
+        raise UserError("--prices %s cannot be read: %s" % (path, e.strerror), code=2) from None
+    except (KeyError, ValueError, TypeError, AttributeError):
+        raise UserError("--prices %s must be a CSV with the columns instance_type,price_per_hour "
+                        "(US dollars per hour)" % path, code=2) from None
+    return {t: table[t] for t in types if t in table}
+
+
+def on_demand_price(pricing, instance_type, region):
+    """USD per hour of a Linux, shared-tenancy instance type in a region, from the Price List API."""
+    terms = [("instanceType", instance_type), ("regionCode", region), ("operatingSystem", "Linux"),
+             ("tenancy", "Shared"), ("preInstalledSw", "NA"), ("capacitystatus", "Used"),
+             ("licenseModel", "No License required")]
+    answer = pricing.get_products(ServiceCode="AmazonEC2", MaxResults=10,
+                                  Filters=[{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in terms])
+    for item in answer.get("PriceList", []):
+        product = json.loads(item) if isinstance(item, str) else item
+        for term in product.get("terms", {}).get("OnDemand", {}).values():
+            for dimension in term.get("priceDimensions", {}).values():
+                usd = dimension.get("pricePerUnit", {}).get("USD")
+                if usd is not None and dimension.get("unit", "Hrs") == "Hrs":
+                    return float(usd)
+    return None
+
+
+def spot_price(ec2, instance_type, start, end):
+    """The mean spot price (USD per hour) of a type over the run's hours, across the region's
+    zones: EC2 returns the prices in effect in that window, back to 90 days."""
+    pages = ec2.get_paginator("describe_spot_price_history").paginate(
+        InstanceTypes=[instance_type], StartTime=start, EndTime=max(end, start + 1))
+    found = [float(p["SpotPrice"]) for page in pages for p in page["SpotPriceHistory"]
+             if p.get("ProductDescription", "").startswith("Linux/UNIX")]
+    return statistics.mean(found) if found else None
+
+
+def price_list(used, prices_file=None, pricing=None, ec2=None):
+    """({(type, spot): USD per hour}, the source in words)."""
+    if prices_file:
+        table = prices_from_file(prices_file, {t for t, _ in used})
+        return {k: table[k[0]] for k in used if k[0] in table}, "prices from %s" % prices_file
+    found, sources, why = {}, [], []
+    try:
+        if any(not spot for _, spot in used):
+            pricing = pricing or cs.session().client("pricing", region_name=PRICE_REGION, config=Config(
+                retries={"mode": "standard", "max_attempts": 2}))
+            for itype, spot in used:
+                if not spot:
+                    found[(itype, spot)] = on_demand_price(pricing, itype, cs.region())
+            sources.append("on-demand prices from the AWS Price List API (%s)" % cs.region())
+    except (ClientError, BotoCoreError) as e:
+        why.append("the AWS Price List API could not be read (%s)" % (cs.error_code(e) if isinstance(e, ClientError)
+                                                                       else type(e).__name__))
+    try:
+        if any(spot for _, spot in used):
+            ec2 = ec2 or cs.client("ec2")
+            for (itype, spot), u in used.items():
+                if spot:
+                    found[(itype, spot)] = spot_price(ec2, itype, u["start"], u["end"])
+            sources.append("spot prices of the run's hours from DescribeSpotPriceHistory")
+    except (ClientError, BotoCoreError) as e:
+        why.append("the spot price history could not be read (%s)" % (cs.error_code(e) if isinstance(e, ClientError)
+                                                                       else type(e).__name__))
+    found = {k: v for k, v in found.items() if v is not None}
+    if not found:
+        return {}, "no prices: %s; pass --prices FILE (instance_type,price_per_hour) for dollars" % (
+            "; ".join(why) or "none found for these instance types")
+    return found, "; ".join(sources + why)
+
+
+# ---------------------------------------------------------------------------- the page
+
+def clock(t):
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "?"
+
+
+def axis_step(span):
+    for step in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400):
+        if span / step <= 10:
+            return step
+    return 86400 * max(1, int(span / 86400 / 10) + 1)
+
+
+def tick_label(s):
+    s = int(s)
+    return "%d:%02d:%02d" % (s // 3600, s % 3600 // 60, s % 60) if s >= 3600 else "%d:%02d" % (s // 60, s % 60)
+
+
+def lanes(rows, machines):
+    """[(label, machine or None, [[row, ...] per sub-lane])]: one lane per machine, a pool
+    machine's rows packed into as few sub-lanes as never overlap; rows with no machine last."""
+    by_machine, alone = {}, []
+    for r in rows:
+        (by_machine.setdefault(r["machine"]["id"], []) if r["machine"] else alone).append(r)
+    found = []
+    for instance, mine in by_machine.items():
+        machine = machines.get(instance, mine[0]["machine"])
+        subs = []
+        for r in sorted(mine, key=lambda r: r["phases"][0][1] if r["phases"] else 0):
+            first = r["phases"][0][1] if r["phases"] else 0
+            for sub in subs:
+                if not sub[-1]["phases"] or sub[-1]["phases"][-1][2] <= first:
+                    sub.append(r)
+                    break
+            else:
+                subs.append([r])
+        found.append((machine.get("tag") or instance, machine, subs))
+    found.sort(key=lambda lane: min((r["phases"][0][1] for sub in lane[2] for r in sub if r["phases"]),
+                                    default=float("inf")))
+    return found + [(r["tag"], None, [[r]]) for r in alone]
+
+
+def bar_title(row, phase, start, end):
+    code = "" if row["exit"] is None else ", exit %s" % row["exit"]
+    attempt = ", attempt %d" % row["attempt"] if row["attempt"] > 1 else ""
+    return "%s: %s (%s%s%s)\n%s\n%s to %s (%s)" % (
+        row["tag"], dict(PHASES)[phase], row["outcome"].replace("-", " "), code, attempt, row["command"],
+        clock(start), clock(end)[11:], job_state.elapsed(end - start))
+
+
+def timeline(rows, machines, now):
+    """The SVG timeline."""
+    events = [t for r in rows for _, a, b in r["phases"] for t in (a, b)]
+    events += [m[k] for m in machines.values() for k in ("launched", "end") if m.get(k)]
+    if not events:
+        return "<p>No row has started yet.</p>"
+    t0, t1 = min(events), max(events)
+    span = max(1.0, t1 - t0)
+    left, width, bar, gap = 190, 900, 12, 8
+    x = lambda t: left + (t - t0) / span * width  # noqa: E731
+    parts, y = [], 24
+    for label, machine, subs in lanes(rows, machines):
+        height = len(subs) * (bar + 2) + gap
+        parts.append('<text class="lane" x="%d" y="%d">%s</text>' % (left - 8, y + bar - 2, html.escape(label)))
+        parts.append('<line class="lane" x1="%d" x2="%d" y1="%.1f" y2="%.1f"/>' % (
+            left, left + width, y + height - gap / 2, y + height - gap / 2))
+        if machine and machine.get("pool") and machine.get("launched"):
+            for phase, a, b in (("launch", machine["launched"], machine.get("install_started")),
+                                ("install", machine.get("install_started"), machine.get("install_ended"))):
+                if a and b:
+                    parts.append('<rect class="bar %s machine" x="%.1f" y="%d" width="%.1f" height="%d">'
+                                 '<title>%s: %s\n%s to %s (%s)</title></rect>' % (
+                                     phase, x(a), y, max(1.0, x(b) - x(a)), len(subs) * (bar + 2) - 2,
+                                     html.escape(label), dict(PHASES)[phase], clock(a), clock(b)[11:],
+                                     job_state.elapsed(b - a)))
+        for i, sub in enumerate(subs):
+            for row in sub:
+                for phase, a, b in row["phases"]:
+                    parts.append('<rect class="bar %s %s" data-tag="%s" data-phase="%s" x="%.1f" y="%d" '
+                                 'width="%.1f" height="%d"><title>%s</title></rect>' % (
+                                     phase, row["outcome"], html.escape(row["tag"]), phase, x(a), y + i * (bar + 2),
+                                     max(1.0, x(b) - x(a)), bar, html.escape(bar_title(row, phase, a, b))))
+        y += height
+    step = axis_step(span)
+    ticks = "".join('<line class="tick" x1="%.1f" x2="%.1f" y1="16" y2="%d"/><text class="tick" x="%.1f" y="12">%s'
+                    '</text>' % (x(t0 + s), x(t0 + s), y, x(t0 + s), tick_label(s))
+                    for s in range(0, int(span) + 1, step))
+    return ('<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+            'viewBox="0 0 %d %d">%s%s</svg>' % (left + width + 20, y + 4, left + width + 20, y + 4, ticks,
+                                                 "".join(parts)))
+
+
+def histogram(times):
+    """A small SVG bar chart of the run times."""
+    if not times:
+        return ""
+    low, high = min(times), max(times)
+    count = max(1, min(20, len(times)))
+    size = max(1.0, (high - low) / count) if high > low else 1.0
+    bins = [0] * count
+    for t in times:
+        bins[min(count - 1, int((t - low) / size))] += 1
+    width, height = 600, 120
+    w = width / count
+    bars = "".join('<rect class="hist" x="%.1f" y="%.1f" width="%.1f" height="%.1f"><title>%s to %s: %d rows</title>'
+                   '</rect>' % (i * w + 1, height - n / max(bins) * (height - 10), w - 2, n / max(bins) * (height - 10),
+                                job_state.elapsed(low + i * size), job_state.elapsed(low + (i + 1) * size), n)
+                   for i, n in enumerate(bins))
+    return ('<svg class="histogram" xmlns="http://www.w3.org/2000/svg" width="%d" height="%d">%s'
+            '<text class="tick" x="0" y="%d">%s</text><text class="tick end" x="%d" y="%d">%s</text></svg>' % (
+                width, height + 16, bars, height + 14, job_state.elapsed(low), width, height + 14,
+                job_state.elapsed(high)))
+
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1160px}
+h1{font-size:20px}h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse}td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #eee}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}
+.bar.succeeded,.key.succeeded{fill:#2e7d32;background:#2e7d32}
+.bar.failed,.key.failed{fill:#c62828;background:#c62828}
+.bar.timed-out,.key.timed-out{fill:#ef6c00;background:#ef6c00}
+.bar.lost,.key.lost{fill:#6a1b9a;background:#6a1b9a}
+.bar.running,.key.running{fill:#1565c0;background:#1565c0}
+.bar.queued,.key.queued{fill:#90a4ae;background:#90a4ae}
+.bar.machine{fill:#607d8b}
+.bar.launch{opacity:.25}.bar.install{opacity:.5}.bar.upload{opacity:.7}
+.bar:hover{stroke:#000;stroke-width:1}
+.key{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:-1px}
+text{font-size:11px;fill:#444}text.lane{text-anchor:end}text.tick{text-anchor:middle}text.end{text-anchor:end}
+line.tick{stroke:#eee}line.lane{stroke:#f3f3f3}rect.hist{fill:#5c6bc0}
+"""
+
+
+def page(job, bucket, rows, machines, used, prices, source, logs, now):
+    counts = {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES}
+    times = [(run_time(r), r) for r in rows if run_time(r) is not None]
+    median = statistics.median([t for t, _ in times]) if times else 0
+    slow = sorted(((t, r) for t, r in times if median and t > STRAGGLER * median), key=lambda p: -p[0])
+    out = ["<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>awsrun report: %s</title><style>%s"
+           "</style></head><body>" % (html.escape(job), CSS)]
+    out.append("<h1>awsrun report: job %s</h1><p>%d rows: %s. Bucket s3://%s. Made %s.</p>" % (
+        html.escape(job), len(rows), ", ".join("%d %s" % (n, o.replace("-", " ")) for o, n in counts.items() if n),
+        html.escape(bucket), clock(now)))
+    out.append("<h2>Timeline</h2><p>One lane per machine. Bars: waiting for launch (faint), install, run "
+               "(solid), upload. Colour: the row's outcome%s. Hover a bar for its tag, command, exit code and "
+               "times.</p>" % "".join('<span class="key %s"></span>%s' % (o, o.replace("-", " "))
+                                      for o in OUTCOMES if counts[o]))
+    out.append(timeline(rows, machines, now))
+    out.append("<h2>Run times</h2>")
+    if times:
+        out.append("<p>%d rows ran; median %s, longest %s.</p>%s" % (
+            len(times), job_state.elapsed(median), job_state.elapsed(max(t for t, _ in times)),
+            histogram([t for t, _ in times])))
+        out.append("<p>Stragglers (over %g&times; the median): %s</p>" % (STRAGGLER, ", ".join(
+            "%s (%s)" % (html.escape(r["tag"]), job_state.elapsed(t)) for t, r in slow) or "none"))
+    else:
+        out.append("<p>No row has finished yet.</p>")
+    failed = [r for r in rows if r["outcome"] in ("failed", "timed-out", "lost")]
+    out.append("<h2>Failures</h2>" + ("" if failed else "<p>None.</p>"))
+    for r in failed:
+        why = {"failed": "exit %s" % r["exit"], "timed-out": "stopped at its time limit (exit %s)" % r["exit"],
+               "lost": "lost: its machine ended before it uploaded a result"}[r["outcome"]]
+        out.append("<h3>%s: %s</h3><p><code>%s</code></p>" % (html.escape(r["tag"]), why, html.escape(r["command"])))
+        if r["tag"] in logs:
+            out.append("<pre>%s</pre>" % html.escape(logs[r["tag"]]))
+    out.append("<h2>Cost</h2><table><tr><th>instance type</th><th>machines</th><th>running a row</th><th>idle</th>"
+               "<th>instance-hours</th><th>USD per hour</th><th>USD</th></tr>")
+    total = 0.0
+    for (itype, spot), u in sorted(used.items()):
+        hours = (u["running"] + u["idle"]) / 3600
+        price = prices.get((itype, spot))
+        total += hours * price if price is not None else 0
+        out.append("<tr><td>%s%s</td><td class=n>%d</td><td class=n>%s</td><td class=n>%s</td><td class=n>%.3f</td>"
+                   "<td class=n>%s</td><td class=n>%s</td></tr>" % (
+                       itype, " (spot)" if spot else "", u["machines"], job_state.elapsed(u["running"]),
+                       job_state.elapsed(u["idle"]), hours, "-" if price is None else "%.4f" % price,
+                       "-" if price is None else "%.4f" % (hours * price)))
+    out.append("</table><p>Prices: %s. Machines are counted from launch to their last upload (a pool machine: "
+               "plus the idle wait after which it ends itself); EC2 bills Linux by the second, at least 60 s "
+               "per machine.%s</p>" % (html.escape(source), " Estimated total: $%.4f." % total if prices else ""))
+    out.append("</body></html>\n")
+    return "".join(out), counts, median, slow, total
+
+
+def log_tails(s3, bucket, rows, manifests):
+    """{tag: the last lines of its screen_output.txt} for failed and timed-out rows."""
+    def tail(tag):
+        sizes = {f["path"]: f["size"] for f in manifests[tag].get("files", [])}
+        if not sizes.get("screen_output.txt"):
+            return tag, "(its log is empty)"
+        data = s3.get_object(Bucket=bucket, Key=tag + "/screen_output.txt",
+                             Range="bytes=-%d" % LOG_BYTES)["Body"].read().decode("utf-8", "replace")
+        return tag, "\n".join(data.splitlines()[-LOG_LINES:])
+    wanted = [r["tag"] for r in rows if r["outcome"] in ("failed", "timed-out") and r["tag"] in manifests]
+    with ThreadPoolExecutor(16) as pool:
+        return dict(pool.map(tail, wanted[:MAX_LOGS]))
+
+
+def report(job, out, prices_file=None):
+    now = time.time()
+    s3, bucket, objects, dispatches, manifests = load(job)
+    live = {n["id"] for n in cs.find_nodes(job) if n["state"] in cs.LIVE}
+    rows, machines = build(job, objects, dispatches, manifests, live, now)
+    used = usage(rows, machines)
+    prices, source = price_list(used, prices_file) if used else ({}, "no machine times are known")
+    text, counts, median, slow, total = page(job, bucket, rows, machines, used, prices, source,
+                                             log_tails(s3, bucket, rows, manifests), now)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".part", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(out + ".part", out)
+    print("job %s: %d rows: %s; %d machines" % (job, len(rows), ", ".join(
+        "%d %s" % (n, o.replace("-", " ")) for o, n in counts.items() if n), len(machines)))
+    if median:
+        print("run times: median %s; %s" % (job_state.elapsed(median), "stragglers (over %gx the median): %s" % (
+            STRAGGLER, " ".join(r["tag"] for _, r in slow)) if slow else "no stragglers"))
+    for (itype, spot), u in sorted(used.items()):
+        price = prices.get((itype, spot))
+        print("cost: %s%s: %d machines, %.3f h running a row, %.3f h idle%s" % (
+            itype, " (spot)" if spot else "", u["machines"], u["running"] / 3600, u["idle"] / 3600,
+            "" if price is None else ", $%.4f" % ((u["running"] + u["idle"]) / 3600 * price)))
+    print("prices: %s" % source)
+    print("report: %s" % out)
+    return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("job")
+    p.add_argument("--out", help="the HTML file to write (default results/JOB/report.html)")
+    p.add_argument("--prices", metavar="CSV", help="USD per hour per instance type: columns "
+                   "instance_type,price_per_hour (used instead of the AWS Price List API)")
+    args = p.parse_args(argv)
+
+    def run():
+        cs.check_job_name(args.job)
+        return report(args.job, args.out or os.path.join("results", args.job, "report.html"), args.prices)
+    return cs.run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
