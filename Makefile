@@ -31,7 +31,7 @@ DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)
 STATUS_JOB = $(if $(filter command line environment,$(origin JOB)),$(JOB))
 SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-server
 
-.PHONY: help create dispatch status watch wait logs retry down clean collect fetch demo _demo test lint bench venv node-venv
+.PHONY: help create dispatch status watch wait logs retry down clean report picture collect fetch demo _demo test lint bench venv node-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -87,6 +87,15 @@ down: $(PY)  ## terminate every instance of JOB and wait until they are gone
 clean: $(PY)  ## down, then delete JOB's security group, key pair and role (DELETE_BUCKET=yes: the bucket too)
 	$(PY) cloud_setup.py clean $(JOB) $(if $(filter yes,$(DELETE_BUCKET)),--delete-bucket)
 
+report: $(PY)  ## a picture of JOB's run in results/JOB/report.html: timeline, slow and failed rows, cost (PRICES=file.csv)
+	$(PY) report.py $(JOB) $(if $(PRICES),--prices $(PRICES))
+
+picture:  ## the README's picture of the demo's report, docs/report.png (make demo first; needs chromium)
+	@test -f results/awsrun-demo/report.html || { echo "make picture needs the demo's report: run make demo first" >&2; exit 1; }
+	@command -v chromium >/dev/null 2>&1 || { echo "make picture needs chromium: sudo apt-get install chromium" >&2; exit 1; }
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1180,1000 \
+		--screenshot=$(CURDIR)/docs/report.png file://$(CURDIR)/results/awsrun-demo/report.html
+
 collect: $(PY)  ## merge every row's CSV files (PATTERN='output/*.csv') into results/JOB/collected.csv (FROM=dir: a fetched folder)
 	$(PY) collect.py $(JOB) $(if $(PATTERN),--pattern '$(PATTERN)') $(if $(FROM),--from $(FROM))
 
@@ -98,12 +107,14 @@ demo: $(DEV) $(NODE_PY)  ## the whole workflow in a local sandbox, no AWS accoun
 	$(PY) sandbox.py run -- $(MAKE) --no-print-directory _demo
 
 _demo:
-	$(MAKE) --no-print-directory create dispatch wait status fetch collect \
+	$(MAKE) --no-print-directory create dispatch wait status fetch collect report \
 		JOBS=awsjobs/demo.csv JOB=awsrun-demo CODE=awsjobs/demo OUT=results/awsrun-demo TIMEOUT=60
 	@echo "--- fetched files:"; find results/awsrun-demo -type f | sort
 	@echo "--- one result:"; cat results/awsrun-demo/awsrun-demo0/output/summary.txt
 	@echo "--- every row's output/result.csv in one table, results/awsrun-demo/collected.csv:"
 	@cat results/awsrun-demo/collected.csv
+	@echo "--- the collected table: results/awsrun-demo/collected.csv"
+	@echo "--- the report of the run (open it in a browser): results/awsrun-demo/report.html"
 
 test: $(DEV) $(NODE_PY)  ## unit and end-to-end tests (the end-to-end ones need sshd)
 	$(PY) -m pytest -q tests

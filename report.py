@@ -96,7 +96,7 @@ def build(job, objects, dispatches, manifests, live, now):
         for instance, m in record.get("machines", {}).items():
             machines[instance] = dict(m, id=instance, idle=record.get("idle"), pool=record.get("pool"))
         for tag, r in record.get("rows", {}).items():
-            planned[tag] = r
+            planned[tag] = dict(r, dispatched=record.get("dispatched"))
     for tag, m in manifests.items():  # the manifest knows its machine too (a dispatch record may be missing)
         machine = machines.setdefault(m["instance_id"], {"id": m["instance_id"], "tag": m.get("machine") or tag,
                                                          "type": m.get("instance_type"), "pool": bool(m.get("machine")),
@@ -127,6 +127,8 @@ def build(job, objects, dispatches, manifests, live, now):
         elif tag in started:
             row["attempt"] = started[tag]["attempt"]
             row["times"] = [started[tag]["when"].timestamp(), None, None]
+        elif plan.get("instance_id"):  # one machine per row: its run began when dispatch started it
+            row["times"] = [seconds(plan.get("dispatched")), None, None]
         else:
             row["times"] = [None, None, None]
         rows.append(row)
@@ -186,8 +188,9 @@ def union(intervals):
 
 
 def usage(rows, machines):
-    """{type: {machines, running, idle, spot, start, end}}: instance-seconds per instance type,
-    running a row (a pool machine's rows that overlap count once) and not."""
+    """{(type, spot): {machines, running, idle, billed, start, end}}: instance-seconds per
+    instance type, running a row (a pool machine's rows that overlap count once) and not; and
+    as EC2 bills Linux machines: by the second, at least 60 s each."""
     found = {}
     for machine in machines.values():
         if not machine.get("launched"):
@@ -196,25 +199,26 @@ def usage(rows, machines):
         life = max(0.0, machine["end"] - machine["launched"])
         busy = min(life, union([(a, b) for r in mine for p, a, b in r["phases"] if p == "run"]))
         u = found.setdefault((machine["type"], bool(machine.get("spot"))), {
-            "machines": 0, "running": 0.0, "idle": 0.0, "start": machine["launched"], "end": machine["end"]})
+            "machines": 0, "running": 0.0, "idle": 0.0, "billed": 0.0, "start": machine["launched"],
+            "end": machine["end"]})
         u["machines"] += 1
         u["running"] += busy
         u["idle"] += life - busy
+        u["billed"] += max(60.0, life)
         u["start"], u["end"] = min(u["start"], machine["launched"]), max(u["end"], machine["end"])
     return found
 
 
-def prices_from_file(path, types):
+def prices_from_file(path):
     """{type: USD per hour} from a CSV with columns instance_type and price_per_hour."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            table = {r["instance_type"].strip(): float(r["price_per_hour"]) for r in csv.DictReader(f)}
+            return {r["instance_type"].strip(): float(r["price_per_hour"]) for r in csv.DictReader(f)}
     except OSError as e:
         raise UserError("--prices %s cannot be read: %s" % (path, e.strerror), code=2) from None
     except (KeyError, ValueError, TypeError, AttributeError):
         raise UserError("--prices %s must be a CSV with the columns instance_type,price_per_hour "
                         "(US dollars per hour)" % path, code=2) from None
-    return {t: table[t] for t in types if t in table}
 
 
 def on_demand_price(pricing, instance_type, region):
@@ -245,15 +249,18 @@ def spot_price(ec2, instance_type, start, end):
 
 
 def price_list(used, prices_file=None, pricing=None, ec2=None):
-    """({(type, spot): USD per hour}, the source in words)."""
+    """({(type, spot): USD per hour}, the source in words): from the user's file if given,
+    else from AWS."""
     if prices_file:
-        table = prices_from_file(prices_file, {t for t, _ in used})
+        table = prices_from_file(prices_file)
         return {k: table[k[0]] for k in used if k[0] in table}, "prices from %s" % prices_file
     found, sources, why = {}, [], []
     try:
         if any(not spot for _, spot in used):
-            pricing = pricing or cs.session().client("pricing", region_name=PRICE_REGION, config=Config(
-                retries={"mode": "standard", "max_attempts": 2}))
+            if pricing is None:
+                with cs.SESSION_LOCK:
+                    pricing = cs.session().client("pricing", region_name=PRICE_REGION, config=Config(
+                        retries={"mode": "standard", "max_attempts": 3}))
             for itype, spot in used:
                 if not spot:
                     found[(itype, spot)] = on_demand_price(pricing, itype, cs.region())
@@ -279,6 +286,14 @@ def price_list(used, prices_file=None, pricing=None, ec2=None):
 
 
 # ---------------------------------------------------------------------------- the page
+
+def money(usd):
+    return "$%.2f" % usd if usd >= 10 else "$%.4f" % usd if usd >= 0.01 else "$%.6f" % usd
+
+
+def plural(n, word):
+    return "%d %s%s" % (n, word, "" if n == 1 else "s")
+
 
 def clock(t):
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "?"
@@ -375,7 +390,7 @@ def histogram(times):
     if not times:
         return ""
     low, high = min(times), max(times)
-    count = max(1, min(20, len(times)))
+    count = max(1, min(20, round(len(times) ** 0.5)))
     size = max(1.0, (high - low) / count) if high > low else 1.0
     bins = [0] * count
     for t in times:
@@ -387,7 +402,7 @@ def histogram(times):
                                 job_state.elapsed(low + i * size), job_state.elapsed(low + (i + 1) * size), n)
                    for i, n in enumerate(bins))
     return ('<svg class="histogram" xmlns="http://www.w3.org/2000/svg" width="%d" height="%d">%s'
-            '<text class="tick" x="0" y="%d">%s</text><text class="tick end" x="%d" y="%d">%s</text></svg>' % (
+            '<text class="start" x="0" y="%d">%s</text><text class="end" x="%d" y="%d">%s</text></svg>' % (
                 width, height + 16, bars, height + 14, job_state.elapsed(low), width, height + 14,
                 job_state.elapsed(high)))
 
@@ -404,11 +419,11 @@ pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}
 .bar.lost,.key.lost{fill:#6a1b9a;background:#6a1b9a}
 .bar.running,.key.running{fill:#1565c0;background:#1565c0}
 .bar.queued,.key.queued{fill:#90a4ae;background:#90a4ae}
-.bar.machine{fill:#607d8b}
-.bar.launch{opacity:.25}.bar.install{opacity:.5}.bar.upload{opacity:.7}
+.bar.machine{fill:#607d8b}.key.phase{background:#37474f}
+.launch{opacity:.25}.install{opacity:.5}.upload{opacity:.7}
 .bar:hover{stroke:#000;stroke-width:1}
 .key{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:-1px}
-text{font-size:11px;fill:#444}text.lane{text-anchor:end}text.tick{text-anchor:middle}text.end{text-anchor:end}
+text{font-size:11px;fill:#444}text.lane{text-anchor:end}text.tick{text-anchor:middle}text.end{text-anchor:end}text.start{text-anchor:start}
 line.tick{stroke:#eee}line.lane{stroke:#f3f3f3}rect.hist{fill:#5c6bc0}
 """
 
@@ -423,10 +438,10 @@ def page(job, bucket, rows, machines, used, prices, source, logs, now):
     out.append("<h1>awsrun report: job %s</h1><p>%d rows: %s. Bucket s3://%s. Made %s.</p>" % (
         html.escape(job), len(rows), ", ".join("%d %s" % (n, o.replace("-", " ")) for o, n in counts.items() if n),
         html.escape(bucket), clock(now)))
-    out.append("<h2>Timeline</h2><p>One lane per machine. Bars: waiting for launch (faint), install, run "
-               "(solid), upload. Colour: the row's outcome%s. Hover a bar for its tag, command, exit code and "
-               "times.</p>" % "".join('<span class="key %s"></span>%s' % (o, o.replace("-", " "))
-                                      for o in OUTCOMES if counts[o]))
+    out.append("<h2>Timeline</h2><p>One lane per machine, on one time axis from the first launch. Phases:%s. "
+               "Colour: the row's outcome:%s. Hover a bar for its tag, command, exit code and times.</p>" % (
+                   "".join('<span class="key phase %s"></span>%s' % (p, words) for p, words in PHASES),
+                   "".join('<span class="key %s"></span>%s' % (o, o.replace("-", " ")) for o in OUTCOMES if counts[o])))
     out.append(timeline(rows, machines, now))
     out.append("<h2>Run times</h2>")
     if times:
@@ -446,20 +461,20 @@ def page(job, bucket, rows, machines, used, prices, source, logs, now):
         if r["tag"] in logs:
             out.append("<pre>%s</pre>" % html.escape(logs[r["tag"]]))
     out.append("<h2>Cost</h2><table><tr><th>instance type</th><th>machines</th><th>running a row</th><th>idle</th>"
-               "<th>instance-hours</th><th>USD per hour</th><th>USD</th></tr>")
+               "<th>billed hours</th><th>USD per hour</th><th>USD</th></tr>")
     total = 0.0
     for (itype, spot), u in sorted(used.items()):
-        hours = (u["running"] + u["idle"]) / 3600
         price = prices.get((itype, spot))
-        total += hours * price if price is not None else 0
+        total += u["billed"] / 3600 * price if price is not None else 0
         out.append("<tr><td>%s%s</td><td class=n>%d</td><td class=n>%s</td><td class=n>%s</td><td class=n>%.3f</td>"
                    "<td class=n>%s</td><td class=n>%s</td></tr>" % (
                        itype, " (spot)" if spot else "", u["machines"], job_state.elapsed(u["running"]),
-                       job_state.elapsed(u["idle"]), hours, "-" if price is None else "%.4f" % price,
-                       "-" if price is None else "%.4f" % (hours * price)))
+                       job_state.elapsed(u["idle"]), u["billed"] / 3600, "-" if price is None else "%.4f" % price,
+                       "-" if price is None else money(u["billed"] / 3600 * price)))
     out.append("</table><p>Prices: %s. Machines are counted from launch to their last upload (a pool machine: "
-               "plus the idle wait after which it ends itself); EC2 bills Linux by the second, at least 60 s "
-               "per machine.%s</p>" % (html.escape(source), " Estimated total: $%.4f." % total if prices else ""))
+               "plus the idle wait after which it ends itself), and billed as EC2 bills Linux: by the second, at "
+               "least 60 s per machine.%s</p>" % (html.escape(source),
+                                                  " Estimated total: %s." % money(total) if prices else ""))
     out.append("</body></html>\n")
     return "".join(out), counts, median, slow, total
 
@@ -480,6 +495,8 @@ def log_tails(s3, bucket, rows, manifests):
 
 def report(job, out, prices_file=None):
     now = time.time()
+    if prices_file:
+        prices_from_file(prices_file)  # a mistake in it is said before anything is read
     s3, bucket, objects, dispatches, manifests = load(job)
     live = {n["id"] for n in cs.find_nodes(job) if n["state"] in cs.LIVE}
     rows, machines = build(job, objects, dispatches, manifests, live, now)
@@ -491,16 +508,16 @@ def report(job, out, prices_file=None):
     with open(out + ".part", "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(out + ".part", out)
-    print("job %s: %d rows: %s; %d machines" % (job, len(rows), ", ".join(
-        "%d %s" % (n, o.replace("-", " ")) for o, n in counts.items() if n), len(machines)))
+    print("job %s: %s: %s; %s" % (job, plural(len(rows), "row"), ", ".join(
+        "%d %s" % (n, o.replace("-", " ")) for o, n in counts.items() if n), plural(len(machines), "machine")))
     if median:
         print("run times: median %s; %s" % (job_state.elapsed(median), "stragglers (over %gx the median): %s" % (
             STRAGGLER, " ".join(r["tag"] for _, r in slow)) if slow else "no stragglers"))
     for (itype, spot), u in sorted(used.items()):
         price = prices.get((itype, spot))
-        print("cost: %s%s: %d machines, %.3f h running a row, %.3f h idle%s" % (
-            itype, " (spot)" if spot else "", u["machines"], u["running"] / 3600, u["idle"] / 3600,
-            "" if price is None else ", $%.4f" % ((u["running"] + u["idle"]) / 3600 * price)))
+        print("cost: %s%s: %s, %.3f h running a row, %.3f h idle%s" % (
+            itype, " (spot)" if spot else "", plural(u["machines"], "machine"), u["running"] / 3600, u["idle"] / 3600,
+            "" if price is None else ", %s" % money(u["billed"] / 3600 * price)))
     print("prices: %s" % source)
     print("report: %s" % out)
     return 0

@@ -24,6 +24,9 @@ import sandbox_iam
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 DEFAULT_VCPU_QUOTA = 1152
+# The Price List API's on-demand Linux prices (USD per hour) in us-east-1 for the types the
+# demo uses, as AWS publishes them; an account setting "prices" replaces them.
+DEFAULT_PRICES = {"t3.micro": 0.0104, "t3.small": 0.0208}
 
 
 def ec2_backend():
@@ -235,9 +238,9 @@ def price_product(instance_type, region, usd_per_hour):
 
 
 def price_answer(params, account):
-    """The Price List API's GetProducts for EC2, from the account's setting {"prices": {type:
-    USD per hour}} (none by default: moto has no Price List API), filtered as TERM_MATCH does."""
-    products = [price_product(t, REGION, float(usd)) for t, usd in account.get("prices", {}).items()]
+    """The Price List API's GetProducts for EC2 (moto has none), from the account's setting
+    {"prices": {type: USD per hour}} or DEFAULT_PRICES, filtered as TERM_MATCH does."""
+    products = [price_product(t, REGION, float(usd)) for t, usd in account.get("prices", DEFAULT_PRICES).items()]
     if params.get("ServiceCode") == "AmazonEC2":
         for f in params.get("Filters", []):
             products = [p for p in products if p["product"]["attributes"].get(f["Field"]) == f["Value"]]

@@ -8,6 +8,7 @@ import time
 
 from conftest import write
 from test_operate import states, status, until, vanish
+from test_report import Page
 
 # The sandbox's rows come back to the queue 4 s after their machine is lost, and a machine
 # ends after 8 s on an empty queue (the defaults are 120 s and 180 s).
@@ -39,7 +40,7 @@ def rows_of(box, job):
     return {tag: r for tag, r in status(box, job).items() if r["kind"] == "row"}
 
 
-def test_a_small_pool_runs_rows_of_uneven_length_within_20_percent_of_the_best_makespan(box):
+def test_a_small_pool_runs_rows_of_uneven_length_within_20_percent_of_the_best_makespan(box, tmp_path):
     job = "pool-uneven"
     seconds = [6, 6, 5, 4, 3, 3, 2, 2, 2, 1, 1, 1]
     commands = ['a=$(date +%%s.%%N); sleep %d; echo "$TAG $a $(date +%%s.%%N)" > output/times.txt' % s
@@ -62,6 +63,16 @@ def test_a_small_pool_runs_rows_of_uneven_length_within_20_percent_of_the_best_m
     makespan = max(end for _, end in times) - min(start for start, _ in times)
     best = max(sum(end - start for start, end in times) / 4, max(end - start for start, end in times))
     assert makespan <= 1.2 * best, (makespan, best)
+
+    made = box.run("report.py", job, "--out", str(tmp_path / "report.html"))  # one lane per pool machine
+    assert made.returncode == 0, made.stderr
+    page = Page((tmp_path / "report.html").read_text(encoding="utf-8"))
+    assert sorted(page.lanes) == sorted(r["tag"] for r in machines)
+    assert {k: c for k, (c, _) in page.bars.items()} == {("%s%d" % (job, i), phase): {"bar", phase, "succeeded"}
+                                                         for i in range(12) for phase in ("run", "upload")}
+    assert sorted(sorted(c) for c in page.machine_bars) == [["bar", "install", "machine"]] * 2 + [
+        ["bar", "launch", "machine"]] * 2
+    assert made.stdout.splitlines()[0] == "job %s: 12 rows: 12 succeeded; 2 machines" % job
 
 
 def test_a_row_whose_machine_is_lost_runs_again_on_another_and_succeeds(box, tmp_path):

@@ -2,6 +2,7 @@
 import argparse
 import os
 import random
+import time
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--seed", type=int, required=True)
@@ -9,6 +10,7 @@ parser.add_argument("--plots", action="store_true", help="also write a subfolder
 args = parser.parse_args()
 
 random.seed(args.seed)
+time.sleep(args.seed)  # a stand-in for real work: rows of different lengths, for the report's timeline
 walk = [0]
 for _ in range(1000):
     walk.append(walk[-1] + random.choice((-1, 1)))
