@@ -92,12 +92,14 @@ SESSION_LOCK = threading.RLock()  # client() asks region() while holding it
 
 @functools.lru_cache(maxsize=None)
 def session():
-    """One boto3 session for the whole run: it reads the configuration and credentials once."""
-    return boto3.session.Session()
+    """One boto3 session for the whole run: it reads the configuration and credentials once.
+    Its region: AWS_REGION, which boto3 alone among the AWS SDKs ignores (boto/boto3#3620),
+    first, as the AWS CLI v2 reads it; then boto3's chain (AWS_DEFAULT_REGION, the profile)."""
+    return boto3.session.Session(region_name=os.environ.get("AWS_REGION") or None)
 
 
 def region():
-    """The usual boto3 chain (AWS_REGION, AWS_DEFAULT_REGION, profile), else us-east-1."""
+    """The session's region (AWS_REGION, AWS_DEFAULT_REGION, the profile's), else us-east-1."""
     with SESSION_LOCK:
         return session().region_name or "us-east-1"
 

@@ -621,3 +621,20 @@ def test_collect_patterns_read_as_glob_reads_them():
     assert not collect.matches("output/*.csv", "output/plots/walk.csv")  # * stays in its folder
     assert collect.matches("output/**.csv", "output/plots/walk.csv")
     assert not collect.matches("output/*.csv", "output/r.csv.bak") and not collect.matches("a.b/*", "aXb/x")
+
+
+def test_aws_region_alone_chooses_the_region_though_boto3_reads_only_aws_default_region(aws_env, monkeypatch):
+    # boto3 ignores AWS_REGION (boto/boto3#3620); the AWS CLI v2 and the other SDKs read it first.
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    cs.session.cache_clear()
+    cs.client.cache_clear()
+    try:
+        assert cs.region() == "eu-west-1"
+        assert cs.client("s3").meta.region_name == "eu-west-1"
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")  # AWS_REGION wins, as in the AWS CLI v2
+        cs.session.cache_clear()
+        assert cs.region() == "eu-west-1"
+    finally:
+        cs.session.cache_clear()
+        cs.client.cache_clear()
