@@ -184,6 +184,12 @@ def test_retry_runs_only_failed_and_lost_rows_on_spot(box, tmp_path):
     again = box.run("dispatcher.py", "auto", job, jobs, "--retry")
     assert again.returncode == 0 and "nothing to retry" in again.stderr
     assert len(box.instances(job)) == 5
+    report = box.run("report.py", job, "--out", str(tmp_path / "report.html"))  # spot prices, from EC2
+    assert report.returncode == 0, report.stderr
+    lines = report.stdout.splitlines()
+    assert lines[0] == "job op-retry: 3 rows: 3 succeeded; 5 machines"
+    assert lines[-3].startswith("cost: t3.micro (spot): 5 machines, ")
+    assert lines[-2] == "prices: spot prices of the run's hours from DescribeSpotPriceHistory"
 
 
 def test_down_and_clean_leave_nothing_of_the_job(box, tmp_path):
