@@ -359,6 +359,12 @@ def timeline(rows, machines, now):
         parts.append('<text class="lane" x="%d" y="%d">%s</text>' % (left - 8, y + bar - 2, html.escape(label)))
         parts.append('<line class="lane" x1="%d" x2="%d" y1="%.1f" y2="%.1f"/>' % (
             left, left + width, y + height - gap / 2, y + height - gap / 2))
+        if machine and machine.get("launched") and machine.get("end"):  # its whole life, behind its rows
+            a, b = machine["launched"], machine["end"]
+            parts.append('<rect class="life" x="%.1f" y="%d" width="%.1f" height="%d"><title>%s: up from %s to %s '
+                         '(%s, as counted in the cost)</title></rect>' % (
+                             x(a), y - 1, max(1.0, x(b) - x(a)), len(subs) * (bar + 2), html.escape(label),
+                             clock(a), clock(b)[11:], job_state.elapsed(b - a)))
         if machine and machine.get("pool") and machine.get("launched"):
             for phase, a, b in (("launch", machine["launched"], machine.get("install_started")),
                                 ("install", machine.get("install_started"), machine.get("install_ended"))):
@@ -421,7 +427,7 @@ pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}
 .bar.queued,.key.queued{fill:#90a4ae;background:#90a4ae}
 .bar.machine{fill:#607d8b}.key.phase{background:#37474f}
 .launch{opacity:.25}.install{opacity:.5}.upload{opacity:.7}
-.bar:hover{stroke:#000;stroke-width:1}
+.bar{stroke:#fff;stroke-width:1}.bar:hover{stroke:#000}rect.life{fill:#f1f3f4}
 .key{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:-1px}
 text{font-size:11px;fill:#444}text.lane{text-anchor:end}text.tick{text-anchor:middle}text.end{text-anchor:end}text.start{text-anchor:start}
 line.tick{stroke:#eee}line.lane{stroke:#f3f3f3}rect.hist{fill:#5c6bc0}
@@ -438,7 +444,8 @@ def page(job, bucket, rows, machines, used, prices, source, logs, now):
     out.append("<h1>awsrun report: job %s</h1><p>%d rows: %s. Bucket s3://%s. Made %s.</p>" % (
         html.escape(job), len(rows), ", ".join("%d %s" % (n, o.replace("-", " ")) for o, n in counts.items() if n),
         html.escape(bucket), clock(now)))
-    out.append("<h2>Timeline</h2><p>One lane per machine, on one time axis from the first launch. Phases:%s. "
+    out.append("<h2>Timeline</h2><p>One lane per machine (its light band: from its launch to its end), on one "
+               "time axis from the first launch. Phases:%s. "
                "Colour: the row's outcome:%s. Hover a bar for its tag, command, exit code and times.</p>" % (
                    "".join('<span class="key phase %s"></span>%s' % (p, words) for p, words in PHASES),
                    "".join('<span class="key %s"></span>%s' % (o, o.replace("-", " ")) for o in OUTCOMES if counts[o])))
