@@ -1,12 +1,14 @@
 """Benchmarks of awsrun's hot paths against what a user would use instead, in the sandbox.
 Runs on the developer's machine.
 
-    make bench                      # all of it: prints the table and writes BENCHMARKS.md
+    make bench                      # all of it, sized to run in under 10 minutes on 2 cores
+    make bench FULL=1               # the full sizes (--full): about 20 minutes
     python bench.py --only fetch    # one part: fetch, upload, setup or pool
-    python bench.py --quick         # fewer repetitions and smaller N, for a quick look
+    python bench.py --quick         # 2 repetitions and the default sizes, for a quick look
 
 Each comparison runs both sides in the same run, alternating, several times, and reports the
-median wall time, the ratio and the peak memory (max RSS) of the measured process. Needs the
+median wall time, the median CPU time (user + system) of the measured process and the
+processes it waited for, the ratios and the peak memory (max RSS) of the measured process. Needs the
 AWS CLI (installed by `make bench` in .venv-bench from bench-requirements.txt) and rclone
 (`sudo apt-get install rclone`). Not run by `make test`: timings are not assertions.
 """
@@ -26,11 +28,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
 AWS_CLI = os.path.join(HERE, ".venv-bench", "bin", "aws")
-SMALL_FILES, TAGS, BIG_FILES, BIG_SIZE = 2000, 20, 4, 64 << 20
+TAGS, BIG_SIZE = 20, 64 << 20
+SIZES = {"default": {"small": 1000, "big": 2, "setup": (16, 64), "pool": 100},
+         "full": {"small": 2000, "big": 4, "setup": (16, 64, 256), "pool": 200}}
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -44,7 +49,8 @@ pid = os.fork()
 if pid == 0:
     os.execvp(sys.argv[1], sys.argv[1:])
 _, status, usage = os.wait4(pid, 0)
-os.write(int(os.environ["BENCH_FD"]), ("%f %d" % (time.perf_counter() - start, usage.ru_maxrss)).encode())
+os.write(int(os.environ["BENCH_FD"]), ("%f %d %f" % (time.perf_counter() - start, usage.ru_maxrss,
+         usage.ru_utime + usage.ru_stime)).encode())
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
@@ -55,7 +61,8 @@ ADMIN = "sandbox-admin"
 
 
 def measure(argv, env, cwd=None):
-    """Run a command; return (seconds, peak RSS in MB). Fails loudly if it fails."""
+    """Run a command; return (seconds, peak RSS in MB, CPU seconds: user + system, its own and
+    its waited-for children's). Fails loudly if it fails."""
     read, write = os.pipe()
     proc = subprocess.run([PY, "-c", LAUNCHER] + argv, env=dict(env, BENCH_FD=str(write)), cwd=cwd,
                           pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -65,24 +72,26 @@ def measure(argv, env, cwd=None):
     if proc.returncode != 0:
         raise SystemExit("benchmark command failed (%d): %s\n%s" % (
             proc.returncode, " ".join(argv), proc.stderr.decode(errors="replace")[-2000:]))
-    return float(report[0]), int(report[1]) / 1024
+    return float(report[0]), int(report[1]) / 1024, float(report[2])
 
 
 def compare(label, sides, reps, prepare=None):
-    """Run each side `reps` times, alternating; returns {side: (median s, max MB)}."""
+    """Run each side `reps` times, alternating; returns {side: (median s, max MB, median CPU s)}."""
     times = {name: [] for name in sides}
+    cpu = {name: [] for name in sides}
     memory = {name: 0.0 for name in sides}
     for rep in range(reps):
         order = list(sides) if rep % 2 == 0 else list(reversed(sides))
         for name in order:
             if prepare:
                 prepare(name)
-            seconds, mb = sides[name]()
+            seconds, mb, used = sides[name]()
             times[name].append(seconds)
+            cpu[name].append(used)
             memory[name] = max(memory[name], mb)
         log("%s: rep %d/%d: %s" % (label, rep + 1, reps, ", ".join(
-            "%s %.2fs" % (n, times[n][-1]) for n in sides)))
-    return {name: (statistics.median(times[name]), memory[name]) for name in sides}
+            "%s %.2fs (CPU %.2fs)" % (n, times[n][-1], cpu[n][-1]) for n in sides)))
+    return {name: (statistics.median(times[name]), memory[name], statistics.median(cpu[name])) for name in sides}
 
 
 def log(message):
@@ -91,64 +100,93 @@ def log(message):
 
 # ---------------------------------------------------------------------------- data
 
-def make_output_tree(folder, seed=7):
-    """output/ of the benchmark's shape: 2,000 files of 1-100 KB in 20 folders, 4 x 64 MB."""
+def make_output_tree(folder, small, big, seed=7):
+    """output/ of the benchmark's shape: `small` files of 1-100 KB in 20 folders, `big` x 64 MB."""
     rng = random.Random(seed)
-    for i in range(SMALL_FILES):
+    for i in range(small):
         path = os.path.join(folder, "output", "part%02d" % (i % TAGS), "f%04d.dat" % i)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(rng.randbytes(rng.randint(1 << 10, 100 << 10)))
     block = rng.randbytes(1 << 20)
-    for i in range(BIG_FILES):
+    for i in range(big):
         with open(os.path.join(folder, "output", "big%d.bin" % i), "wb") as f:
             for j in range(BIG_SIZE >> 20):
                 f.write(hashlib.sha256(block + bytes([i, j])).digest() + block[32:])
+    return folder
+
+
+def tree_files(source):
+    return sorted((os.path.join(root, n), os.path.relpath(os.path.join(root, n), source))
+                  for root, _, names in os.walk(os.path.join(source, "output")) for n in names)
 
 
 def fetch_dataset(s3, bucket, source):
-    """The fetch data set: the same files spread over 20 tag folders, each with a manifest,
-    uploaded with save_results's own upload code, as a job's nodes leave them."""
+    """A bucket as a job's nodes leave it: the files spread over 20 tag folders, each with a
+    manifest and an outcome marker, uploaded with save_results's own code."""
     import cloud_setup as cs
     import save_results
     cs.ensure_bucket(s3, bucket, "us-east-1")
-    files = [(os.path.join(root, n), os.path.relpath(os.path.join(root, n), source))
-             for root, _, names in os.walk(os.path.join(source, "output")) for n in names]
+    files = tree_files(source)
     for t in range(TAGS):
-        mine = [(p, k) for i, (p, k) in enumerate(sorted(files)) if i % TAGS == t]
+        mine = [(p, k) for i, (p, k) in enumerate(files) if i % TAGS == t]
         manifest = {"tag": "bench%d" % t, "exit_code": 0, "started": "", "ended": "",
                     "files": save_results.upload(s3, bucket, "bench%d" % t, mine)}
         save_results.finish(s3, bucket, "bench%d" % t, manifest)
 
 
+def foreign_dataset(s3, bucket, source):
+    """A bucket not written by awsrun: the same files uploaded with plain boto3 (its default
+    8 MB multipart threshold, so the big files have multipart ETags), no manifests, no markers."""
+    from boto3.s3.transfer import TransferConfig
+    s3.create_bucket(Bucket=bucket)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda f: s3.upload_file(f[0], bucket, "data/" + f[1], Config=TransferConfig()),
+                      tree_files(source)))
+
+
 # ---------------------------------------------------------------------------- the parts
 
-def bench_fetch(box, work, reps):
-    import boto3
-    env = box.child_environment()
-    s3 = boto3.client("s3", endpoint_url=box.endpoint, region_name="us-east-1",
-                      aws_access_key_id=ADMIN, aws_secret_access_key=ADMIN)
-    source = os.path.join(work, "source")
-    if not os.path.exists(os.path.join(source, "output")):
-        make_output_tree(source)
-    fetch_dataset(s3, "bench-fetch", source)
-    rclone_env = dict(env, RCLONE_CONFIG_MOTO_TYPE="s3", RCLONE_CONFIG_MOTO_PROVIDER="Other",
-                      RCLONE_CONFIG_MOTO_ENDPOINT=box.endpoint, RCLONE_CONFIG_MOTO_ACCESS_KEY_ID="sandbox",
-                      RCLONE_CONFIG_MOTO_SECRET_ACCESS_KEY="sandbox", RCLONE_CONFIG_MOTO_REGION="us-east-1",
-                      RCLONE_CONFIG=os.path.join(work, "rclone.conf"))
-    rclone_env.pop("AWS_CA_BUNDLE", None)  # rclone cannot use a CA bundle over plain HTTP
-    dest = {name: os.path.join(work, "fetch-" + name) for name in ("awsrun", "aws s3 sync", "rclone")}
-    sides = {
-        "awsrun": lambda: measure([PY, os.path.join(HERE, "get_s3_files.py"), "bench-fetch", dest["awsrun"]], env),
-        "aws s3 sync": lambda: measure([AWS_CLI, "s3", "sync", "--only-show-errors", "s3://bench-fetch",
-                                        dest["aws s3 sync"]], env),
-        "rclone": lambda: measure(["rclone", "copy", "moto:bench-fetch", dest["rclone"], "--transfers", "16"],
-                                  rclone_env),
-    }
-    cold = compare("fetch cold", sides, reps, prepare=lambda name: shutil.rmtree(dest[name], ignore_errors=True))
-    check_same_files(dest)
-    warm = compare("fetch warm", sides, reps)
-    return cold, warm
+def rclone_environment(box, work):
+    env = dict(box.child_environment(), RCLONE_CONFIG_MOTO_TYPE="s3", RCLONE_CONFIG_MOTO_PROVIDER="Other",
+               RCLONE_CONFIG_MOTO_ENDPOINT=box.endpoint, RCLONE_CONFIG_MOTO_ACCESS_KEY_ID="sandbox",
+               RCLONE_CONFIG_MOTO_SECRET_ACCESS_KEY="sandbox", RCLONE_CONFIG_MOTO_REGION="us-east-1",
+               RCLONE_CONFIG=os.path.join(work, "rclone.conf"))
+    env.pop("AWS_CA_BUNDLE", None)  # rclone cannot use a CA bundle over plain HTTP
+    return env
+
+
+def bench_fetch(box, work, reps, small, big):
+    """Cold and warm fetches by the three tools of: a bucket of small files only (the client's
+    CPU per object), a bucket as awsrun's nodes write it, and a foreign bucket of the same files."""
+    s3 = box_client(box, "s3")
+    mixed = os.path.join(work, "source")
+    if not os.path.exists(os.path.join(mixed, "output")):
+        make_output_tree(mixed, small, big)
+    only_small = make_output_tree(os.path.join(work, "source-small"), small, 0)
+    fetch_dataset(s3, "bench-small", only_small)
+    fetch_dataset(s3, "bench-fetch", mixed)
+    foreign_dataset(s3, "bench-foreign", mixed)
+    env, rclone_env = box.child_environment(), rclone_environment(box, work)
+    results = {}
+    for bucket, label, warm_too in (("bench-small", "small files", False), ("bench-fetch", "awsrun's bucket", True),
+                                    ("bench-foreign", "foreign bucket", True)):
+        dest = {name: os.path.join(work, "fetch-%s-%s" % (bucket, name.split()[0]))
+                for name in ("awsrun", "aws s3 sync", "rclone")}
+        sides = {
+            "awsrun": lambda dest=dest, bucket=bucket: measure(
+                [PY, os.path.join(HERE, "get_s3_files.py"), bucket, dest["awsrun"]], env),
+            "aws s3 sync": lambda dest=dest, bucket=bucket: measure(
+                [AWS_CLI, "s3", "sync", "--only-show-errors", "s3://" + bucket, dest["aws s3 sync"]], env),
+            "rclone": lambda dest=dest, bucket=bucket: measure(
+                ["rclone", "copy", "moto:" + bucket, dest["rclone"], "--transfers", "16"], rclone_env),
+        }
+        empty = lambda name, dest=dest: shutil.rmtree(dest[name], ignore_errors=True)  # noqa: E731
+        results[(label, "cold")] = compare("fetch %s, cold" % label, sides, reps, prepare=empty)
+        check_same_files(dest)
+        if warm_too:
+            results[(label, "warm")] = compare("fetch %s, warm" % label, sides, reps)
+    return results, small
 
 
 def check_same_files(dest):
@@ -164,7 +202,7 @@ def check_same_files(dest):
             raise SystemExit("fetch benchmark: %s fetched other files than %s" % (name, next(iter(listings))))
 
 
-def bench_upload(box, work, reps):
+def bench_upload(box, work, reps, small, big):
     import boto3
     env = box.child_environment()
     node_env = dict(env, AWS_ACCESS_KEY_ID=ADMIN, AWS_SECRET_ACCESS_KEY=ADMIN)  # both sides alike
@@ -172,7 +210,7 @@ def bench_upload(box, work, reps):
                        aws_access_key_id=ADMIN, aws_secret_access_key=ADMIN)
     source = os.path.join(work, "source")
     if not os.path.exists(os.path.join(source, "output")):
-        make_output_tree(source)
+        make_output_tree(source, small, big)
     node = os.path.join(work, "node")
     os.makedirs(os.path.join(node, ".awsrun"), exist_ok=True)
     if not os.path.exists(os.path.join(node, "output")):
@@ -235,6 +273,7 @@ with ThreadPoolExecutor(int(parallel)) as pool:
 COUNTED = '''
 import functools, json, os, sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.environ["AWSRUN_HOME"])
 import cloud_setup as cs, dispatcher
 calls = Counter()
@@ -375,18 +414,29 @@ def make_payload(path):
 
 # ---------------------------------------------------------------------------- report
 
-def table(cold, warm, upload, setup, calls, pooled=None):
-    lines = ["| comparison | awsrun | other | ratio | goal | awsrun peak MB | other peak MB |",
-             "|---|---:|---:|---:|---|---:|---:|"]
+def table(fetched, upload, setup, calls, pooled=None):
+    lines = ["| comparison | awsrun | other | ratio | goal | awsrun CPU | other CPU | CPU ratio | awsrun peak MB "
+             "| other peak MB |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
 
     def row(what, ours, other, name, goal):
-        lines.append("| %s vs %s | %.2f s | %.2f s | %.2fx | %s | %.0f | %.0f |" % (
-            what, name, ours[0], other[0], ours[0] / other[0], goal, ours[1], other[1]))
-    if cold:
-        row("fetch, cold", cold["awsrun"], cold["rclone"], "rclone --transfers 16", "<= 1.0x")
-        row("fetch, cold", cold["awsrun"], cold["aws s3 sync"], "aws s3 sync", "-")
-        row("fetch, warm", warm["awsrun"], warm["aws s3 sync"], "aws s3 sync", "<= 0.5x")
-        row("fetch, warm", warm["awsrun"], warm["rclone"], "rclone --transfers 16", "-")
+        lines.append("| %s vs %s | %.2f s | %.2f s | %.2fx | %s | %.2f s | %.2f s | %.2fx | %.0f | %.0f |" % (
+            what, name, ours[0], other[0], ours[0] / other[0], goal, ours[2], other[2], ours[2] / other[2],
+            ours[1], other[1]))
+    if fetched:
+        found, small = fetched
+        for (label, state), r in found.items():
+            rclone_goal = "<= 1.0x" if state == "cold" and label != "small files" else "-"
+            sync_goal = "<= 0.5x" if state == "warm" else "-"
+            if label == "small files":
+                rclone_goal = "CPU <= 1.5x"
+            row("fetch %s, %s" % (label, state), r["awsrun"], r["rclone"], "rclone --transfers 16", rclone_goal)
+            row("fetch %s, %s" % (label, state), r["awsrun"], r["aws s3 sync"], "aws s3 sync", sync_goal)
+        per = {name: found[("small files", "cold")][name][2] / small * 1000 for name in ("awsrun", "rclone",
+                                                                                          "aws s3 sync")}
+        after = ["", "Client CPU per small object (cold fetch of %d files of 1-100 KB, user + system): %s." % (
+            small, ", ".join("%s %.2f ms" % kv for kv in per.items()))]
+    else:
+        after = []
     if upload:
         row("node upload", upload["awsrun"], upload["aws s3 cp"], "aws s3 cp --recursive", "<= 1.0x")
     for n, r in sorted((setup or {}).items()):
@@ -410,18 +460,20 @@ def table(cold, warm, upload, setup, calls, pooled=None):
             lines.append("| %s | %s |" % (op, " | ".join(str(calls[n].get(op, 0)) for n in sizes)))
         totals = [sum(v for k, v in calls[n].items() if k.startswith("ec2:")) for n in sizes]
         lines.append("| **all EC2** | %s |" % " | ".join("**%d**" % t for t in totals))
-    return "\n".join(lines)
+    return "\n".join(lines + after)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=("fetch", "upload", "setup", "pool"), action="append")
-    p.add_argument("--quick", action="store_true", help="2 repetitions, N up to 64")
+    p.add_argument("--full", action="store_true", help="the full sizes: %s" % SIZES["full"])
+    p.add_argument("--quick", action="store_true", help="2 repetitions")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", default=os.path.join(HERE, "BENCHMARKS.md"))
     args = p.parse_args(argv)
     parts = args.only or ["fetch", "upload", "setup", "pool"]
     reps = 2 if args.quick else args.reps
+    size = SIZES["full" if args.full else "default"]
     if "fetch" in parts and not shutil.which("rclone"):
         raise SystemExit("the fetch benchmark needs rclone: sudo apt-get install rclone")
     if set(parts) & {"fetch", "upload"} and not os.path.exists(AWS_CLI):
@@ -431,27 +483,27 @@ def main(argv=None):
     box = sandbox.Sandbox(os.path.join(work, "sandbox")).start()
     started = time.perf_counter()
     try:
-        cold = warm = upload = setup = calls = pooled = None
+        fetched = upload = setup = calls = pooled = None
         if "fetch" in parts:
-            cold, warm = bench_fetch(box, work, reps)
+            fetched = bench_fetch(box, work, reps, size["small"], size["big"])
         if "upload" in parts:
-            upload = bench_upload(box, work, reps)
+            upload = bench_upload(box, work, reps, size["small"], size["big"])
         if "setup" in parts:
-            sizes = (16, 64) if args.quick else (16, 64, 256)
-            setup, calls = bench_setup(box, work, sizes, reps)
+            setup, calls = bench_setup(box, work, size["setup"], reps)
         if "pool" in parts:
-            pooled = bench_pool(box, work)
+            pooled = bench_pool(box, work, rows=size["pool"])
     finally:
         box.stop()
         shutil.rmtree(work, ignore_errors=True)
-    result = table(cold, warm, upload, setup, calls, pooled)
+    took = time.perf_counter() - started
+    result = table(fetched, upload, setup, calls, pooled)
     print(result)
     with open(args.out, "w") as f:
-        f.write("# awsrun benchmarks\n\n`make bench` on %s (%d cores), %s, %d repetitions each, "
-                "median wall time; the whole run took %.0f s.\n\n%s\n" % (
-                    os.uname().machine, os.cpu_count(), time.strftime("%Y-%m-%d"), reps,
-                    time.perf_counter() - started, result))
-    log("written to %s" % args.out)
+        f.write("# awsrun benchmarks\n\n`make bench%s` on %s (%d cores), %s, %d repetitions each, "
+                "median wall and CPU time, %d small files and %d x 64 MB; the whole run took %.0f s.\n\n%s\n" % (
+                    " FULL=1" if args.full else "", os.uname().machine, os.cpu_count(), time.strftime("%Y-%m-%d"),
+                    reps, size["small"], size["big"], took, result))
+    log("written to %s; the benchmark took %dm%02ds" % (args.out, took // 60, took % 60))
 
 
 if __name__ == "__main__":
