@@ -638,3 +638,58 @@ def test_aws_region_alone_chooses_the_region_though_boto3_reads_only_aws_default
     finally:
         cs.session.cache_clear()
         cs.client.cache_clear()
+
+
+def test_fetch_does_not_download_a_foreign_multipart_object_again(aws, tmp_path):
+    # A multipart upload's ETag is no MD5 and a foreign bucket has no manifest: nothing to hash,
+    # so the file is known again by the ETag of the object it was written from.
+    import get_s3_files
+    from boto3.s3.transfer import TransferConfig
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="foreign")
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(6 << 20))
+    s3.upload_file(str(big), "foreign", "data/big.bin", Config=TransferConfig(multipart_threshold=5 << 20,
+                                                                             multipart_chunksize=5 << 20))
+    assert "-" in s3.head_object(Bucket="foreign", Key="data/big.bin")["ETag"]
+    out = str(tmp_path / "out")
+    assert get_s3_files.fetch("foreign", out) == (1, 0)
+    assert get_s3_files.fetch("foreign", out) == (0, 1)
+    with open(os.path.join(out, "data", "big.bin"), "ab") as f:
+        f.write(b"changed here")
+    os.truncate(os.path.join(out, "data", "big.bin"), 6 << 20)  # same size, other time: fetched again
+    assert get_s3_files.fetch("foreign", out) == (1, 0)
+    assert open(os.path.join(out, "data", "big.bin"), "rb").read() == big.read_bytes()
+
+
+def test_a_read_cut_off_midway_is_tried_again(tmp_path):
+    import hashlib
+    import get_s3_files
+    from botocore.exceptions import ResponseStreamingError
+    data = os.urandom(600 << 10)
+
+    class Body:
+        def __init__(self, cut):
+            self.cut = cut
+
+        def iter_chunks(self, size):
+            yield data[:size]
+            if self.cut:
+                raise ResponseStreamingError(error="Connection broken: IncompleteRead")
+            yield data[size:]
+
+    class S3:
+        calls = 0
+
+        def get_object(self, **kw):
+            S3.calls += 1
+            assert kw == {"Bucket": "b", "Key": "t/output/x", "IfMatch": '"e"'}
+            return {"Body": Body(cut=S3.calls == 1)}
+    obj = {"Key": "t/output/x", "ETag": '"e"', "Size": len(data)}
+    damaged = []
+    get_s3_files.fetch_each(S3(), "b", str(tmp_path), {obj["Key"]: "t/output/x"}, [obj],
+                            {obj["Key"]: ("sha256", hashlib.sha256(data).hexdigest())},
+                            get_s3_files.Cache(str(tmp_path)), damaged, get_s3_files.Progress(1, len(data)))
+    assert (S3.calls, damaged) == (2, [])
+    assert (tmp_path / "t" / "output" / "x").read_bytes() == data
+    assert not (tmp_path / "t" / "output" / "x.awsrun-part").exists()
