@@ -273,7 +273,11 @@ def fetch(bucket, out, flat=False, full=False):
     Every node ends its upload by writing an outcome marker, so when the markers are those of
     the last complete fetch and no file it wrote was changed here, nothing is listed or read
     again (`full` lists and checks everything all the same)."""
-    s3 = cs.client("s3")
+    # Every file with a SHA-256 or MD5 gets checked against it, end to end, so S3's response
+    # checksums need not be computed as well: this client asks for them only where required;
+    # the objects with neither hash are fetched with one that checks them (made only for those).
+    s3 = cs.client_with("s3", response_checksum_validation="when_required",
+                        max_pool_connections=max(TRANSFER.max_request_concurrency, SINGLE_CONCURRENCY))
     cache = Cache(out)
     markers = list_markers(s3, bucket)
     if not full and cache.untouched(bucket, markers, flat):
@@ -285,17 +289,14 @@ def fetch(bucket, out, flat=False, full=False):
     todo = [o for o in objects if not unchanged(os.path.join(out, names[o["Key"]]), o, wants[o["Key"]], cache)]
     damaged = []
     if todo:
-        # Every file gets checked against its SHA-256 or MD5 above, end to end, so S3's
-        # response checksums need not be computed as well: those go to objects without one.
-        fast = cs.client_with("s3", response_checksum_validation="when_required",
-                              max_pool_connections=max(TRANSFER.max_request_concurrency, SINGLE_CONCURRENCY))
         progress = Progress(len(todo), sum(o["Size"] for o in todo))
         single = [o for o in todo if wants[o["Key"]] and o["Size"] < TRANSFER.multipart_threshold]
-        fetch_each(fast, bucket, out, names, single, wants, cache, damaged, progress)
-        chosen = {o["Key"] for o in single}
-        for client, group in ((fast, [o for o in todo if wants[o["Key"]] and o["Key"] not in chosen]),
-                              (s3, [o for o in todo if not wants[o["Key"]]])):
-            download(client, bucket, out, names, group, wants, cache, damaged, progress)
+        fetch_each(s3, bucket, out, names, single, wants, cache, damaged, progress)
+        large = [o for o in todo if wants[o["Key"]] and o["Size"] >= TRANSFER.multipart_threshold]
+        download(s3, bucket, out, names, large, wants, cache, damaged, progress)
+        unhashed = [o for o in todo if not wants[o["Key"]]]
+        if unhashed:
+            download(cs.client("s3"), bucket, out, names, unhashed, wants, cache, damaged, progress)
     if damaged:
         cache.save()
         raise UserError("%s arrived damaged (their hashes differ from the manifest or ETag): fetch again"

@@ -387,7 +387,7 @@ def test_fetch_skips_listing_until_a_node_finishes_again(aws, tmp_path):
     os.makedirs(out)
     assert get_s3_files.fetch("bucket-a", out) == (2, 0)
     calls = []
-    cs.client("s3").meta.events.register("before-call", lambda model, **kw: calls.append(model.name))
+    cs.session().events.register("before-call.s3", lambda model, **kw: calls.append(model.name))  # every client
     assert get_s3_files.fetch("bucket-a", out) == (0, 2)
     assert calls == ["ListObjectsV2"]  # the markers only
     put_job_result(s3, "bucket-a", "job0", "second", "i-2")  # a retry of the same tag
