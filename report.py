@@ -89,7 +89,7 @@ def seconds(text):
 def build(job, objects, dispatches, manifests, live, now):
     """(rows, machines) of the run. A row: tag, command, type, machine, outcome, exit code,
     attempt and its phases [(phase, start, end)]; a machine: its lane, type, spot, launch
-    and install times, and its end."""
+    and install times, its rows and its end."""
     finished, started, queued = job_state.outcomes(objects), job_state.starts(objects), job_state.queued(objects, job)
     machines, planned = {}, {}
     for record in sorted(dispatches, key=lambda r: r.get("dispatched", "")):
@@ -139,8 +139,10 @@ def build(job, objects, dispatches, manifests, live, now):
         m[k] for m in machines.values() for k in ("launched", "install_ended") if m.get(k)] + [0]) or now
     for row in rows:
         row["phases"] = phases(row, end, now)
+        if row["machine"]:
+            machines.get(row["machine"]["id"], {}).setdefault("rows", []).append(row)
     for machine in machines.values():
-        mine = [r for r in rows if r["machine"] and r["machine"]["id"] == machine["id"]]
+        mine = machine.setdefault("rows", [])
         ends = [t for r in mine for _, _, t in r["phases"]]
         machine["end"] = max(ends + [machine.get("install_ended") or 0]) or end
         if machine.get("pool") and machine.get("idle") and not any(r["outcome"] == "running" for r in mine):
@@ -187,7 +189,7 @@ def union(intervals):
     return total
 
 
-def usage(rows, machines):
+def usage(machines):
     """{(type, spot): {machines, running, idle, billed, start, end}}: instance-seconds per
     instance type, running a row (a pool machine's rows that overlap count once) and not; and
     as EC2 bills Linux machines: by the second, at least 60 s each."""
@@ -195,9 +197,8 @@ def usage(rows, machines):
     for machine in machines.values():
         if not machine.get("launched"):
             continue
-        mine = [r for r in rows if r["machine"] and r["machine"]["id"] == machine["id"]]
         life = max(0.0, machine["end"] - machine["launched"])
-        busy = min(life, union([(a, b) for r in mine for p, a, b in r["phases"] if p == "run"]))
+        busy = min(life, union([(a, b) for r in machine["rows"] for p, a, b in r["phases"] if p == "run"]))
         u = found.setdefault((machine["type"], bool(machine.get("spot"))), {
             "machines": 0, "running": 0.0, "idle": 0.0, "billed": 0.0, "start": machine["launched"],
             "end": machine["end"]})
@@ -507,7 +508,7 @@ def report(job, out, prices_file=None):
     s3, bucket, objects, dispatches, manifests = load(job)
     live = {n["id"] for n in cs.find_nodes(job) if n["state"] in cs.LIVE}
     rows, machines = build(job, objects, dispatches, manifests, live, now)
-    used = usage(rows, machines)
+    used = usage(machines)
     prices, source = price_list(used, prices_file) if used else ({}, "no machine times are known")
     text, counts, median, slow, total = page(job, bucket, rows, machines, used, prices, source,
                                              log_tails(s3, bucket, rows, manifests), now)
