@@ -291,12 +291,14 @@ def fetch(bucket, out, flat=False, full=False):
     if todo:
         progress = Progress(len(todo), sum(o["Size"] for o in todo))
         single = [o for o in todo if wants[o["Key"]] and o["Size"] < TRANSFER.multipart_threshold]
-        fetch_each(s3, bucket, out, names, single, wants, cache, damaged, progress)
         large = [o for o in todo if wants[o["Key"]] and o["Size"] >= TRANSFER.multipart_threshold]
-        download(s3, bucket, out, names, large, wants, cache, damaged, progress)
         unhashed = [o for o in todo if not wants[o["Key"]]]
-        if unhashed:
-            download(cs.client("s3"), bucket, out, names, unhashed, wants, cache, damaged, progress)
+        with ThreadPoolExecutor(2) as others:  # the transfer manager's objects at the same time
+            started = [others.submit(download, client, bucket, out, names, group, wants, cache, damaged, progress)
+                       for client, group in ((s3, large), (unhashed and cs.client("s3"), unhashed)) if group]
+            fetch_each(s3, bucket, out, names, single, wants, cache, damaged, progress)
+            for future in started:
+                future.result()
     if damaged:
         cache.save()
         raise UserError("%s arrived damaged (their hashes differ from the manifest or ETag): fetch again"
