@@ -132,14 +132,9 @@ USED = {("t3.micro", False): {"start": 1_780_000_000, "end": 1_780_003_600},
 
 
 @pytest.fixture
-def region(monkeypatch):
-    """A region and credentials of their own (the shared session is made again)."""
-    for name in list(os.environ):
-        if name.startswith(("AWS_", "AWSRUN_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+def region(aws_env, monkeypatch):
+    """Throwaway credentials and a region of their own (the shared session is made again)."""
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
     cs.session.cache_clear()
     cs.client.cache_clear()
     yield "eu-west-1"
