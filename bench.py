@@ -2,7 +2,7 @@
 Runs on the developer's machine.
 
     make bench                      # all of it, sized to run in under 10 minutes on 2 cores
-    make bench FULL=1               # the full sizes (--full): about 20 minutes
+    make bench FULL=1               # the full sizes (--full): not timed yet (the last full run: 19 min)
     python bench.py --only fetch    # one part: fetch, upload, setup or pool
     python bench.py --quick         # 2 repetitions and the default sizes, for a quick look
 
@@ -273,7 +273,6 @@ with ThreadPoolExecutor(int(parallel)) as pool:
 COUNTED = '''
 import functools, json, os, sys
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.environ["AWSRUN_HOME"])
 import cloud_setup as cs, dispatcher
 calls = Counter()

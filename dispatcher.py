@@ -386,11 +386,16 @@ def node_info(args, node, itype, command=None):
             "bucket": node["bucket"], "region": cs.region(), "command": command,
             "outputs": args.output, "max_runtime": args.max_runtime or None,
             "upload_hold": getattr(args, "upload_hold", None), "spot": node.get("spot", False),
-            "launched": node["launched"].strftime("%Y-%m-%dT%H:%M:%SZ") if node.get("launched") else None}
+            "launched": launch_time(node)}
     if node.get("pool"):  # what pool_worker.py reads
         info.update(queue_url=node.get("queue_url"), slots=0 if args.slots == "auto" else int(args.slots),
                     lease=pool_lease(), idle=pool_idle())
     return info
+
+
+def launch_time(node):
+    """When EC2 launched the node, as the node's own times are written (cloud_setup.parse_time)."""
+    return node["launched"].strftime("%Y-%m-%dT%H:%M:%SZ") if node.get("launched") else None
 
 
 def pool_lease():
@@ -627,7 +632,7 @@ def record_dispatch(args, bucket, nodes, results, rows):
         if results.get(n["tag"]) == "started":
             times = (n.get("install_times") or []) + [None, None]
             machines[n["id"]] = {"tag": n["tag"], "type": n["type"], "spot": n.get("spot", False),
-                                 "launched": n["launched"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                 "launched": launch_time(n),
                                  "install_started": times[0], "install_ended": times[1]}
     ids = {n["tag"]: n["id"] for n in nodes if n["id"] in machines and not args.pool}
     rows = {tag: {"command": command, "instance_type": itype, "instance_id": ids.get(tag)}
