@@ -52,15 +52,21 @@ def test_collect_merges_headers_that_differ_a_bom_and_quoted_commas(box, tmp_pat
     assert table(tmp_path / "again.csv") == table(out)
 
 
-def test_collect_says_what_is_missing_in_one_line(box, tmp_path):
-    job = "collect-none"
-    gone = box.run("collect.py", job)
+def no_bucket_then_no_results(box, job, script):
+    """`script JOB` on a bucket that does not exist, then on an empty one (made here): one
+    line each, exit 1."""
+    gone = box.run(script, job)
     assert (gone.returncode, gone.stderr) == (1, "error: bucket %s does not exist: check BUCKET= (it is the job "
                                                  "name unless you gave --bucket)\n" % job)
     box.s3.create_bucket(Bucket=job)
-    empty = box.run("collect.py", job)
+    empty = box.run(script, job)
     assert (empty.returncode, empty.stderr) == (1, "error: job %s has no results in s3://%s yet: see `make status "
                                                    "JOB=%s`\n" % (job, job, job))
+
+
+def test_collect_says_what_is_missing_in_one_line(box, tmp_path):
+    job = "collect-none"
+    no_bucket_then_no_results(box, job, "collect.py")
     box.s3.put_object(Bucket=job, Key="_awsrun/%s0/exit=0,runtime=1" % job, Body=b"")   # marker, no manifest
     box.s3.put_object(Bucket=job, Key="%s0/output/r.csv" % job, Body=b"a\n1\n")
     partial = box.run("collect.py", job)

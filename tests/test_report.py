@@ -14,6 +14,7 @@ import cloud_setup as cs
 import report
 import sandbox_ec2
 from conftest import write
+from test_collect import no_bucket_then_no_results
 from test_operate import states, until, vanish, waits_for
 
 
@@ -105,15 +106,9 @@ def test_the_report_draws_each_outcome_from_the_bucket(box, tmp_path):
     os.remove(os.path.join(box.env["AWSRUN_SANDBOX"], "account.json"))
 
 
-def test_report_and_collect_say_what_is_missing_in_one_line(box, tmp_path):
+def test_report_says_what_is_missing_in_one_line(box, tmp_path):
     job = "rep-none"
-    gone = box.run("report.py", job)
-    assert (gone.returncode, gone.stderr) == (1, "error: bucket %s does not exist: check BUCKET= (it is the job "
-                                                 "name unless you gave --bucket)\n" % job)
-    box.s3.create_bucket(Bucket=job)
-    empty = box.run("report.py", job)
-    assert (empty.returncode, empty.stderr) == (1, "error: job %s has no results in s3://%s yet: see `make status "
-                                                   "JOB=%s`\n" % (job, job, job))
+    no_bucket_then_no_results(box, job, "report.py")
     box.s3.put_object(Bucket=job, Key="_awsrun/%s0/exit=0,runtime=1" % job, Body=b"")   # marker, no manifest
     partial = box.run("report.py", job, "--out", str(tmp_path / "r.html"))
     assert partial.returncode == 0, partial.stderr
