@@ -435,16 +435,32 @@ line.tick{stroke:#eee}line.lane{stroke:#f3f3f3}rect.hist{fill:#5c6bc0}
 """
 
 
-def page(job, bucket, rows, machines, used, prices, source, logs, now):
+def summary(rows):
+    """What both the page and stdout say of the rows: counts by outcome, [(run time, row)],
+    the median run time and the stragglers, slowest first."""
     counts = {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES}
     times = [(run_time(r), r) for r in rows if run_time(r) is not None]
     median = statistics.median([t for t, _ in times]) if times else 0
     slow = sorted(((t, r) for t, r in times if median and t > STRAGGLER * median), key=lambda p: -p[0])
+    return counts, times, median, slow
+
+
+def counted(counts):
+    return ", ".join("%d %s" % (n, o.replace("-", " ")) for o, n in counts.items() if n)
+
+
+def dollars(used, price):
+    """The billed cost of one type's machines, or None without a price."""
+    return None if price is None else used["billed"] / 3600 * price
+
+
+def page(job, bucket, rows, told, machines, used, prices, source, logs, now):
+    """The HTML page; `told` is summary(rows)."""
+    counts, times, median, slow = told
     out = ["<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>awsrun report: %s</title><style>%s"
            "</style></head><body>" % (html.escape(job), CSS)]
     out.append("<h1>awsrun report: job %s</h1><p>%d rows: %s. Bucket s3://%s. Made %s.</p>" % (
-        html.escape(job), len(rows), ", ".join("%d %s" % (n, o.replace("-", " ")) for o, n in counts.items() if n),
-        html.escape(bucket), clock(now)))
+        html.escape(job), len(rows), counted(counts), html.escape(bucket), clock(now)))
     out.append("<h2>Timeline</h2><p>One lane per machine (its light band: from its launch to its end), on one "
                "time axis from the first launch. Phases:%s. "
                "Colour: the row's outcome:%s. Hover a bar for its tag, command, exit code and times.</p>" % (
@@ -473,18 +489,18 @@ def page(job, bucket, rows, machines, used, prices, source, logs, now):
     total = 0.0
     for (itype, spot), u in sorted(used.items()):
         price = prices.get((itype, spot))
-        total += u["billed"] / 3600 * price if price is not None else 0
+        total += dollars(u, price) or 0
         out.append("<tr><td>%s%s</td><td class=n>%d</td><td class=n>%s</td><td class=n>%s</td><td class=n>%.3f</td>"
                    "<td class=n>%s</td><td class=n>%s</td></tr>" % (
                        itype, " (spot)" if spot else "", u["machines"], job_state.elapsed(u["running"]),
                        job_state.elapsed(u["idle"]), u["billed"] / 3600, "-" if price is None else "%.4f" % price,
-                       "-" if price is None else money(u["billed"] / 3600 * price)))
+                       "-" if price is None else money(dollars(u, price))))
     out.append("</table><p>Prices: %s. Machines are counted from launch to their last upload (a pool machine: "
                "plus the idle wait after which it ends itself), and billed as EC2 bills Linux: by the second, at "
                "least 60 s per machine.%s</p>" % (html.escape(source),
                                                   " Estimated total: %s." % money(total) if prices else ""))
     out.append("</body></html>\n")
-    return "".join(out), counts, median, slow, total
+    return "".join(out)
 
 
 def log_tails(s3, bucket, rows, manifests):
@@ -510,14 +526,14 @@ def report(job, out, prices_file=None):
     rows, machines = build(job, objects, dispatches, manifests, live, now)
     used = usage(machines)
     prices, source = price_list(used, prices_file) if used else ({}, "no machine times are known")
-    text, counts, median, slow, total = page(job, bucket, rows, machines, used, prices, source,
-                                             log_tails(s3, bucket, rows, manifests), now)
+    told = summary(rows)
+    text = page(job, bucket, rows, told, machines, used, prices, source, log_tails(s3, bucket, rows, manifests), now)
+    counts, _, median, slow = told
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out + ".part", "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(out + ".part", out)
-    print("job %s: %s: %s; %s" % (job, plural(len(rows), "row"), ", ".join(
-        "%d %s" % (n, o.replace("-", " ")) for o, n in counts.items() if n), plural(len(machines), "machine")))
+    print("job %s: %s: %s; %s" % (job, plural(len(rows), "row"), counted(counts), plural(len(machines), "machine")))
     if median:
         print("run times: median %s; %s" % (job_state.elapsed(median), "stragglers (over %gx the median): %s" % (
             STRAGGLER, " ".join(r["tag"] for _, r in slow)) if slow else "no stragglers"))
@@ -525,7 +541,7 @@ def report(job, out, prices_file=None):
         price = prices.get((itype, spot))
         print("cost: %s%s: %s, %.3f h running a row, %.3f h idle%s" % (
             itype, " (spot)" if spot else "", plural(u["machines"], "machine"), u["running"] / 3600, u["idle"] / 3600,
-            "" if price is None else ", %s" % money(u["billed"] / 3600 * price)))
+            "" if price is None else ", %s" % money(dollars(u, price))))
     print("prices: %s" % source)
     print("report: %s" % out)
     return 0
