@@ -480,7 +480,6 @@ class Sandbox:
                 f.write(STANDIN.format(python=sys.executable, log=self.path("standins.log"), power=POWER,
                                        port=self.imds.server_port))
             os.chmod(self.path("bin", name), 0o755)
-        self.ssh_port = free_port()
         node_path = self.node_path
         # EC2's metadata service answers in a millisecond; this one looks the caller up in /proc,
         # which with hundreds of node processes on a laptop's cores can take longer than
@@ -493,31 +492,44 @@ class Sandbox:
         with open(node_shell, "w") as f:
             f.write(NODE_SHELL.format(path=node_path))
         os.chmod(node_shell, 0o755)
-        config = "\n".join([
-            "Port %d" % self.ssh_port, "ListenAddress 127.0.0.1", "HostKey " + host_key,
-            "PidFile none", "AuthorizedKeysFile " + os.path.join(ssh, "authorized_keys"),
-            "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "AllowUsers " + getpass.getuser(),
-            "MaxStartups 1024:30:2048", "MaxSessions 64", "LoginGraceTime 60", "UseDNS no",
-            "ForceCommand " + node_shell,
-            "SetEnv " + " ".join('%s="%s"' % kv for kv in sorted(node_env.items())), ""])
-        with open(os.path.join(ssh, "sshd_config"), "w") as f:
-            f.write(config)
         self.sshd_log = open(self.path("sshd.log"), "ab")
-        self.sshd = subprocess.Popen([sshd, "-D", "-e", "-f", os.path.join(ssh, "sshd_config")],
-                                     stdin=subprocess.DEVNULL, stdout=self.sshd_log, stderr=self.sshd_log)
-        self.wait_for_banner()
+        for _ in range(5):  # a port picked free may be taken before sshd binds it (another sandbox)
+            self.ssh_port = free_port()
+            config = "\n".join([
+                "Port %d" % self.ssh_port, "ListenAddress 127.0.0.1", "HostKey " + host_key,
+                "PidFile none", "AuthorizedKeysFile " + os.path.join(ssh, "authorized_keys"),
+                "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+                "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "AllowUsers " + getpass.getuser(),
+                "MaxStartups 1024:30:2048", "MaxSessions 64", "LoginGraceTime 60", "UseDNS no",
+                "ForceCommand " + node_shell,
+                "SetEnv " + " ".join('%s="%s"' % kv for kv in sorted(node_env.items())), ""])
+            with open(os.path.join(ssh, "sshd_config"), "w") as f:
+                f.write(config)
+            self.sshd = subprocess.Popen([sshd, "-D", "-e", "-f", os.path.join(ssh, "sshd_config")],
+                                         stdin=subprocess.DEVNULL, stdout=self.sshd_log, stderr=self.sshd_log)
+            if self.wait_for_banner():
+                return
+        raise SandboxError("sshd could bind none of 5 free ports: " + self.sshd_tail())
+
+    def sshd_tail(self):
+        with open(self.path("sshd.log"), errors="replace") as f:
+            return f.read()[-500:].strip()
 
     def wait_for_banner(self, timeout=15):
+        """True once this sandbox's own sshd listens on its port and answers with a banner;
+        False if it exited (its port was taken). Another program on the port is not taken for it."""
         deadline = time.monotonic() + timeout
         for delay in cs.backoff(deadline, first=0.05, cap=0.5):
-            if self.sshd.poll() is not None or delay is None:
-                with open(self.path("sshd.log"), errors="replace") as f:
-                    raise SandboxError("sshd did not start: " + f.read()[-500:].strip())
+            if self.sshd.poll() is not None:
+                return False
+            if delay is None:
+                raise SandboxError("sshd did not start: " + self.sshd_tail())
+            if not listens(self.sshd.pid, self.ssh_port):
+                continue
             try:
                 with socket.create_connection(("127.0.0.1", self.ssh_port), timeout=2) as s:
                     if s.recv(8).startswith(b"SSH-"):
-                        return
+                        return True
             except OSError:
                 pass
 
@@ -575,6 +587,18 @@ def user_policy(mtime):
 
 def setting_node_venv():
     return os.environ.get("AWSRUN_SANDBOX_NODE_VENV") or NODE_VENV
+
+
+def listens(pid, port):
+    """Whether process `pid` holds the socket listening on 127.0.0.1:`port` (/proc/net/tcp)."""
+    with open("/proc/net/tcp") as f:
+        inodes = {fields[9] for fields in (line.split() for line in f.read().splitlines()[1:])
+                  if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port}
+    try:
+        return any(os.readlink("/proc/%d/fd/%s" % (pid, fd)) in {"socket:[%s]" % i for i in inodes}
+                   for fd in os.listdir("/proc/%d/fd" % pid))
+    except OSError:
+        return False
 
 
 def connection_inode(table, port, server_port):

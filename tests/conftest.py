@@ -137,6 +137,7 @@ class Sandbox:
                        aws_access_key_id="sandbox-admin", aws_secret_access_key="sandbox-admin")
         self.ec2, self.s3 = self.client("ec2"), self.client("s3")
         self.nodes_dir = env["AWSRUN_REMOTE_ROOT"]
+        self.fault_mark = 0
 
     def client(self, service):
         return boto3.client(service, **self.kw)
@@ -174,6 +175,10 @@ class Sandbox:
     def decisions(self):
         return iam_decisions(self.env)
 
+    def fault_hits(self, code):
+        """How many requests the sandbox answered with the fault `code` since faults() was called."""
+        return sum(1 for e in self.decisions()[self.fault_mark:] if e.get("fault") == code)
+
     def interrupt(self, instance_id):
         """Show a spot instance EC2's interruption notice (sandbox.py: interruptions.json)."""
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))
@@ -181,7 +186,9 @@ class Sandbox:
             json.dump({instance_id: when}, f)
 
     def faults(self, rules):
-        """Make the sandbox's AWS answer with these errors (sandbox.py: faults on demand)."""
+        """Make the sandbox's AWS answer with these errors (sandbox.py: faults on demand).
+        fault_hits() counts only those answered from here on, not an earlier test's."""
+        self.fault_mark = len(self.decisions())
         with open(os.path.join(self.env["AWSRUN_SANDBOX"], "faults.json"), "w") as f:
             json.dump(rules, f)
 

@@ -18,10 +18,6 @@ def create_dispatch(box, job, jobs, *extra, env=None):
     return box.run("dispatcher.py", "auto", job, jobs, "-c", "-d", *extra, env=env)
 
 
-def faults_hit(box, code):
-    return sum(1 for e in box.decisions() if e.get("fault") == code)
-
-
 def test_throttling_is_waited_out_and_nothing_is_lost(box):
     job = "busy-throttle"
     box.faults([{"action": "ec2:RunInstances", "principal": "user", "code": "RequestLimitExceeded",
@@ -35,7 +31,7 @@ def test_throttling_is_waited_out_and_nothing_is_lost(box):
     assert run.returncode == 0, run.stderr
     until(lambda: set(states(box, job).values()) == {"succeeded"}, what="both rows", timeout=90)
     assert box.read(job, job + "1/screen_output.txt") == "two\n"
-    assert (faults_hit(box, "RequestLimitExceeded")) == 15
+    assert (box.fault_hits("RequestLimitExceeded")) == 15
 
 
 def test_a_zone_without_capacity_is_skipped_for_the_next(box):
@@ -104,8 +100,8 @@ def test_new_objects_that_are_not_visible_yet_are_waited_for(box):
     run = create_dispatch(box, job, jobs_file(box, job, [("t3.micro", "echo seen")]))
     assert run.returncode == 0, run.stderr
     until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the row")
-    assert faults_hit(box, "InvalidGroup.NotFound") == 2 and faults_hit(box, "InvalidParameterValue") == 2
-    assert faults_hit(box, "NoSuchEntity") == 1
+    assert box.fault_hits("InvalidGroup.NotFound") == 2 and box.fault_hits("InvalidParameterValue") == 2
+    assert box.fault_hits("NoSuchEntity") == 1
 
 
 def test_no_default_vpc_asks_for_a_subnet_and_then_uses_it(account):
