@@ -116,21 +116,26 @@ def describe(path, key):
 def upload(s3, bucket, tag, files):
     """Upload every file to TAG/ in parallel with the transfer manager, hashing them at the
     same time for the manifest (hashlib lets go of the GIL). A file that S3 turned away with
-    a retryable answer is sent again. Returns the manifest's files."""
+    a retryable answer is sent again. Every transfer ends on its own before an error is
+    raised: leaving the manager with one raised cancels the others midway, and botocore then
+    sends each cancelled one again, ten times (s3transfer 0.10). Returns the manifest's files."""
     with ThreadPoolExecutor(2) as hashing:
         described = [hashing.submit(describe, path, key) for path, key in files]
         pending = files
         for delay in cs.backoff(time.monotonic() + 300, first=1.0, cap=20.0):
-            again = []
+            again, refused = [], []
             with create_transfer_manager(s3, TRANSFER) as manager:
                 futures = [(f, manager.upload(f[0], bucket, "%s/%s" % (tag, f[1]))) for f in pending]
                 for f, future in futures:
                     try:
                         future.result()
                     except ClientError as e:
-                        if cs.error_code(e) not in RETRIED or delay is None:
-                            raise
-                        again.append(f)
+                        if cs.error_code(e) in RETRIED and delay is not None:
+                            again.append(f)
+                        else:
+                            refused.append(e)
+            if refused:
+                raise refused[0]
             if not again:
                 break
             print("%d files: S3 asked to try again" % len(again), file=sys.stderr)

@@ -4,6 +4,7 @@ try again, and nodes that must end whatever goes wrong on them."""
 import json
 import os
 import subprocess
+from collections import Counter
 
 import boto3
 import pytest
@@ -121,15 +122,18 @@ def test_a_call_the_policy_does_not_grant_is_refused_as_on_aws(box):
 def test_an_upload_refused_by_the_sandbox_is_answered_once_not_reset_and_retried(box, tmp_path):
     """A refused upload must reach the uploader (on the node image's boto3) as AWS's 403, once:
     if the sandbox closed the connection with the upload's bytes unread, the caller saw a reset
-    and retried for minutes (a flaky `upload-failed` in the status test found it)."""
+    and retried for minutes (a flaky `upload-failed` in the status test found it). And a file
+    still on its way when another is refused is not cancelled midway: s3transfer's cancel made
+    botocore send it again ten times, for about 100 s (a flaky run of this test found it)."""
     box.s3.create_bucket(Bucket="strict-refused")
     box.faults([{"action": "s3:PutObject", "resource": "arn:aws:s3:::strict-refused/*", "code": "AccessDenied",
                  "status": 403}])
-    write(tmp_path / "screen_output.txt", "its bucket refuses it\n")
+    write(tmp_path / "output" / "small.txt", "its bucket refuses it\n")  # refused first...
+    (tmp_path / "screen_output.txt").write_bytes(os.urandom(1 << 20) * 24)  # ...while this one is on its way
     write(tmp_path / ".awsrun" / "install.1.log", "")
     script = ("import sys; sys.path.insert(0, %r); import save_results as s\n"
               "s3, _ = s.clients({'region': 'us-east-1'}); files, _ = s.result_files('.', [])\n"
-              "for i in range(10):\n"
+              "for i in range(5):\n"
               "    try: s.upload(s3, 'strict-refused', '_awsrun/queued/%%d' %% i, files)\n"
               "    except Exception as e: assert 'AccessDenied' in str(e), e\n" % ROOT)
     before = len(box.decisions())
@@ -137,5 +141,5 @@ def test_an_upload_refused_by_the_sandbox_is_answered_once_not_reset_and_retried
     run = subprocess.run([node_python, "-c", script], cwd=tmp_path, env=dict(box.env, AWS_ACCESS_KEY_ID="sandbox",
                          AWS_SECRET_ACCESS_KEY="sandbox"), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
-    tried = [e for e in box.decisions()[before:] if e.get("fault") == "AccessDenied"]
-    assert len(tried) == 20  # two files, ten times: none sent again
+    tried = [e["resource"] for e in box.decisions()[before:] if e.get("fault") == "AccessDenied"]
+    assert len(tried) == 15, Counter(tried).most_common(3)  # three files, five times: none sent again
