@@ -24,6 +24,7 @@ ARGS   ?=
 TIMEOUT ?= 86400
 TAG    ?=
 DELETE_BUCKET ?= no
+TEST_WORKERS ?= 4
 
 DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)) \
 	$(if $(POOL),--pool $(POOL)) $(if $(SLOTS),--slots $(SLOTS)) $(ARGS)
@@ -117,7 +118,7 @@ _demo:
 	@echo "--- the report of the run (open it in a browser): results/awsrun-demo/report.html"
 
 test: $(DEV) $(NODE_PY)  ## unit and end-to-end tests (the end-to-end ones need sshd)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 SHELL_FILES := INSTALL.sh node/*.sh .ci/run
 lint: $(DEV)  ## ruff (settings in ruff.toml) on every Python file, shellcheck on every shell file

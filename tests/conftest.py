@@ -19,6 +19,16 @@ import cloud_setup as cs  # noqa: E402
 import sandbox_ec2  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: waits on long idles, leases or timers by design (run first, "
+                                       "so that the short tests run beside it; never skipped)")
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first: with several workers (make test), the short ones fill in beside them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def aws_env(tmp_path, monkeypatch):
     """Throwaway credentials, and every folder awsrun writes to inside tmp_path."""

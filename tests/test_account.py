@@ -3,7 +3,10 @@ consistency, no default VPC, subnets without public IPs, a laptop that moved, an
 that never gets prepared. Each through the commands a user types, in a sandbox whose AWS
 answers as such an account does (sandbox_ec2.py, faults on demand)."""
 import os
+import pathlib
 import subprocess
+
+import pytest
 
 from conftest import ROOT, write
 from test_operate import release, states, until, waits_for
@@ -18,6 +21,7 @@ def create_dispatch(box, job, jobs, *extra, env=None):
     return box.run("dispatcher.py", "auto", job, jobs, "-c", "-d", *extra, env=env)
 
 
+@pytest.mark.slow
 def test_throttling_is_waited_out_and_nothing_is_lost(box):
     job = "busy-throttle"
     box.faults([{"action": "ec2:RunInstances", "principal": "user", "code": "RequestLimitExceeded",
@@ -107,7 +111,8 @@ def test_new_objects_that_are_not_visible_yet_are_waited_for(box):
 def test_no_default_vpc_asks_for_a_subnet_and_then_uses_it(account):
     box = account(default_vpc=False)
     job = "busy-novpc"
-    jobs = jobs_file(box, job, [("t3.micro", "echo in my subnet")])
+    go = pathlib.Path(box.folder(job)) / "go"  # the row waits, so its instance (and address) are there to see
+    jobs = jobs_file(box, job, [("t3.micro", waits_for(go.parent, go.name) + "; echo in my subnet")])
     run = create_dispatch(box, job, jobs)
     assert run.returncode == 2
     assert run.stderr == ('error: region us-east-1 has no default VPC: name the subnets to launch in, e.g. '
@@ -122,6 +127,7 @@ def test_no_default_vpc_asks_for_a_subnet_and_then_uses_it(account):
     instance = box.instances(job)[0]
     assert (instance["SubnetId"], instance["VpcId"]) == (subnet["SubnetId"], vpc)
     assert instance.get("PublicIpAddress")  # the subnet maps none: awsrun asked for one
+    release(go.parent, go.name)
     until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the row")
 
 

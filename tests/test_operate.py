@@ -20,7 +20,7 @@ def until(condition, timeout=60, what="condition"):
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail("timed out after %d s waiting for %s" % (timeout, what))
+            pytest.fail("timed out after %d s waiting for %s (last seen: %r)" % (timeout, what, value))
         time.sleep(delay)
         delay = min(0.5, delay * 2)
 
