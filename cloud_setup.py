@@ -46,6 +46,7 @@ ERROR_TAG = "awsrun:error"
 SINCE_TAG = "awsrun:since"        # when awsrun:status last changed
 PROGRESS_TAG = "awsrun:progress"  # the latest value set with update_tags.py
 UNTIL_TAG = "awsrun:until"        # an upload-failed node is kept up until then
+DEADLINE_TAG = "awsrun:deadline"  # a row's command is stopped then (its --max-runtime)
 POOL_TAG = "awsrun:pool"          # on a pool machine: the instance type whose queue it serves
 PROTECTED_TAGS = (JOB_TAG, ROWS_TAG, BUCKET_TAG, POOL_TAG)  # what a node may never change
 
@@ -717,7 +718,7 @@ def node_of(instance):
             "error": tags.get(ERROR_TAG, ""), "launched": instance["LaunchTime"],
             "spot": instance.get("InstanceLifecycle") == "spot",
             "since": parse_time(tags.get(SINCE_TAG, "")), "progress": tags.get(PROGRESS_TAG, ""),
-            "until": tags.get(UNTIL_TAG, ""),
+            "until": tags.get(UNTIL_TAG, ""), "deadline": tags.get(DEADLINE_TAG, ""),
             "address": instance.get("PrivateIpAddress", "") if setting("SSH_ADDRESS", "public") == "private"
             else instance.get("PublicIpAddress") or instance.get("PublicDnsName") or ""}
 
@@ -730,8 +731,9 @@ def parse_time(text):
         return None
 
 
-def now_text():
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def now_text(later=0):
+    """Now (or `later` seconds from now), as awsrun writes times."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + later))
 
 
 def set_status(ids, status, extra=None, ec2=None):

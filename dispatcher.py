@@ -108,6 +108,9 @@ def parse_inputs(specs):
 # SQS keeps a received message from other consumers for 12 hours at most (ChangeMessageVisibility
 # is refused beyond that), so a pool row, with its copy and upload, must end well within it.
 POOL_MAX_RUNTIME = 11 * 3600
+# One machine per row: a row stops after a day unless --max-runtime says otherwise (0: never),
+# so that one hung command does not keep its machine billing until someone looks.
+DEFAULT_MAX_RUNTIME = 24 * 3600
 
 
 def check_arguments(args):
@@ -124,6 +127,8 @@ def check_arguments(args):
                             "other machines for 12 hours at most; run longer rows one machine per row (without "
                             "--pool)" % job_state.elapsed(args.max_runtime), code=2)
         args.max_runtime = args.max_runtime or POOL_MAX_RUNTIME
+    elif args.max_runtime is None:
+        args.max_runtime = DEFAULT_MAX_RUNTIME
     if args.create:
         if args.code and not os.path.isdir(args.code):
             raise UserError("--code %s is not a folder" % args.code, code=2)
@@ -660,7 +665,10 @@ def dispatch(args, wanted, session=None):
     if skipped:
         log("already started: " + " ".join(skipped))
     # Tagged before they start, in one call, so a node's own later tags (uploading...) win.
-    cs.set_status([n["id"] for n in nodes], "running")
+    cs.set_status([n["id"] for n in nodes], "running",
+                  {cs.DEADLINE_TAG: cs.now_text(args.max_runtime)} if args.max_runtime else None)
+    log("rows stop after %s: --max-runtime (0: no limit)" % job_state.elapsed(args.max_runtime) if args.max_runtime
+        else "rows have no runtime limit (--max-runtime 0): a row that hangs bills until you end it")
     results = for_each_node(nodes, lambda n: start(n, args, wanted[n["tag"]], session), args.parallel)
     cs.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
     record_dispatch(args, job_state.job_bucket(args.job, nodes), nodes, results, wanted)
@@ -790,8 +798,9 @@ def parse_args(argv):
     p.add_argument("--subnet", action="append", default=[], metavar="ID",
                    help="launch in this subnet (repeatable: the next is tried when a zone has no capacity); "
                         "default: the default VPC's subnets")
-    p.add_argument("--max-runtime", type=duration, default=0, metavar="DURATION",
-                   help="stop each command after this long (e.g. 6h); its results are still uploaded")
+    p.add_argument("--max-runtime", type=duration, default=None, metavar="DURATION",
+                   help="stop each command after this long (e.g. 6h); its results are still uploaded "
+                        "(default 24h; in pool mode 11h; 0: no limit, one machine per row only)")
     p.add_argument("--upload-hold", type=duration, default=24 * 3600, metavar="DURATION",
                    help="a node whose upload failed stays up this long to keep its results (default 24h)")
     p.add_argument("--idle-timeout", type=duration, default=3600, metavar="DURATION",

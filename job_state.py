@@ -231,7 +231,7 @@ def job_status(job, now=None):
             rows.append({"tag": tag, "instance": instance, "type": waiting[tag]["type"], "state": state,
                          "exit": marker["exit"] if done else None,
                          "elapsed": int(seconds), "progress": "attempt %d" % attempt if attempt > 1 else "",
-                         "held_until": "", "kind": "row"})
+                         "held_until": "", "deadline": "", "kind": "row"})
             continue
         state = node_state(node, marker)
         if state.startswith(("succeeded", "failed")):
@@ -243,7 +243,8 @@ def job_status(job, now=None):
         rows.append({"tag": tag, "instance": node["id"] if node else "", "type": node["type"] if node else "",
                      "state": state, "exit": marker["exit"] if marker and state.startswith(("succ", "fail")) else None,
                      "elapsed": int(seconds), "progress": node["progress"] if node else "",
-                     "held_until": node["until"] if node and state == "upload-failed" else "", "kind": "row"})
+                     "held_until": node["until"] if node and state == "upload-failed" else "",
+                     "deadline": node["deadline"] if node and state == "running" else "", "kind": "row"})
     running = Counter(r["instance"] for r in rows if r["state"] == "running")
     for tag, node in sorted(machines.items(), key=lambda kv: (len(kv[0]), kv[0])):
         rows.append({"tag": tag, "instance": node["id"], "type": node["type"], "state": machine_state(node),
@@ -259,7 +260,7 @@ def is_finished(row):
     return row["state"].startswith(FINISHED) and not row["state"].endswith("ending)")
 
 
-STATUS_FORMAT = "%-*s %-20s %-11s %-16s %8s  %s"
+STATUS_FORMAT = "%-*s %-20s %-11s %-16s %8s  %-20s  %s"
 
 
 def print_job_status(job, rows):
@@ -267,11 +268,11 @@ def print_job_status(job, rows):
         print("no instances or results found for job %s" % job, file=sys.stderr)
         return
     width = max([16] + [len(r["tag"]) for r in rows])
-    print(STATUS_FORMAT % (width, "TAG", "INSTANCE", "TYPE", "STATE", "ELAPSED", "PROGRESS"))
+    print(STATUS_FORMAT % (width, "TAG", "INSTANCE", "TYPE", "STATE", "ELAPSED", "STOPS AT", "PROGRESS"))
     for r in rows:
         progress = "kept up until %s" % r["held_until"] if r["state"] == "upload-failed" else r["progress"]
         print(STATUS_FORMAT % (width, r["tag"], r["instance"] or "-", r["type"] or "-", r["state"],
-                               elapsed(r["elapsed"]), progress))
+                               elapsed(r["elapsed"]), r.get("deadline") or "-", progress))
     for kind, word in (("row", "jobs"), ("machine", "pool machines")):
         counts = {}
         for r in rows:

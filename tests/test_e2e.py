@@ -49,7 +49,7 @@ def test_demo_flow_end_to_end(box, tmp_path):
     status = box.run("cloud_setup.py", "status", job)
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
-    assert lines[0].split() == ["TAG", "INSTANCE", "TYPE", "STATE", "ELAPSED", "PROGRESS"]
+    assert lines[0].split() == ["TAG", "INSTANCE", "TYPE", "STATE", "ELAPSED", "STOPS", "AT", "PROGRESS"]
     assert [line.split()[0:4:2] + line.split()[3:4] for line in lines[1:4]] == [
         ["e2e-demo0", "t3.micro", "succeeded"], ["e2e-demo1", "t3.micro", "succeeded"],
         ["e2e-demo2", "t3.small", "succeeded"]]

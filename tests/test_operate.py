@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+import cloud_setup as cs
 from conftest import ROOT, write
 
 
@@ -87,8 +88,9 @@ def test_every_state_in_the_table(box, tmp_path):
     assert tags["percent_complete"] == "40"
 
     text = box.run("cloud_setup.py", "status", job).stdout.splitlines()
-    assert text[0].split() == ["TAG", "INSTANCE", "TYPE", "STATE", "ELAPSED", "PROGRESS"]
-    assert text[3].split()[3:4] + text[3].split()[-1:] == ["running", "percent_complete=40"]
+    assert text[0].split() == ["TAG", "INSTANCE", "TYPE", "STATE", "ELAPSED", "STOPS", "AT", "PROGRESS"]
+    assert text[3].split()[3:4] + text[3].split()[-2:] == ["running", table["op-states2"]["deadline"],
+                                                           "percent_complete=40"]
     assert text[-1] == "5 jobs: 1 failed, 1 lost, 1 running, 1 succeeded, 1 upload-failed"
 
     release(tmp_path, "r2")
@@ -236,6 +238,28 @@ def test_max_runtime_stops_the_command_and_still_uploads(box, tmp_path):
     assert box.read(job, "op-maxrun0/output/p.txt") == "partial\n"
     assert box.read(job, "op-maxrun0/screen_output.txt") == "going\n"
     assert box.states(job) == ["terminated"]
+
+
+def test_a_row_without_max_runtime_still_stops_within_24_hours(box, tmp_path):
+    """A hung row must not bill forever: with no --max-runtime the row stops after 24 h, its OS
+    shutdown is armed at 24 h plus the upload hour, dispatch says so, and status shows when."""
+    job = "op-default-limit"
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,%s\n" % waits_for(tmp_path, "go"))
+    before = time.time()
+    run = box.run("dispatcher.py", "auto", job, jobs, "-c", "-d")
+    assert run.returncode == 0, run.stderr
+    assert "rows stop after 24h00m: --max-runtime (0: no limit)" in run.stderr
+    [instance] = [i["InstanceId"] for i in box.instances(job)]
+    armed = [e["when"] for e in box.decisions() if e.get("power") == instance]
+    assert armed[-1] == "+%d" % ((24 * 3600 + 3600) // 60), armed  # the runtime guard: 24 h + 1 h, in minutes
+    row = status(box, job)[job + "0"]
+    assert row["state"] == "running"
+    deadline = cs.parse_time(row["deadline"])
+    assert before + 24 * 3600 - 5 <= deadline <= time.time() + 24 * 3600 + 5
+    table = box.run("cloud_setup.py", "status", job).stdout.splitlines()
+    assert table[1].split()[3] == "running" and table[1].split()[-1] == row["deadline"]
+    release(tmp_path, "go")
+    until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the row")
 
 
 def alive(pid):
