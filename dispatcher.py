@@ -233,7 +233,9 @@ def connect(node, pkey, policy, deadline):
             raise NodeError("SSH to %s@%s:%d did not answer in time (%s)" % (user, host, port, last))
         ssh = paramiko.SSHClient()
         ssh.set_missing_host_key_policy(policy.for_node(node["id"]))
-        with OPEN_LOCK:
+        with OPEN_LOCK:  # Ctrl-C sets STOP, then closes OPEN under this lock: never one made after
+            if STOP.is_set():
+                raise NodeError("interrupted")
             OPEN.add(ssh)
         try:
             ssh.connect(host, port, user, pkey=pkey, timeout=10, banner_timeout=15, auth_timeout=15,

@@ -3,6 +3,7 @@ import argparse
 import json
 import os
 import stat
+import time
 
 import boto3
 import pytest
@@ -464,6 +465,30 @@ def test_an_instance_that_ends_while_starting_is_reported_not_waited_for(aws):
     aws.terminate_instances(InstanceIds=ids[1:])
     running, failed = cs.wait_running(ids, timeout=30)
     assert running == ids[:1] and list(failed) == ids[1:] and failed[ids[1]].startswith("terminated")
+
+
+def test_ctrl_c_while_a_node_connects_leaves_no_connection_open(monkeypatch):
+    """Ctrl-C closes every open SSH connection; one being made at that moment must not be
+    made after it (its row would hold create up for the 30 s of a read timeout)."""
+    import paramiko
+    dispatcher.STOP.clear()
+    attempts = []
+
+    class Client(paramiko.SSHClient):
+        def __init__(self):
+            super().__init__()
+            dispatcher.STOP.set()  # Ctrl-C arrives now: after the check, before the connection is known
+
+        def connect(self, *args, **kwargs):
+            attempts.append(args)
+    monkeypatch.setattr(dispatcher.paramiko, "SSHClient", Client)
+    node = {"id": "i-1", "tag": "x0", "address": "198.51.100.1"}
+    try:
+        with pytest.raises(dispatcher.NodeError, match="interrupted"):
+            dispatcher.connect(node, None, dispatcher.HostKeyMemory(os.devnull), time.monotonic() + 5)
+    finally:
+        dispatcher.STOP.clear()
+    assert attempts == [] and not dispatcher.OPEN
 
 
 def test_host_keys_are_remembered_per_instance_not_per_address(tmp_path):
