@@ -559,6 +559,9 @@ def launch_params(job, ami, instance_type, numbers, key_name, group_id, profile,
     params = dict(ImageId=ami, InstanceType=instance_type, MinCount=1, MaxCount=len(numbers),
                   KeyName=key_name, IamInstanceProfile={"Name": profile},
                   InstanceInitiatedShutdownBehavior="terminate",
+                  # IMDSv2 only, whatever the image and the account's default; a hop limit of 2 lets
+                  # a container on the node reach its credentials too.
+                  MetadataOptions={"HttpTokens": "required", "HttpPutResponseHopLimit": 2, "HttpEndpoint": "enabled"},
                   TagSpecifications=[{"ResourceType": "instance", "Tags": tags},
                                      {"ResourceType": "volume", "Tags": tags[:2]}])
     if boot_guard:

@@ -122,7 +122,7 @@ def check_arguments(args):
         raise UserError("--tag_offset must be 0 or more", code=2)
     rows = read_jobs(args.jobfile)
     if args.pool:
-        if args.max_runtime > POOL_MAX_RUNTIME:
+        if (args.max_runtime or 0) > POOL_MAX_RUNTIME:
             raise UserError("--max-runtime %s: in pool mode a row runs at most 11h, as SQS keeps its message from "
                             "other machines for 12 hours at most; run longer rows one machine per row (without "
                             "--pool)" % job_state.elapsed(args.max_runtime), code=2)

@@ -136,6 +136,7 @@ class Sandbox:
         self.power = {}         # instance id -> the timer of its scheduled shutdown
         self.fault_hits = {}
         self.queues_born = {}   # queue name -> when the sandbox saw it created
+        self.imds_tokens = {}   # IMDSv2 session token -> when it expires (monotonic)
         self.world = MotoWorld()
 
     def path(self, *parts):
@@ -358,12 +359,26 @@ class Sandbox:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_PUT(self):  # IMDSv2: a session token first
+            def do_PUT(self):  # IMDSv2: a session token first, for 1 to 21600 seconds
                 if self.path != "/latest/api/token":
                     return self.answer(404, "")
-                self.answer(200, secrets.token_hex(16))
+                ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+                if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+                    return self.answer(400, "")
+                token = secrets.token_urlsafe(32)
+                with box.lock:
+                    box.imds_tokens[token] = time.monotonic() + int(ttl)
+                self.answer(200, token)
 
             def do_GET(self):
+                # IMDSv2 only, as on an image registered for v2.0 or an account whose default it
+                # is (and as awsrun launches with HttpTokens=required): no valid token, no answer.
+                token = self.headers.get("X-aws-ec2-metadata-token", "")
+                with box.lock:
+                    valid = box.imds_tokens.get(token, 0) > time.monotonic()
+                if not valid:
+                    box.record({"metadata": self.path, "refused": "no valid IMDSv2 token"})
+                    return self.answer(401, "")
                 why = []
                 instance = box.caller_instance(self.client_address[1], why)
                 role = instance and instance_role(instance)

@@ -39,6 +39,34 @@ def test_nodes_run_the_images_boto3_and_act_with_their_own_roles_keys(box):
                           ("ec2:TerminateInstances", "allowed")}  # objects only: no bucket settings
 
 
+def test_metadata_answers_only_with_a_session_token_as_on_an_imdsv2_only_instance(box):
+    """The node's metadata service is IMDSv2-only, as on an image registered for v2.0 or an
+    account that made v2 its default: a GET without a valid token is 401, a token's TTL must be
+    1 to 21600 s; and awsrun launches every machine asking for exactly that."""
+    job = "strict-imds"
+    probe = ("import urllib.request as u, urllib.error as e, os\n"
+             "base = os.environ['AWS_EC2_METADATA_SERVICE_ENDPOINT']\n"
+             "def ask(method, path, **headers):\n"
+             "    try:\n"
+             "        with u.urlopen(u.Request(base + path, method=method, headers=headers), timeout=10) as r:\n"
+             "            return r.status, r.read().decode()\n"
+             "    except e.HTTPError as x:\n"
+             "        return x.code, ''\n"
+             "meta = '/latest/meta-data/instance-id'\n"
+             "print(ask('GET', meta)[0], ask('GET', meta, **{'X-aws-ec2-metadata-token': 'made-up'})[0])\n"
+             "print(ask('PUT', '/latest/api/token')[0], ask('PUT', '/latest/api/token', **{"
+             "'X-aws-ec2-metadata-token-ttl-seconds': '21601'})[0])\n"
+             "code, token = ask('PUT', '/latest/api/token', **{'X-aws-ec2-metadata-token-ttl-seconds': '60'})\n"
+             "print(code, ask('GET', meta, **{'X-aws-ec2-metadata-token': token})[0])\n")
+    write(box.folder(job) / "probe.py", probe)
+    create_dispatch(box, job, ["python3 %s > output/codes.txt" % (box.folder(job) / "probe.py")])
+    until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the row")
+    assert box.read(job, job + "0/output/codes.txt") == "401 401\n400 400\n200 200\n"
+    options = box.instances(job)[0]["MetadataOptions"]
+    assert (options["HttpTokens"], options["HttpPutResponseHopLimit"], options["HttpEndpoint"]) == (
+        "required", 2, "enabled")
+
+
 def test_the_bucket_keeps_the_users_own_settings(box):
     job = "strict-bucket"
     box.s3.create_bucket(Bucket=job)
