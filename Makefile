@@ -11,6 +11,7 @@ PY     := $(VENV)/bin/python
 DEV    := $(VENV)/.dev-installed
 NODE_VENV := .venv-node
 NODE_PY   := $(NODE_VENV)/.installed
+BENCH_VENV := .venv-bench
 
 JOBS   ?= awsjobs/demo.csv
 JOB    ?= $(shell $(PY) cloud_setup.py job-name $(JOBS))
@@ -117,7 +118,7 @@ _demo:
 	@echo "--- the collected table: results/awsrun-demo/collected.csv"
 	@echo "--- the report of the run (open it in a browser): results/awsrun-demo/report.html"
 
-test: $(DEV) $(NODE_PY)  ## unit and end-to-end tests (the end-to-end ones need sshd)
+test: $(DEV) $(NODE_PY) $(BENCH_VENV)/bin/aws  ## unit and end-to-end tests (the end-to-end ones need sshd; the AWS CLI runs the README's set-up)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 SHELL_FILES := INSTALL.sh node/*.sh .ci/run
@@ -126,7 +127,6 @@ lint: $(DEV)  ## ruff (settings in ruff.toml) on every Python file, shellcheck o
 	$(VENV)/bin/ruff check .
 	shellcheck $(SHELL_FILES)
 
-BENCH_VENV := .venv-bench
 $(BENCH_VENV)/bin/aws: bench-requirements.txt
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check -r bench-requirements.txt

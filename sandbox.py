@@ -263,7 +263,12 @@ class Sandbox:
     def play_account(self, request, environ):
         """What a real account answers where moto differs: Service Quotas for EC2, how many
         instances a launch gets (the body moto sees is rewritten to that count), a new SQS
-        queue that cannot be used for its first second, and the Price List API (moto has none)."""
+        queue that cannot be used for its first second, the Price List API (moto has none), and
+        IAM's size limits on policies (moto has none), for every caller."""
+        if request["service"] == "iam" and request.get("operation"):
+            refused = sandbox_ec2.policy_size_answer(request.get("params", {}), request["operation"])
+            if refused:
+                return refused
         if request["service"] == "servicequotas" and request.get("operation") == "GetServiceQuota":
             return sandbox_ec2.quota_answer(request["params"], self.account())
         if request["service"] == "sqs":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -306,3 +307,32 @@ def run_user_data(instance, user_data, nodes_dir, path):
     with open(os.path.join(folder, "cloud-init.log"), "ab") as log:
         subprocess.Popen(["/bin/bash", "user-data"], cwd=folder, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                          env=dict(os.environ, PATH=path), start_new_session=True)
+
+
+# IAM's character limits on policies, white space not counted (IAM and AWS STS quotas): all the
+# inline policies of a user together, of a role together, and each managed policy.
+INLINE_LIMITS = {"PutUserPolicy": ("user", "UserName", 2048), "PutRolePolicy": ("role", "RoleName", 10240)}
+MANAGED_LIMIT = 6144
+
+
+def policy_size(document):
+    return len(re.sub(r"\s", "", document))
+
+
+def policy_size_answer(params, operation):
+    """IAM's LimitExceeded for a policy over its size limit, as AWS words it; else None."""
+    document = params.get("PolicyDocument", "")
+    if operation in ("CreatePolicy", "CreatePolicyVersion") and policy_size(document) > MANAGED_LIMIT:
+        return sandbox_iam.error_response("iam", "LimitExceeded", "Cannot exceed quota for PolicySize: %d"
+                                          % MANAGED_LIMIT, 409)
+    if operation not in INLINE_LIMITS:
+        return None
+    kind, name_key, limit = INLINE_LIMITS[operation]
+    name = params.get(name_key, "")
+    entities = iam_backend().users.values() if kind == "user" else iam_backend().roles.values()
+    others = [doc for e in entities if e.name == name for key, doc in e.policies.items()
+              if key != params.get("PolicyName")]
+    if sum(map(policy_size, others)) + policy_size(document) > limit:
+        return sandbox_iam.error_response("iam", "LimitExceeded", "Maximum policy size of %d bytes exceeded for %s %s"
+                                          % (limit, kind, name), 409)
+    return None
