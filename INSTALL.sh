@@ -26,6 +26,10 @@ fi
 
 # Add your own setup here, for example:
 #   retry_for 600 sudo apt-get -o DPkg::Lock::Timeout=120 install -y -q build-essential
-#   python3 -m pip install --user -r requirements.txt
+# Python packages for your rows: Ubuntu 24.04's image has no pip, and its Python refuses pip
+# installs (PEP 668, externally-managed-environment). Make a venv in the work directory (the
+# image lacks python3-venv too), and have your rows call .venv/bin/python:
+#   retry_for 600 sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -q python3-venv
+#   python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt
 
 touch READY

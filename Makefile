@@ -59,6 +59,7 @@ node-venv: $(NODE_PY)  ## the sandbox's node image: Ubuntu 24.04's boto3, in .ve
 $(NODE_PY): requirements-node.txt
 	$(PYTHON) -m venv $(NODE_VENV)
 	$(NODE_VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-node.txt
+	$(NODE_VENV)/bin/python -m pip uninstall -q -y pip  # the image has no pip
 	touch $@
 
 create: $(PY)  ## launch and prepare one machine per row of JOBS (POOL=N: N per instance type)

@@ -75,3 +75,41 @@ def test_both_policies_as_built_fit_iams_limits():
         assert sandbox_ec2.policy_size(f.read()) <= sandbox_ec2.MANAGED_LIMIT
     node = json.dumps(cs.node_policy("j" * 50, "b" * 63))
     assert sandbox_ec2.policy_size(node) <= sandbox_ec2.INLINE_LIMITS["PutRolePolicy"][2]
+
+
+def wheel(folder, name="demo_dep", value=42):
+    """A tiny pure-Python wheel, built here, so that pip installs it with no network."""
+    import zipfile
+    path = folder / ("%s-1.0-py3-none-any.whl" % name)
+    info = "%s-1.0.dist-info/" % name
+    files = {name + "/__init__.py": "VALUE = %d\n" % value,
+             info + "METADATA": "Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n" % name,
+             info + "WHEEL": "Wheel-Version: 1.0\nGenerator: awsrun-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[info + "RECORD"] = "".join("%s,,\n" % f for f in files) + info + "RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for member, text in files.items():
+            z.writestr(member, text)
+    return path
+
+
+def test_install_shs_python_recipe_works_on_the_node_image_which_has_no_pip(box):
+    """Ubuntu 24.04's image has no pip and its Python refuses pip installs (PEP 668): the recipe
+    INSTALL.sh shows (a venv in the work directory; rows call its Python) works there."""
+    job = "setup-venv"
+    code = box.folder(job) / "code"
+    (code / "wheels").mkdir(parents=True, exist_ok=True)
+    (code / "requirements.txt").write_text("./wheels/%s\n" % wheel(code / "wheels").name)
+    with open(os.path.join(ROOT, "INSTALL.sh")) as f:
+        recipe = [line.strip().lstrip("#").strip() for line in f if "python3 -m venv" in line]
+    assert len(recipe) == 1, recipe  # the Python part of INSTALL.sh's recipe (apt-get is the image's part)
+    install = box.folder(job) / "install.sh"
+    install.write_text("set -e\n! python3 -m pip --version\n%s\ntouch READY\n" % recipe[0])
+    jobs = box.folder(job) / "jobs.csv"
+    jobs.write_text('instance_type,command\nt3.micro,".venv/bin/python -c \'import demo_dep; print(demo_dep.VALUE)\' '
+                    '> output/v.txt"\n')
+    run = box.run("dispatcher.py", "auto", job, str(jobs), "-c", "-d", "--code", str(code), "--install", str(install))
+    assert run.returncode == 0, run.stderr
+    from test_operate import states, until
+    until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the row", timeout=90)
+    assert box.read(job, job + "0/output/v.txt") == "42\n"
+    assert "No module named pip" in box.read(job, job + "0/logs/install.1.log")
