@@ -46,6 +46,7 @@ venv: $(PY)  ## create .venv from the pinned requirements (done on first use)
 # its link).
 $(PY): $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { echo "awsrun needs Python 3.10 or later (its pinned boto3, botocore and urllib3 do): install one, then run make with PYTHON=python3.12, for example" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
 	touch $@
