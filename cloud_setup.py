@@ -12,7 +12,7 @@ and runs on Python 3.8.
     python cloud_setup.py wait JOBNAME        # until every node has finished
     python cloud_setup.py down JOBNAME        # terminate every instance of the job
     python cloud_setup.py clean JOBNAME [--delete-bucket]   # and delete all it created
-    python cloud_setup.py default-ami         # the current Ubuntu LTS image
+    python cloud_setup.py default-ami [--arch arm64]   # the current Ubuntu LTS image
     python cloud_setup.py job-name awsjobs/x.csv
 """
 from __future__ import annotations
@@ -50,7 +50,13 @@ DEADLINE_TAG = "awsrun:deadline"  # a row's command is stopped then (its --max-r
 POOL_TAG = "awsrun:pool"          # on a pool machine: the instance type whose queue it serves
 PROTECTED_TAGS = (JOB_TAG, ROWS_TAG, BUCKET_TAG, POOL_TAG)  # what a node may never change
 
-UBUNTU_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+UBUNTU_ARCH = {"x86_64": "amd64", "arm64": "arm64"}  # EC2's architecture -> Ubuntu's name for it
+
+
+def ubuntu_parameter(arch="amd64"):
+    """AWS's public parameter that names the current Ubuntu 24.04 LTS image of an architecture."""
+    return "/aws/service/canonical/ubuntu/server/24.04/stable/current/%s/hvm/ebs-gp3/ami-id" % arch
+
 RETRIES = Config(retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=64)
 
 
@@ -428,29 +434,18 @@ def ensure_bucket(s3, bucket, where):
 
 # ---------------------------------------------------------------------------- images and types
 
-def default_ami():
-    """The current Ubuntu LTS image, from AWS's public parameter store."""
+def default_ami(arch="amd64"):
+    """The current Ubuntu LTS image of an architecture (amd64, arm64), from AWS's public parameter store."""
     try:
-        return client("ssm").get_parameter(Name=UBUNTU_PARAMETER)["Parameter"]["Value"]
+        return client("ssm").get_parameter(Name=ubuntu_parameter(arch))["Parameter"]["Value"]
     except (ClientError, BotoCoreError) as e:
         raise UserError("could not look up the current Ubuntu image (%s): name one with AMI=ami-..."
                         % (error_code(e) if isinstance(e, ClientError) else e)) from e
 
 
-def check_image_and_types(ami, types):
-    """Before any launch: the AMI exists, every instance type exists and can run it.
-    Returns {instance type: its vCPUs}."""
+def instance_types(types):
+    """{instance type: what DescribeInstanceTypes says of it}; UserError naming an unknown one."""
     ec2 = client("ec2")
-    try:
-        images = ec2.describe_images(ImageIds=[ami])["Images"]
-    except ClientError as e:
-        if not error_code(e).startswith("InvalidAMIID"):
-            raise
-        images = []
-    if not images:
-        raise UserError("AMI %s does not exist in region %s: check AMI= (AMIs are per region)"
-                        % (ami, region()))
-    arch = images[0].get("Architecture", "x86_64")
     try:
         found = ec2.describe_instance_types(InstanceTypes=sorted(types))["InstanceTypes"]
     except ClientError as e:
@@ -466,11 +461,42 @@ def check_image_and_types(ami, types):
     for t in sorted(types):
         if t not in known:
             raise UserError("instance type %r does not exist in region %s: fix the job file" % (t, region()), 2)
-        archs = known[t].get("ProcessorInfo", {}).get("SupportedArchitectures", [arch])
-        if arch not in archs:
-            raise UserError("instance type %s runs %s, but AMI %s is %s: pick a matching AMI or type"
-                            % (t, "/".join(archs), ami, arch), 2)
-    return {t: known[t].get("VCpuInfo", {}).get("DefaultVCpus", 1) for t in types}
+    return known
+
+
+def check_image_and_types(ami, types):
+    """Before any launch: every instance type exists, and has an image it can run: with `auto`,
+    the current Ubuntu LTS of its own architecture (one parameter read per architecture), else
+    `ami`, which must exist and match every type. Returns ({type: AMI}, {type: its vCPUs})."""
+    known = instance_types(types)
+    archs = {t: known[t].get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"]) for t in types}
+    if ami == "auto":
+        wanted = {}
+        for t in sorted(types):
+            arch = next((a for a in ("x86_64", "arm64") if a in archs[t]), None)
+            if arch is None:
+                raise UserError("instance type %s runs %s, which has no Ubuntu image: name one with AMI=ami-..."
+                                % (t, "/".join(archs[t])), 2)
+            wanted[t] = UBUNTU_ARCH[arch]
+        images = {arch: default_ami(arch) for arch in sorted(set(wanted.values()))}
+        amis = {t: images[wanted[t]] for t in types}
+    else:
+        try:
+            found = client("ec2").describe_images(ImageIds=[ami])["Images"]
+        except ClientError as e:
+            if not error_code(e).startswith("InvalidAMIID"):
+                raise
+            found = []
+        if not found:
+            raise UserError("AMI %s does not exist in region %s: check AMI= (AMIs are per region)"
+                            % (ami, region()))
+        arch = found[0].get("Architecture", "x86_64")
+        for t in sorted(types):
+            if arch not in archs[t]:
+                raise UserError("instance type %s runs %s, but AMI %s is %s: pick a matching AMI or type, or AMI=auto"
+                                % (t, "/".join(archs[t]), ami, arch), 2)
+        amis = {t: ami for t in types}
+    return amis, {t: known[t].get("VCpuInfo", {}).get("DefaultVCpus", 1) for t in types}
 
 
 # ---------------------------------------------------------------------------- instances
@@ -924,7 +950,8 @@ def main(argv=None):
     clean_cmd = sub.add_parser("clean", help="down, then delete JOB's security group, key pair and role")
     clean_cmd.add_argument("job")
     clean_cmd.add_argument("--delete-bucket", action="store_true", help="delete the results bucket too")
-    sub.add_parser("default-ami", help="print the current Ubuntu LTS AMI of the region")
+    ami_cmd = sub.add_parser("default-ami", help="print the current Ubuntu LTS AMI of the region")
+    ami_cmd.add_argument("--arch", choices=sorted(UBUNTU_ARCH.values()), default="amd64")
     name = sub.add_parser("job-name", help="print the default job name for a job file")
     name.add_argument("jobfile")
     args = parser.parse_args(argv)
@@ -936,7 +963,7 @@ def main(argv=None):
             print(default_job_name(args.jobfile))
             return 0
         if args.command == "default-ami":
-            print(default_ami())
+            print(default_ami(args.arch))
             return 0
         if not getattr(args, "job", None):
             job_state.print_num_running()

@@ -61,7 +61,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 USER_KEY, ADMIN_KEY = "sandbox", "sandbox-admin"  # the user's access key; the tests' own, unchecked
 USER_ARN = "arn:aws:iam::%s:user/awsrun-user" % ACCOUNT
 NODE_VENV = os.path.join(HERE, ".venv-node")
-UBUNTU_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-sandbox"
+UBUNTU_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-%s-server-sandbox"
 POWER = ("shutdown", "poweroff", "reboot", "halt")
 STANDINS = POWER + ("apt-get", "apt", "sudo")
 NODE_SHELL = """#!/bin/sh
@@ -182,18 +182,24 @@ class Sandbox:
         self.seed_ubuntu()
 
     def seed_ubuntu(self):
-        """An Ubuntu image, and the public parameter that names it, as in a real region."""
+        """Ubuntu images for amd64 and arm64, and the public parameters that name them, as in a
+        real region. self.ami is the amd64 one."""
         import boto3
         from moto.ssm.models import Parameter, ssm_backends
         ec2 = boto3.client("ec2", endpoint_url=self.endpoint, region_name=REGION,
                            aws_access_key_id=ADMIN_KEY, aws_secret_access_key=ADMIN_KEY)
-        ami = ec2.register_image(Name=UBUNTU_NAME, Architecture="x86_64", RootDeviceName="/dev/sda1")["ImageId"]
         params = ssm_backends[ACCOUNT][REGION]._parameters
-        params[cs.UBUNTU_PARAMETER].append(Parameter(
-            account_id=ACCOUNT, name=cs.UBUNTU_PARAMETER, value=ami, parameter_type="String",
-            description=None, allowed_pattern=None, keyid=None, last_modified_date=time.time(),
-            version=1, data_type="aws:ec2:image"))
-        self.ami = ami
+        for arch, ubuntu in sorted(cs.UBUNTU_ARCH.items()):
+            ami = ec2.register_image(Name=UBUNTU_NAME % ubuntu, Architecture=arch,
+                                     RootDeviceName="/dev/sda1")["ImageId"]
+            sandbox_ec2.ec2_backend().amis[ami].architecture = arch  # moto's RegisterImage drops it
+            name = cs.ubuntu_parameter(ubuntu)
+            params[name].append(Parameter(
+                account_id=ACCOUNT, name=name, value=ami, parameter_type="String",
+                description=None, allowed_pattern=None, keyid=None, last_modified_date=time.time(),
+                version=1, data_type="aws:ec2:image"))
+            if ubuntu == "amd64":
+                self.ami = ami
 
     def gate(self, app, environ, start_response):
         """Authorize one request as IAM would, or answer a fault; else pass it to moto."""

@@ -7,6 +7,7 @@ import subprocess
 import time
 
 
+import cloud_setup as cs
 from conftest import ROOT, write
 
 
@@ -210,8 +211,32 @@ def test_upload_failure_keeps_the_node_up_and_tagged_until_its_hold_ends(box, tm
     assert tags["awsrun:status"] == "upload-failed" and tags["awsrun:until"] == until
     assert "the bucket refuses writes" in tags["awsrun:error"]
     table = box.run("cloud_setup.py", "status", job).stdout.splitlines()
-    assert table[1].split()[3:] == ["upload-failed", table[1].split()[4], "kept", "up", "until", until]
+    assert table[1].split()[3:] == ["upload-failed", table[1].split()[4], "-", "kept", "up", "until", until]
     with open(os.path.join(box.nodes_dir, job + "0", ".awsrun", "guard.log")) as f:
         assert "guard hold 7200" in f.read()  # run.sh scheduled the OS shutdown for the hold's end
     assert os.path.exists(os.path.join(box.nodes_dir, job + "0", "screen_output.txt"))  # kept on the node
     box.ec2.terminate_instances(InstanceIds=[box.instances(job)[0]["InstanceId"]])
+
+
+def test_auto_ami_gives_each_type_the_image_of_its_architecture(box, tmp_path):
+    """AMI=auto: a t3 (amd64) and a t4g (arm64) row run in one job, each on Ubuntu 24.04 of its
+    own architecture; an explicit AMI still refuses a type that cannot run it, before launching."""
+    job = "e2e-arch"
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,uname -s > output/os.txt\n"
+                                        "t4g.micro,uname -s > output/os.txt\n")
+    run = create_dispatch(box, job, jobs)
+    assert run.returncode == 0, run.stderr
+    wait_finished(box, job)
+    ssm = box.client("ssm")
+    image = {arch: ssm.get_parameter(Name=cs.ubuntu_parameter(arch))["Parameter"]["Value"]
+             for arch in ("amd64", "arm64")}
+    assert image["amd64"] != image["arm64"]
+    assert {i["InstanceType"]: i["ImageId"] for i in box.instances(job)} == {
+        "t3.micro": image["amd64"], "t4g.micro": image["arm64"]}
+    assert {a["ImageId"]: a["Architecture"] for a in box.ec2.describe_images(ImageIds=list(image.values()))[
+        "Images"]} == {image["amd64"]: "x86_64", image["arm64"]: "arm64"}
+    refused = box.run("dispatcher.py", image["amd64"], "e2e-arch2", jobs, "-c", "-d")
+    assert (refused.returncode, refused.stderr) == (2, "error: instance type t4g.micro runs arm64, but AMI %s "
+                                                       "is x86_64: pick a matching AMI or type, or AMI=auto\n"
+                                                       % image["amd64"])
+    assert box.instances("e2e-arch2") == []
