@@ -240,6 +240,9 @@ def connect(node, pkey, policy, deadline):
         try:
             ssh.connect(host, port, user, pkey=pkey, timeout=10, banner_timeout=15, auth_timeout=15,
                         allow_agent=False, look_for_keys=False)
+            if STOP.is_set():  # Ctrl-C came while connecting: close() did nothing before the transport existed
+                close(ssh)
+                raise NodeError("interrupted")
             return ssh
         except paramiko.BadHostKeyException:
             close(ssh)
@@ -274,6 +277,7 @@ def run(ssh, command, stdin=None, timeout=60):
             for chunk in iter(lambda: source.read(1 << 17), b""):
                 chan.sendall(chunk)
         chan.shutdown_write()
+        chan.settimeout(1.0)  # reading: wake every second to see Ctrl-C (STOP), whatever was closed when
         output = bytearray()
         while True:
             try:
@@ -481,13 +485,13 @@ def to_launch(args, wanted):
     return by_type
 
 
-def launch_missing(args, by_type, ami, key_name, group_id, profile, bucket, subnets):
-    """Launch every missing node, per instance type, failing over between zones. Returns
-    (the new instance ids, {tag: why it could not be launched})."""
+def launch_missing(args, by_type, amis, key_name, group_id, profile, bucket, subnets):
+    """Launch every missing node, per instance type (each with its image, `amis`), failing over
+    between zones. Returns (the new instance ids, {tag: why it could not be launched})."""
     ids, missing, spot = [], {}, getattr(args, "spot", False)
     guard = args.ssh_timeout + args.install_tries * (args.install_timeout + 15) + 600
     for itype, numbers in sorted(by_type.items()):
-        got, lacking = cs.launch(args.job, ami, itype, numbers, key_name, group_id, profile, bucket, subnets,
+        got, lacking = cs.launch(args.job, amis[itype], itype, numbers, key_name, group_id, profile, bucket, subnets,
                                  spot=spot, boot_guard=guard, pool=bool(args.pool))
         ids += got
         missing.update({cs.pool_tag(args.job, itype, n) if args.pool else cs.tag_name(args.job, n): why
@@ -508,9 +512,8 @@ def create(args, wanted):
     mode the pool for them. Returns the SSH session, holding the nodes' connections for a
     dispatch in the same run, and {tag: why} for the machines that could not be launched
     (the others go on)."""
-    ami = cs.default_ami() if args.ami == "auto" else args.ami
     types = {itype for _, itype, _ in wanted.values()}
-    vcpus = cs.check_image_and_types(ami, types)
+    amis, vcpus = cs.check_image_and_types(args.ami, types)
     subnets = cs.launch_subnets(args.subnet)
     spot = getattr(args, "spot", False)
     if args.pool:
@@ -534,9 +537,10 @@ def create(args, wanted):
     log("job %s: key %s, security group %s, instance profile %s, bucket %s%s"
         % (args.job, key, group_id, profile, bucket, ", queues " + " ".join(
             pool.queue_name(args.job, t) for t in sorted(types)) if args.pool else ""))
-    pause(args, "launch up to %d machines with AMI %s" % (len(wanted), ami))
+    pause(args, "launch up to %d machines with %s" % (len(wanted), ", ".join(
+        "%s on %s" % kv for kv in sorted(amis.items()))))
     try:
-        ids, missing = launch_missing(args, by_type, ami, args.job, group_id, profile, bucket, subnets)
+        ids, missing = launch_missing(args, by_type, amis, args.job, group_id, profile, bucket, subnets)
         running, failed = cs.wait_running(ids, timeout=args.ssh_timeout)
         found = cs.find_nodes(args.job)  # one DescribeInstances: the live ones, and those that failed
         nodes = [n for t, n in sorted(cs.current_nodes([n for n in found if n["state"] in cs.LIVE]).items())
@@ -773,7 +777,7 @@ def count_or_auto(what):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("ami", help="AMI id, or `auto` for the current Ubuntu LTS image")
+    p.add_argument("ami", help="AMI id, or `auto` for the current Ubuntu LTS image of each type's architecture")
     p.add_argument("job", help="job name: names the machines, the key and the bucket")
     p.add_argument("jobfile", help="CSV with the header instance_type,command")
     p.add_argument("-c", "--create", action="store_true", help="create and prepare the machines")
