@@ -33,7 +33,7 @@ DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)
 STATUS_JOB = $(if $(filter command line environment,$(origin JOB)),$(JOB))
 SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-server
 
-.PHONY: help create dispatch status watch wait logs retry down clean report picture collect fetch demo _demo test lint bench venv node-venv
+.PHONY: help dry-run create dispatch status watch wait logs retry down clean report picture collect fetch demo _demo test lint bench venv node-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -62,6 +62,9 @@ $(NODE_PY): requirements-node.txt
 	$(NODE_VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-node.txt
 	$(NODE_VENV)/bin/python -m pip uninstall -q -y pip  # the image has no pip
 	touch $@
+
+dry-run: $(PY)  ## check everything create needs (permissions, image, quota, network, bucket) and make nothing
+	$(DISPATCH) --dry-run
 
 create: $(PY)  ## launch and prepare one machine per row of JOBS (POOL=N: N per instance type)
 	$(DISPATCH) -c

@@ -31,6 +31,7 @@ import paramiko
 import cloud_setup as cs
 import job_state
 import pool
+import preflight
 from cloud_setup import UserError, log
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -513,8 +514,8 @@ def create(args, wanted):
     dispatch in the same run, and {tag: why} for the machines that could not be launched
     (the others go on)."""
     types = {itype for _, itype, _ in wanted.values()}
-    amis, vcpus = cs.check_image_and_types(args.ami, types)
-    subnets = cs.launch_subnets(args.subnet)
+    checked = preflight.Preflight(args, wanted).run(local=False)  # the first failure, before anything is made
+    amis, vcpus, subnets = checked.amis, checked.vcpus, checked.subnets
     spot = getattr(args, "spot", False)
     if args.pool:
         for itype in types:
@@ -782,6 +783,8 @@ def parse_args(argv):
     p.add_argument("jobfile", help="CSV with the header instance_type,command")
     p.add_argument("-c", "--create", action="store_true", help="create and prepare the machines")
     p.add_argument("-d", "--dispatch", action="store_true", help="start each row's command")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything create needs, asking AWS, and make nothing (exit 0: create would start)")
     p.add_argument("--retry", action="store_true",
                    help="create and dispatch again every row with no succeeded result that is not running")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail; pause between stages at a terminal")
@@ -817,8 +820,10 @@ def parse_args(argv):
     p.add_argument("--parallel", type=int, default=32, help="nodes prepared at once")
     p.add_argument("--keep-failed", action="store_true", help="leave nodes whose install failed running")
     args = p.parse_args(argv)
-    if not (args.create or args.dispatch or args.retry):
-        p.error("nothing to do: give -c (create), -d (dispatch), both, or --retry")
+    if not (args.create or args.dispatch or args.retry or args.dry_run):
+        p.error("nothing to do: give -c (create), -d (dispatch), both, --retry or --dry-run")
+    if args.dry_run and (args.create or args.dispatch or args.retry):
+        p.error("--dry-run makes nothing: give it without -c, -d and --retry")
     if not 1 <= args.max_attempts <= 1000:
         p.error("--max-attempts must be 1 to 1000 (SQS's maxReceiveCount)")
     args.inputs = []
@@ -831,8 +836,11 @@ def main(argv=None):
     def run_all():
         if args.retry:
             args.create = args.dispatch = True
+        args.create = args.create or args.dry_run  # the dry run checks create's files too
         rows = check_arguments(args)
         wanted = plan(args, rows)
+        if args.dry_run:
+            return preflight.dry_run_command(args, wanted)
         waiting = {}  # pool mode: queued rows that need machines, but are not queued again
         if args.retry:
             wanted, waiting = retry_plan(args, wanted)

@@ -254,6 +254,12 @@ class Sandbox:
             self.record({"principal": name, "action": action, "resource": resource, "decision": decision})
             if decision != "allowed" and denied is None:
                 denied = sandbox_iam.denial(request, arn, action, resource)
+        if denied is None and request["service"] == "ec2" and request.get("params", {}).get("DryRun") == "true":
+            # EC2's DryRun: the permissions only (no capacity or quota), nothing made. Only a fault
+            # rule that says "dry_run": true answers one.
+            return self.fault(request["service"], name, checks, request, dry_run=True) or \
+                sandbox_iam.error_response("ec2", "DryRunOperation",
+                                           "Request would have succeeded, but DryRun flag is set.", 412)
         if denied is None and any(a == "iam:CreateServiceLinkedRole" for a, _, _ in checks):
             self.world.make_spot_role()  # as EC2 does on the first spot launch
         return denied or self.fault(request["service"], name, checks, request)
@@ -319,15 +325,17 @@ class Sandbox:
                 and any(sandbox_iam.like(rule.get("action", "*"), a, case=False)
                         and sandbox_iam.like(rule.get("resource", "*"), r) for a, r, _ in checks))
 
-    def fault(self, service, name, checks, request):
-        """The first fault rule of DIR/faults.json that matches, while it has times left."""
+    def fault(self, service, name, checks, request, dry_run=False):
+        """The first fault rule of DIR/faults.json that matches, while it has times left (for an
+        EC2 DryRun request, only the rules marked "dry_run": true)."""
         try:
             with open(self.path("faults.json")) as f:
                 rules = json.load(f)
         except (OSError, ValueError):
             return None
         for rule in rules:
-            if self.fault_matches(rule, name, checks, request.get("params", {})):
+            if bool(rule.get("dry_run")) == dry_run and self.fault_matches(rule, name, checks,
+                                                                             request.get("params", {})):
                 with self.lock:
                     key = json.dumps(rule, sort_keys=True)
                     hits = self.fault_hits.get(key, 0)

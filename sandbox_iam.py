@@ -12,6 +12,7 @@ key fails a condition unless the operator is negated or ends in IfExists.
 """
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import re
@@ -431,9 +432,12 @@ def error_response(service, code, message, status, json_protocol=None):
 def denial(request, principal_arn, action, resource):
     service = request["service"]
     message = "User: %s is not authorized to perform: %s on resource: %s" % (principal_arn, action, resource)
-    if service == "ec2":
+    if service == "ec2":  # with the blob `aws sts decode-authorization-message` reads on AWS
+        encoded = base64.b64encode(json.dumps({"allowed": False, "context": {
+            "principal": {"arn": principal_arn}, "action": action, "resource": resource}}).encode()).decode()
         return error_response("ec2", "UnauthorizedOperation", "You are not authorized to perform this "
-                              "operation. " + message, 403)
+                              "operation. %s because no identity-based policy allows the %s action. Encoded "
+                              "authorization failure message: %s" % (message, action, encoded), 403)
     if speaks_json(request):
         return error_response(service, "AccessDeniedException", message, 400, json_protocol=True)
     return error_response(service, "AccessDenied", message, 403)

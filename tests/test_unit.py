@@ -250,7 +250,8 @@ def launch_setup(aws, job, rows):
     cs.session().events.register("before-call.ec2.RunInstances", lambda **kw: calls.append(1))  # every client
     args.spot, args.ssh_timeout, args.install_tries, args.install_timeout = False, 600, 3, 1800
     subnets = cs.launch_subnets()
-    return lambda: dispatcher.launch_missing(args, dispatcher.to_launch(args, wanted), ami, os.path.basename(key)[:-4],
+    amis = {itype: ami for _, itype, _ in rows}
+    return lambda: dispatcher.launch_missing(args, dispatcher.to_launch(args, wanted), amis, os.path.basename(key)[:-4],
                                              group, profile, job, subnets), calls
 
 
