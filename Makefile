@@ -36,7 +36,7 @@ SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-se
 .PHONY: help dry-run create dispatch status watch wait logs retry down clean report picture collect fetch demo _demo test lint bench venv node-venv
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
 venv: $(PY)  ## create .venv from the pinned requirements (done on first use)
 
