@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import sys
 import tarfile
 import tempfile
@@ -149,7 +150,7 @@ def check_arguments(args):
 # ---------------------------------------------------------------------------- SSH
 
 STOP = threading.Event()      # set on Ctrl-C: every node's work gives up at once
-OPEN, OPEN_LOCK = set(), threading.Lock()
+OPEN, OPEN_LOCK = {}, threading.Lock()  # SSH client -> its socket, closed together on Ctrl-C
 
 
 class HostKeyMemory:
@@ -234,14 +235,23 @@ def connect(node, pkey, policy, deadline):
             raise NodeError("SSH to %s@%s:%d did not answer in time (%s)" % (user, host, port, last))
         ssh = paramiko.SSHClient()
         ssh.set_missing_host_key_policy(policy.for_node(node["id"]))
+        try:
+            # Our own socket, so that Ctrl-C can close a connection in any phase of its making:
+            # SSHClient.close() reaches none before its transport exists, and paramiko's banner
+            # and auth waits would hold the thread up to 30 s more.
+            sock = socket.create_connection((host, port), timeout=10)
+        except OSError as e:
+            last = e
+            continue
         with OPEN_LOCK:  # Ctrl-C sets STOP, then closes OPEN under this lock: never one made after
             if STOP.is_set():
+                sock.close()
                 raise NodeError("interrupted")
-            OPEN.add(ssh)
+            OPEN[ssh] = sock
         try:
-            ssh.connect(host, port, user, pkey=pkey, timeout=10, banner_timeout=15, auth_timeout=15,
+            ssh.connect(host, port, user, pkey=pkey, sock=sock, timeout=10, banner_timeout=15, auth_timeout=15,
                         allow_agent=False, look_for_keys=False)
-            if STOP.is_set():  # Ctrl-C came while connecting: close() did nothing before the transport existed
+            if STOP.is_set():
                 close(ssh)
                 raise NodeError("interrupted")
             return ssh
@@ -257,8 +267,10 @@ def connect(node, pkey, policy, deadline):
 
 def close(ssh):
     with OPEN_LOCK:
-        OPEN.discard(ssh)
+        sock = OPEN.pop(ssh, None)
     ssh.close()
+    if sock is not None:
+        sock.close()
 
 
 def run(ssh, command, stdin=None, timeout=60):
@@ -340,7 +352,8 @@ def for_each_node(nodes, work, parallel):
     except KeyboardInterrupt:
         STOP.set()
         with OPEN_LOCK:
-            for ssh in list(OPEN):
+            for ssh, sock in list(OPEN.items()):
+                sock.close()  # first: a connection still being made fails at once
                 ssh.close()
         raise
     finally:

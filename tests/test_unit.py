@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import socket
 import stat
 import time
 
@@ -483,12 +484,16 @@ def test_ctrl_c_while_a_node_connects_leaves_no_connection_open(monkeypatch):
         def connect(self, *args, **kwargs):
             attempts.append(args)
     monkeypatch.setattr(dispatcher.paramiko, "SSHClient", Client)
-    node = {"id": "i-1", "tag": "x0", "address": "198.51.100.1"}
-    try:
-        with pytest.raises(dispatcher.NodeError, match="interrupted"):
-            dispatcher.connect(node, None, dispatcher.HostKeyMemory(os.devnull), time.monotonic() + 5)
-    finally:
-        dispatcher.STOP.clear()
+    with socket.socket() as listener:  # a node's port on this machine, that takes the TCP connection
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        monkeypatch.setenv("AWSRUN_SSH_PORT", str(listener.getsockname()[1]))
+        node = {"id": "i-1", "tag": "x0", "address": "127.0.0.1"}
+        try:
+            with pytest.raises(dispatcher.NodeError, match="interrupted"):
+                dispatcher.connect(node, None, dispatcher.HostKeyMemory(os.devnull), time.monotonic() + 5)
+        finally:
+            dispatcher.STOP.clear()
     assert attempts == [] and not dispatcher.OPEN
 
 
