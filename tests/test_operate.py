@@ -302,16 +302,30 @@ def test_idle_node_terminates_itself_and_dispatch_cancels_the_timer(box, tmp_pat
     assert "shutdown -h +6" in calls  # the OS backstop: 2 s + 5 min, in minutes, rounded up
 
 
+def signal_masks(pid):
+    """A process's signal masks (/proc/PID/status): {SigBlk, SigIgn, SigCgt: bit mask}."""
+    with open("/proc/%d/status" % pid) as f:
+        return {k: int(v, 16) for k, v in (line.split(":") for line in f) if k in ("SigBlk", "SigIgn", "SigCgt")}
+
+
 def test_ctrl_c_during_create_leaves_tagged_machines_that_down_removes(box, tmp_path):
     job = "op-intr"
     jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,echo a\nt3.small,echo b\nt3.micro,echo c\n")
     install = write(tmp_path / "slow.sh", waits_for(tmp_path, "never") + "\n")
     create = subprocess.Popen([sys.executable, "dispatcher.py", "auto", job, jobs, "-c", "--install", install],
-                              cwd=ROOT, env=box.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=ROOT, env=dict(box.env, PYTHONFAULTHANDLER="1"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
     until(lambda: len(states(box, job)) == 3 and set(states(box, job).values()) == {"installing"},
           what="installing")
+    masks = signal_masks(create.pid)
+    assert masks["SigCgt"] & 1 << (signal.SIGINT - 1) and not (masks["SigBlk"] | masks["SigIgn"]) & 1 << (
+        signal.SIGINT - 1), "create cannot take Ctrl-C: %r" % masks
     create.send_signal(signal.SIGINT)
-    out, err = create.communicate(timeout=30)
+    try:
+        out, err = create.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # every thread's stack (faulthandler), to say why
+        create.send_signal(signal.SIGABRT)
+        pytest.fail("create did not end 30 s after Ctrl-C (signals %r):\n%s" % (masks, create.communicate()[1][-8000:]))
     assert create.returncode == 130
     assert err.strip().endswith("error: interrupted: every machine launched so far is tagged awsrun:job=op-intr; "
                                 "`make status JOB=op-intr` shows them and `make down JOB=op-intr` removes them")
