@@ -312,9 +312,13 @@ def test_ctrl_c_during_create_leaves_tagged_machines_that_down_removes(box, tmp_
     job = "op-intr"
     jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,echo a\nt3.small,echo b\nt3.micro,echo c\n")
     install = write(tmp_path / "slow.sh", waits_for(tmp_path, "never") + "\n")
+    # As a terminal's foreground job: SIGINT at its default. A run started in the background by a
+    # non-interactive shell (`make test &`, nohup, some CI) ignores SIGINT, and a process inherits
+    # that: Python then takes no Ctrl-C at all, rightly (it failed so in 4 fresh-clone runs).
     create = subprocess.Popen([sys.executable, "dispatcher.py", "auto", job, jobs, "-c", "--install", install],
                               cwd=ROOT, env=dict(box.env, PYTHONFAULTHANDLER="1"), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     until(lambda: len(states(box, job)) == 3 and set(states(box, job).values()) == {"installing"},
           what="installing")
     masks = signal_masks(create.pid)
