@@ -102,7 +102,9 @@ def test_a_row_whose_machine_is_lost_runs_again_on_another_and_succeeds(box, tmp
             seen.append((row["state"], row["instance"]))
     states_seen = [s for s, _ in seen]
     assert states_seen[-1] == "succeeded" and set(states_seen) <= {"running", "queued", "succeeded"}, seen
-    assert states_seen[1] == "queued" or (states_seen[1] == "running" and seen[1][1] != lost_on), seen
+    # Polling may miss the short queued and running-elsewhere states on a loaded machine; the
+    # manifest below proves the row came back and ran on another machine.
+    assert states_seen[1] in ("queued", "succeeded") or (states_seen[1] == "running" and seen[1][1] != lost_on), seen
     manifest = box.manifest(job, tag)
     assert manifest["attempt"] == 2 and manifest["instance_id"] != lost_on
     assert box.read(job, tag + "/output/r.txt") == "again\n"
