@@ -129,7 +129,7 @@ class Sandbox:
 
     def __init__(self, folder):
         self.dir = os.path.abspath(folder)
-        self.moto = self.sshd = self.imds = None
+        self.moto = self.plain = self.sshd = self.imds = None
         self.lock = threading.Lock()
         self.node_keys = {}     # access key -> (instance id, role name)
         self.credentials = {}   # instance id -> the metadata service's answer
@@ -176,9 +176,15 @@ class Sandbox:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         app = DomainDispatcherApplication(create_backend_app)
         self.moto = make_server("127.0.0.1", 0, lambda env, start: self.gate(app, env, start), threaded=True)
-        threading.Thread(target=self.moto.serve_forever, daemon=True).start()
+        # The same AWS as it answers a request sent without TLS (aws:SecureTransport false): the
+        # main endpoint stands for AWS's HTTPS endpoints, which botocore uses.
+        self.plain = make_server("127.0.0.1", 0, lambda env, start: self.gate(app, dict(env, plain=True), start),
+                                 threaded=True)
+        for server in (self.moto, self.plain):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
         self.endpoint = "http://127.0.0.1:%d" % self.moto.server_port
         play_ec2(self.path("ssh", "authorized_keys"), self.path("nodes"), self.node_path, self.account)
+        sandbox_ec2.leave_bucket_policies_to_the_gate()
         self.seed_ubuntu()
 
     def seed_ubuntu(self):
@@ -213,6 +219,7 @@ class Sandbox:
             environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
             environ.pop("HTTP_TRANSFER_ENCODING", None)
         request = sandbox_iam.parse(method, environ.get("PATH_INFO", ""), query, headers, body)
+        request["secure"] = not environ.get("plain")
         answer = self.authorize(request) or self.play_account(request, environ)
         if answer is None:
             return app(environ, start_response)
@@ -224,7 +231,9 @@ class Sandbox:
         return [payload]
 
     def principal(self, key):
-        """(name, ARN, policies) of the signer of a request; None for the tests' own key."""
+        """(name, ARN, policies) of the signer of a request; None for the tests' own key, and for
+        the keys of another account (OTHER_ACCOUNT's, made by assuming a role there): that
+        account's own administrator, whose policies are not awsrun's."""
         if key == ADMIN_KEY:
             return None
         if key == USER_KEY:
@@ -234,6 +243,8 @@ class Sandbox:
             found = sandbox_ec2.iam_backend().roles.values()
             policies = [json.loads(p) for r in found if r.name == role for p in r.policies.values()]
             return "node:" + instance, "arn:aws:sts::%s:assumed-role/%s/%s" % (ACCOUNT, role, instance), policies
+        if key and sandbox_ec2.key_account(key) != ACCOUNT:
+            return None
         return "unknown", "unknown", []
 
     def authorize(self, request):
@@ -249,9 +260,20 @@ class Sandbox:
                          "request": "%s %s" % (request["method"], request["path"])})
             return sandbox_iam.denial(request, arn, str(e), "*")
         denied = None
+        bucket = sandbox_iam.s3_target(request)[0] if request["service"] == "s3" else ""
+        owner = self.world.bucket_owner(bucket) if bucket else None
+        bucket_policy = [self.world.bucket_policy(bucket) or {}] if owner else []
+        given = {"aws:PrincipalAccount": ACCOUNT, "aws:SecureTransport": str(request["secure"]).lower()}
         for action, resource, context in checks:
+            context = dict(context, **given)
             decision = sandbox_iam.decide(policies, action, resource, context)
-            self.record({"principal": name, "action": action, "resource": resource, "decision": decision})
+            if owner:  # S3 weighs the bucket's policy too: another account's must allow this caller itself
+                decision = sandbox_iam.combine(decision, sandbox_iam.decide(bucket_policy, action, resource, context,
+                                                                            principal=arn), owner == ACCOUNT)
+            entry = {"principal": name, "action": action, "resource": resource, "decision": decision}
+            if bucket:  # the account the request expects to own the bucket (ExpectedBucketOwner)
+                entry["owner"] = request["headers"].get("x-amz-expected-bucket-owner")
+            self.record(entry)
             if decision != "allowed" and denied is None:
                 denied = sandbox_iam.denial(request, arn, action, resource)
         if denied is None and request["service"] == "ec2" and request.get("params", {}).get("DryRun") == "true":
@@ -277,6 +299,8 @@ class Sandbox:
         instances a launch gets (the body moto sees is rewritten to that count), a new SQS
         queue that cannot be used for its first second, the Price List API (moto has none), and
         IAM's size limits on policies (moto has none), for every caller."""
+        if request["service"] == "s3":
+            return self.bucket_owner_answer(request)
         if request["service"] == "iam" and request.get("operation"):
             refused = sandbox_ec2.policy_size_answer(request.get("params", {}), request["operation"])
             if refused:
@@ -296,6 +320,18 @@ class Sandbox:
         body = urllib.parse.urlencode(params).encode()
         environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
         environ["QUERY_STRING"] = ""
+        return None
+
+    def bucket_owner_answer(self, request):
+        """S3's bucket owner condition: a request that names an expected owner (ExpectedBucketOwner)
+        of a bucket that another account owns is refused with 403 Access Denied, whoever signs it."""
+        expected = request["headers"].get("x-amz-expected-bucket-owner")
+        bucket = sandbox_iam.s3_target(request)[0]
+        owner = self.world.bucket_owner(bucket) if expected and bucket else None
+        if owner and owner != expected:
+            self.record({"principal": "*", "action": "ExpectedBucketOwner", "resource": "arn:aws:s3:::" + bucket,
+                         "owner": expected, "refused": "the bucket belongs to " + owner})
+            return sandbox_iam.error_response("s3", "AccessDenied", "Access Denied", 403)
         return None
 
     def young_queue(self, request):
@@ -579,7 +615,8 @@ class Sandbox:
                 "AWSRUN_SSH_USER": getpass.getuser(), "AWSRUN_REMOTE_ROOT": self.path("nodes"),
                 "AWSRUN_SSH_CIDR": "127.0.0.1/32",
                 "AWSRUN_KEY_DIR": self.path("keys"), "AWSRUN_STATE_DIR": self.path("state"),
-                "AWSRUN_SANDBOX": self.dir}
+                "AWSRUN_SANDBOX": self.dir,
+                "AWSRUN_SANDBOX_PLAIN_HTTP": "http://127.0.0.1:%d" % self.plain.server_port}
 
     def child_environment(self):
         env = {k: v for k, v in os.environ.items()
@@ -603,10 +640,10 @@ class Sandbox:
         for timer in self.power.values():
             timer.cancel()
         kill_processes_under(self.path("nodes"))
-        for server in (self.moto, self.imds):
+        for server in (self.moto, self.plain, self.imds):
             if server:
                 server.shutdown()
-        self.moto = self.imds = None
+        self.moto = self.plain = self.imds = None
 
 
 USER_POLICY = os.path.join(HERE, "awsrun-user-policy.json")

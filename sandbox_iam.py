@@ -77,6 +77,18 @@ def condition_holds(operator, key, wanted, context):
     return matches(values[0]) if len(values) == 1 else False
 
 
+VARIABLE = re.compile(r"\$\{([^}]+)\}")
+
+
+def resolve(value, context):
+    """A policy value with its ${key} variables replaced from the request context, as IAM does;
+    None when a variable has no value there (the statement then cannot match)."""
+    if "${" not in value:
+        return value
+    missing = [k for k in VARIABLE.findall(value) if not isinstance(context.get(k), str)]
+    return None if missing else VARIABLE.sub(lambda m: context[m.group(1)], value)
+
+
 def statement_applies(statement, action, resource, context):
     actions = _values(statement.get("Action", []))
     resources = _values(statement.get("Resource", []))
@@ -84,22 +96,50 @@ def statement_applies(statement, action, resource, context):
         raise ValueError("the sandbox's IAM does not evaluate NotAction or NotResource")
     if not any(like(a, action, case=False) for a in actions):
         return False
-    if not any(like(r, resource) for r in resources):
+    if not any(like(r, resource) for r in (resolve(r, context) for r in resources) if r is not None):
         return False
-    return all(condition_holds(op, key, wanted, context)
-               for op, block in statement.get("Condition", {}).items() for key, wanted in block.items())
+    for op, block in statement.get("Condition", {}).items():
+        for key, wanted in block.items():
+            wanted = [resolve(str(w), context) for w in _values(wanted)]
+            if None in wanted or not condition_holds(op, key, wanted, context):
+                return False
+    return True
 
 
-def decide(policies, action, resource, context):
-    """'allowed', 'denied' (an explicit Deny) or 'not allowed' (no Allow matched)."""
+def decide(policies, action, resource, context, principal=None):
+    """'allowed', 'denied' (an explicit Deny) or 'not allowed' (no Allow matched). With
+    `principal` (an ARN), the policies are resource policies: a statement counts only if its
+    Principal names that ARN, its account, or everyone."""
     verdict = "not allowed"
     for policy in policies:
         for statement in _values(policy.get("Statement", [])):
+            if principal and not names_principal(statement.get("Principal"), principal):
+                continue
             if statement_applies(statement, action, resource, context):
                 if statement["Effect"] == "Deny":
                     return "denied"
                 verdict = "allowed"
     return verdict
+
+
+def names_principal(named, arn):
+    """Whether a resource policy's Principal names this caller: "*", {"AWS": "*"}, its account
+    (an id or arn:aws:iam::ID:root, which names every principal of the account), or its ARN."""
+    if named == "*":
+        return True
+    account = arn.split(":")[4]
+    listed = _values(named.get("AWS", [])) if isinstance(named, dict) else []
+    return any(n in ("*", account, arn, "arn:aws:iam::%s:root" % account) for n in listed)
+
+
+def combine(identity, resource, same_account):
+    """The verdict of an identity policy and a resource policy together: an explicit Deny in
+    either wins; within one account an Allow in either suffices; across accounts both must allow."""
+    if "denied" in (identity, resource):
+        return "denied"
+    if same_account:
+        return "allowed" if "allowed" in (identity, resource) else "not allowed"
+    return "allowed" if identity == resource == "allowed" else "not allowed"
 
 
 # ---------------------------------------------------------------------------- requests
@@ -207,6 +247,14 @@ class World:
     def has_spot_role(self):
         """Whether the account has the spot service-linked role yet."""
         return True
+
+    def bucket_owner(self, bucket):
+        """The account that owns a bucket, or None if it does not exist."""
+        return self.account
+
+    def bucket_policy(self, bucket):
+        """A bucket's policy (a dict), or None."""
+        return None
 
 
 def needs(request, world):
@@ -353,15 +401,28 @@ def _sqs_needs(op, p, region, account, world):
     raise Unmapped("sqs:%s" % op)
 
 
-def _s3_needs(request, world):
-    method, path = request["method"], request["path"]
-    query = dict(urllib.parse.parse_qsl(request["query"], keep_blank_values=True))
+def s3_target(request):
+    """(bucket, key) of an S3 request, path-style or virtual-hosted; ("", "") for ListBuckets."""
     host = request["headers"].get("host", "").split(":")[0]
-    parts = urllib.parse.unquote(path).lstrip("/").split("/", 1)
+    parts = urllib.parse.unquote(request["path"]).lstrip("/").split("/", 1)
     if host and not re.fullmatch(r"[\d.]+|localhost|s3[.-].*amazonaws\.com", host) and "." in host:
-        bucket, key = host.split(".")[0], "/".join(parts)  # virtual-hosted style
-    else:
-        bucket, key = parts[0], parts[1] if len(parts) > 1 else ""
+        return host.split(".")[0], "/".join(parts)  # virtual-hosted style
+    return parts[0], parts[1] if len(parts) > 1 else ""
+
+
+def _s3_needs(request, world):
+    """The checks of an S3 request; on an existing bucket each carries s3:ResourceAccount, the
+    account that owns it, as S3 supplies it."""
+    bucket = s3_target(request)[0]
+    owner = world.bucket_owner(bucket) if bucket else None
+    checks = _s3_checks(request, world)
+    return [(a, r, dict(c, **{"s3:ResourceAccount": owner})) for a, r, c in checks] if owner else checks
+
+
+def _s3_checks(request, world):
+    method = request["method"]
+    query = dict(urllib.parse.parse_qsl(request["query"], keep_blank_values=True))
+    bucket, key = s3_target(request)
     if not bucket:
         return [("s3:ListAllMyBuckets", "*", {})]
     b, o = "arn:aws:s3:::" + bucket, "arn:aws:s3:::%s/%s" % (bucket, key)
