@@ -228,8 +228,8 @@ def bench_upload(box, work, reps, small, big):
         instance = ec2.run_instances(ImageId=box.ami, InstanceType="t3.micro", MinCount=1, MaxCount=1)
         info = {"job": "bench", "tag": "awsrun%d" % counter["awsrun"],
                 "instance_id": instance["Instances"][0]["InstanceId"],
-                "instance_type": "t3.micro", "bucket": "bench-upload", "region": "us-east-1", "command": "bench",
-                "outputs": []}
+                "instance_type": "t3.micro", "bucket": "bench-upload", "account": "123456789012",
+                "region": "us-east-1", "command": "bench", "outputs": []}
         with open(os.path.join(node, ".awsrun", "node.json"), "w") as f:
             json.dump(info, f)
         return measure([PY, os.path.join(node, ".awsrun", "save_results.py")], node_env)

@@ -114,8 +114,28 @@ def region():
 @functools.lru_cache(maxsize=None)
 def client(service):
     """One shared client per service, from one shared session (which loads the endpoint and
-    partition data once). Clients are thread-safe; making them from one session is not."""
-    return client_with(service)
+    partition data once). Clients are thread-safe; making them from one session is not. The S3
+    client expects every bucket to be the caller's account's (name_owner)."""
+    made = client_with(service)
+    return name_owner(made, account) if service == "s3" else made
+
+
+@functools.lru_cache(maxsize=None)
+def account():
+    """The AWS account of the caller's credentials (sts:GetCallerIdentity needs no permission)."""
+    return client("sts").get_caller_identity()["Account"]
+
+
+def name_owner(s3, owner):
+    """Make every request of this S3 client that can name its bucket's owner name `owner` (an
+    account id, or a function that returns it, asked at the first request) as ExpectedBucketOwner:
+    S3 refuses it with 403 if another account owns the bucket, so no result is written to, or
+    read from, a bucket someone else made under the job's name."""
+    def add(params, model, **_):
+        if "ExpectedBucketOwner" in model.input_shape.members:
+            params.setdefault("ExpectedBucketOwner", owner() if callable(owner) else owner)
+    s3.meta.events.register("provide-client-params.s3", add)
+    return s3
 
 
 def client_with(service, **config):
@@ -352,13 +372,14 @@ def queue_prefix(job):
 
 
 def node_policy(job, bucket):
-    """Everything a node may do: write objects to its job's bucket (never its settings), take
-    rows from its job's queues (pool mode), tag and terminate its job's instances, but never
-    change the tags that say whose they are."""
+    """Everything a node may do: write objects to its job's bucket (never its settings), and only
+    while the bucket is its own account's; take rows from its job's queues (pool mode), tag and
+    terminate its job's instances, but never change the tags that say whose they are."""
     return {"Version": "2012-10-17", "Statement": [
         {"Sid": "WriteResults", "Effect": "Allow",
          "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-         "Resource": "arn:aws:s3:::%s/*" % bucket},
+         "Resource": "arn:aws:s3:::%s/*" % bucket,
+         "Condition": {"StringEquals": {"s3:ResourceAccount": "${aws:PrincipalAccount}"}}},
         {"Sid": "TakeRowsFromJobQueues", "Effect": "Allow",
          "Action": ["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:DeleteMessage"],
          "Resource": "arn:aws:sqs:*:*:%s*" % queue_prefix(job)},
@@ -399,19 +420,44 @@ def ensure_instance_profile(job, bucket):
 
 # ---------------------------------------------------------------------------- bucket
 
-def ensure_bucket(s3, bucket, where):
-    """Create the bucket, public access blocked and encrypted at rest, if it does not exist.
-    An existing bucket of yours is left as it is: its settings may be your own. (In us-east-1
-    CreateBucket on a bucket you own succeeds again, so its answer cannot tell.)"""
+def bucket_is_ours(s3, bucket):
+    """True if the bucket exists and is the caller's account's, False if no one has it yet;
+    UserError if another account has it (s3 names the owner: name_owner), whatever that
+    account's bucket policy allows."""
     try:
         s3.head_bucket(Bucket=bucket)
-        return False
+        return True
     except ClientError as e:
-        if error_code(e) in ("403", "AccessDenied"):
-            raise UserError("bucket %r belongs to another AWS account, or your credentials may not read "
-                            "it: choose another job name (JOB=...) or bucket (--bucket)" % bucket) from None
-        if error_code(e) not in ("404", "NoSuchBucket"):
+        if error_code(e) in ("404", "NoSuchBucket"):
+            return False
+        if error_code(e) not in ("403", "AccessDenied"):
             raise
+    try:  # asked again without naming the owner: a 200 now means the bucket is another account's
+        client_with("s3").head_bucket(Bucket=bucket)
+    except ClientError:
+        raise UserError("bucket %s belongs to another AWS account, or your credentials may not read it: "
+                        "choose another JOB= or --bucket" % bucket) from None
+    raise UserError(FOREIGN_BUCKET % bucket)
+
+
+FOREIGN_BUCKET = "bucket %s belongs to another AWS account: choose another JOB= or --bucket"
+
+
+def bucket_policy(bucket):
+    """The policy awsrun gives a bucket it makes: every request without TLS is refused, as AWS's
+    security best practices for S3 advise (aws:SecureTransport)."""
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "RefusePlainHTTP", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+         "Resource": ["arn:aws:s3:::" + bucket, "arn:aws:s3:::%s/*" % bucket],
+         "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}
+
+
+def ensure_bucket(s3, bucket, where):
+    """Create the bucket, public access blocked, encrypted at rest and refusing plain HTTP, if it
+    does not exist. An existing bucket of yours is left as it is: its settings may be your own.
+    (In us-east-1 CreateBucket on a bucket you own succeeds again, so its answer cannot tell.)"""
+    if bucket_is_ours(s3, bucket):
+        return False
     try:
         if where == "us-east-1":
             s3.create_bucket(Bucket=bucket)
@@ -419,8 +465,7 @@ def ensure_bucket(s3, bucket, where):
             s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": where})
     except ClientError as e:
         if error_code(e) == "BucketAlreadyExists":
-            raise UserError("bucket %r belongs to another AWS account: choose another job name "
-                            "(JOB=...) or bucket (--bucket)" % bucket) from None
+            raise UserError(FOREIGN_BUCKET % bucket) from None
         if error_code(e) == "BucketAlreadyOwnedByYou":
             return False  # made a moment ago by another run: its settings are its own
         raise
@@ -429,6 +474,7 @@ def ensure_bucket(s3, bucket, where):
         "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
     s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
         "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(bucket_policy(bucket)))
     return True
 
 

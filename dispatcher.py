@@ -408,7 +408,7 @@ def node_env(args, node):
 def node_info(args, node, itype, command=None):
     """What the node-side scripts know of their node, in .awsrun/node.json."""
     info = {"job": args.job, "tag": node["tag"], "instance_id": node["id"], "instance_type": itype,
-            "bucket": node["bucket"], "region": cs.region(), "command": command,
+            "bucket": node["bucket"], "account": cs.account(), "region": cs.region(), "command": command,
             "outputs": args.output, "max_runtime": args.max_runtime or None,
             "upload_hold": getattr(args, "upload_hold", None), "spot": node.get("spot", False),
             "launched": launch_time(node)}

@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from botocore.exceptions import ClientError
 from s3transfer.subscribers import BaseSubscriber
 from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 
@@ -257,6 +258,26 @@ def verify(path, obj, want, cache):
     return None
 
 
+def owner_of(bucket):
+    """The account every request names as the bucket's owner: yours, or None for a bucket of
+    another account that you may read (one you were given), which is said once."""
+    try:
+        cs.client("s3").head_bucket(Bucket=bucket)
+        return cs.account()
+    except ClientError as e:
+        if cs.error_code(e) not in ("403", "AccessDenied"):
+            return cs.account()  # no such bucket: list_objects says so
+    try:
+        cs.client_with("s3").head_bucket(Bucket=bucket)
+    except ClientError as e:
+        if cs.error_code(e) in ("403", "AccessDenied"):
+            raise UserError("bucket %s belongs to another AWS account, and your credentials may not read it: "
+                            "ask its owner to grant you s3:ListBucket and s3:GetObject" % bucket) from None
+        raise
+    log("bucket %s belongs to another AWS account: reading it as you were given it" % bucket)
+    return None
+
+
 def list_markers(s3, bucket):
     """The bucket's outcome markers (one small listing): they change whenever a node finishes."""
     try:
@@ -276,8 +297,11 @@ def fetch(bucket, out, flat=False, full=False):
     # Every file with a SHA-256 or MD5 gets checked against it, end to end, so S3's response
     # checksums need not be computed as well: this client asks for them only where required;
     # the objects with neither hash are fetched with one that checks them (made only for those).
+    owner = owner_of(bucket)
     s3 = cs.client_with("s3", response_checksum_validation="when_required",
                         max_pool_connections=max(TRANSFER.max_request_concurrency, SINGLE_CONCURRENCY))
+    if owner:
+        cs.name_owner(s3, owner)
     cache = Cache(out)
     markers = list_markers(s3, bucket)
     if not full and cache.untouched(bucket, markers, flat):
@@ -296,7 +320,9 @@ def fetch(bucket, out, flat=False, full=False):
         with ThreadPoolExecutor(2) as others:  # the transfer manager's objects at the same time
             started = [others.submit(download, s3, bucket, out, names, large, wants, cache, damaged, progress)]
             if unhashed:
-                started.append(others.submit(download, cs.client("s3"), bucket, out, names, unhashed, wants, cache,
+                checked = cs.client_with("s3")
+                started.append(others.submit(download, cs.name_owner(checked, owner) if owner else checked,
+                                             bucket, out, names, unhashed, wants, cache,
                                              damaged, progress))
             fetch_each(s3, bucket, out, names, single, wants, cache, damaged, progress)
             for future in started:

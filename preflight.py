@@ -124,17 +124,9 @@ class Preflight:
 
     def bucket(self):
         name = self.args.bucket or self.args.job
-        s3 = cs.client("s3")
-        try:
-            s3.head_bucket(Bucket=name, **({"ExpectedBucketOwner": self.account} if self.account else {}))
+        if cs.bucket_is_ours(cs.client("s3"), name):
             return "%s is yours already: its settings are kept" % name
-        except ClientError as e:
-            if cs.error_code(e) in ("404", "NoSuchBucket"):
-                return "%s is free: create makes it (public access blocked, encrypted)" % name
-            if cs.error_code(e) in DENIED:
-                raise UserError("bucket %s belongs to another AWS account, or your credentials may not read it: "
-                                "choose another JOB= or --bucket" % name) from None
-            raise
+        return "%s is free: create makes it (public access blocked, encrypted, TLS only)" % name
 
     def launch(self):
         """RunInstances as DryRun, per instance type, with the parameters create would send (the

@@ -157,12 +157,13 @@ def finish(s3, bucket, tag, manifest):
 
 
 def clients(node):
-    """S3 and EC2 clients for the node's region. Uploads carry no per-request checksum: each
+    """S3 and EC2 clients for the node's region; every S3 request names the job's account as the
+    bucket's owner, so a bucket of another account refuses it. Uploads carry no per-request checksum: each
     file's SHA-256 is in the manifest and checked end to end by get_s3_files.py, and HTTPS
     protects every byte on the way. EC2 calls retry little: an OS shutdown backs them."""
     session = boto3.session.Session(region_name=node["region"])
-    s3 = session.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 10},
-                                            max_pool_connections=32, **NO_CHECKSUMS))
+    s3 = cs.name_owner(session.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 10},
+                                                          max_pool_connections=32, **NO_CHECKSUMS)), node["account"])
     ec2 = session.client("ec2", config=Config(retries={"mode": "standard", "max_attempts": 4}))
     return s3, ec2
 

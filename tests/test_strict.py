@@ -1,7 +1,6 @@
 """End-to-end tests of what a real account does that a kind sandbox would hide: the node
 image's own boto3, IAM on every call, a bucket whose settings are the user's, S3 asking to
 try again, and nodes that must end whatever goes wrong on them."""
-import json
 import os
 import subprocess
 from collections import Counter
@@ -139,9 +138,11 @@ def test_a_call_the_policy_does_not_grant_is_refused_as_on_aws(box):
     kw = dict(endpoint_url=box.env["AWS_ENDPOINT_URL"], region_name=box.env["AWS_REGION"],
               aws_access_key_id=box.env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=box.env["AWS_SECRET_ACCESS_KEY"])
     with pytest.raises(ClientError) as e:
-        boto3.client("s3", **kw).put_bucket_policy(Bucket="strict-image", Policy=json.dumps({}))
+        boto3.client("s3", **kw).put_bucket_versioning(Bucket="strict-image",
+                                                       VersioningConfiguration={"Status": "Enabled"})
     assert e.value.response["Error"]["Code"] == "AccessDenied"
-    assert "is not authorized to perform: s3:PutBucketPolicy on resource: arn:aws:s3:::strict-image" in str(e.value)
+    assert "is not authorized to perform: s3:PutBucketVersioning on resource: arn:aws:s3:::strict-image" \
+        in str(e.value)
     with pytest.raises(ClientError) as e:
         boto3.client("ec2", **kw).delete_vpc(VpcId="vpc-12345678")
     assert e.value.response["Error"]["Code"] == "UnauthorizedOperation"
@@ -160,7 +161,8 @@ def test_an_upload_refused_by_the_sandbox_is_answered_once_not_reset_and_retried
     (tmp_path / "screen_output.txt").write_bytes(os.urandom(1 << 20) * 24)  # ...while this one is on its way
     write(tmp_path / ".awsrun" / "install.1.log", "")
     script = ("import sys; sys.path.insert(0, %r); import save_results as s\n"
-              "s3, _ = s.clients({'region': 'us-east-1'}); files, _ = s.result_files('.', [])\n"
+              "s3, _ = s.clients({'region': 'us-east-1', 'account': '123456789012'})\n"
+              "files, _ = s.result_files('.', [])\n"
               "for i in range(5):\n"
               "    try: s.upload(s3, 'strict-refused', '_awsrun/queued/%%d' %% i, files)\n"
               "    except Exception as e: assert 'AccessDenied' in str(e), e\n" % ROOT)

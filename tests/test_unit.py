@@ -420,7 +420,8 @@ def node_folder(aws, tmp_path, monkeypatch, bucket):
     instance = aws.run_instances(ImageId=ami, MinCount=1, MaxCount=1, TagSpecifications=[
         {"ResourceType": "instance", "Tags": [{"Key": cs.JOB_TAG, "Value": "j1"}]}])["Instances"][0]["InstanceId"]
     node = {"job": "j1", "tag": "j10", "instance_id": instance, "instance_type": "t3.micro", "bucket": bucket,
-            "region": "us-east-1", "command": "echo hi", "outputs": [], "max_runtime": None, "upload_hold": 3600}
+            "account": "123456789012", "region": "us-east-1", "command": "echo hi", "outputs": [],
+            "max_runtime": None, "upload_hold": 3600}
     write(tmp_path / "node" / ".awsrun" / "node.json", json.dumps(node))
     for name, text in [(".awsrun/exit_code", "0\n"), (".awsrun/started", "2026-01-01T00:00:00Z\n"),
                        (".awsrun/ended", "2026-01-01T00:01:00Z\n"), ("screen_output.txt", "hi\n"),
