@@ -14,7 +14,7 @@ NODE_PY   := $(NODE_VENV)/.installed
 BENCH_VENV := .venv-bench
 
 JOBS   ?= awsjobs/demo.csv
-JOB    ?= $(shell $(PY) cloud_setup.py job-name $(JOBS))
+JOB    ?= $(shell $(PY) operate.py job-name $(JOBS))
 AMI    ?= auto
 BUCKET ?= $(JOB)
 OUT    ?= results/$(BUCKET)
@@ -73,13 +73,13 @@ dispatch: $(PY)  ## start every row's command on its machine (POOL=N: queue the 
 	$(DISPATCH) -d
 
 status: $(PY)  ## instance counts by state; with JOB=, one line per tag
-	$(PY) cloud_setup.py status $(STATUS_JOB)
+	$(PY) operate.py status $(STATUS_JOB)
 
 watch: $(PY)  ## the status table of JOB, refreshed until every job has finished
-	$(PY) cloud_setup.py status $(JOB) --watch
+	$(PY) operate.py status $(JOB) --watch
 
 wait: $(PY)  ## wait until every machine of JOB has finished
-	$(PY) cloud_setup.py wait $(JOB) --timeout $(TIMEOUT)
+	$(PY) operate.py wait $(JOB) --timeout $(TIMEOUT)
 
 logs: $(PY)  ## print TAG's log (LOG=install for the install logs)
 	@test -n "$(TAG)" || { echo "make logs needs TAG=, e.g. TAG=$(JOB)0" >&2; exit 2; }
@@ -89,10 +89,10 @@ retry: $(PY)  ## run again every row of JOBS with no succeeded result
 	$(DISPATCH) --retry
 
 down: $(PY)  ## terminate every instance of JOB and wait until they are gone
-	$(PY) cloud_setup.py down $(JOB)
+	$(PY) operate.py down $(JOB)
 
 clean: $(PY)  ## down, then delete JOB's security group, key pair and role (DELETE_BUCKET=yes: the bucket too)
-	$(PY) cloud_setup.py clean $(JOB) $(if $(filter yes,$(DELETE_BUCKET)),--delete-bucket)
+	$(PY) operate.py clean $(JOB) $(if $(filter yes,$(DELETE_BUCKET)),--delete-bucket)
 
 report: $(PY)  ## a picture of JOB's run in results/JOB/report.html: timeline, slow and failed rows, cost (PRICES=file.csv)
 	$(PY) report.py $(JOB) $(if $(PRICES),--prices $(PRICES))

@@ -1,23 +1,14 @@
 """AWS resources for awsrun: clients, key pair, security group, instance profile, the job's
-bucket, launching, finding and terminating instances by tag, and teardown; and the command
-line of status, wait, down and clean (job state itself is in job_state.py).
+bucket, launching, finding and terminating instances by tag. It imports nothing of awsrun's:
+the commands above it do (operate.py holds the command line of status, wait, down and clean,
+which `python cloud_setup.py ...` still runs).
 
 Runs on the user's machine, and is also copied to every node (save_results.py and
 update_tags.py import it), so it uses only the standard library and boto3 (1.34.46 or later),
 and runs on Python 3.8.
-
-    python cloud_setup.py status              # counts of instances by state
-    python cloud_setup.py status JOBNAME      # one line per tag of the job
-    python cloud_setup.py status JOBNAME --watch   # refresh until every job has finished
-    python cloud_setup.py wait JOBNAME        # until every node has finished
-    python cloud_setup.py down JOBNAME        # terminate every instance of the job
-    python cloud_setup.py clean JOBNAME [--delete-bucket]   # and delete all it created
-    python cloud_setup.py default-ami [--arch arm64]   # the current Ubuntu LTS image
-    python cloud_setup.py job-name awsjobs/x.csv
 """
 from __future__ import annotations
 
-import argparse
 import calendar
 import functools
 import getpass
@@ -25,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -33,7 +23,7 @@ import urllib.request
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, WaiterError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
 # Tags that awsrun puts on every instance. The node's own tag is JOB + one of the numbers
 # in ROWS_TAG, picked by the instance's AmiLaunchIndex, so that one RunInstances call can
@@ -876,76 +866,6 @@ def terminate(ids):
         client("ec2").terminate_instances(InstanceIds=list(ids))
 
 
-# ---------------------------------------------------------------------------- teardown
-
-def down(job, timeout=600):
-    """Terminate every instance of the job, wait until they have terminated, list them."""
-    nodes = [n for n in find_nodes(job) if n["state"] != "terminated"]
-    ids = [n["id"] for n in nodes]
-    if ids:
-        terminate(ids)
-        try:
-            client("ec2").get_waiter("instance_terminated").wait(
-                InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": max(1, timeout // 5)})
-        except WaiterError as e:
-            raise UserError("not every instance terminated in %d s: %s" % (timeout, e)) from e
-    for n in sorted(nodes, key=lambda n: n["tag"] or ""):
-        print("%s\t%s\tterminated" % (n["tag"], n["id"]))
-    log("job %s: %d instances terminated" % (job, len(ids)) if ids else "job %s: no instance was running" % job)
-
-
-def clean(job, delete_bucket=False, timeout=600):
-    """down(), then delete the job's security group, key pair (and ~/.ssh/JOB.pem), role and
-    instance profile, queues (pool mode), and awsrun's state for it; the bucket too only if asked."""
-    import job_state  # they import this file
-    import pool
-    bucket = job_state.job_bucket(job, find_nodes(job))
-    down(job, timeout)
-    ec2, iam, name = client("ec2"), client("iam"), "awsrun-%s-node" % job
-    groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["awsrun-" + job]}])
-    for group in groups["SecurityGroups"]:  # a just-terminated instance holds its group for a while
-        retrying(functools.partial(ec2.delete_security_group, GroupId=group["GroupId"]),
-                 code_in("DependencyViolation"), timeout, first=1.0, cap=10.0)
-    # Only a key pair that exists: IAM checks the job tag of the key pair named, so deleting
-    # one that is gone already is refused, not ignored.
-    for pair in ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [job]}])["KeyPairs"]:
-        ec2.delete_key_pair(KeyName=pair["KeyName"])
-    if os.path.exists(key_path(job)):
-        os.remove(key_path(job))
-    try:
-        for role in iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]:
-            iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=role["RoleName"])
-        iam.delete_instance_profile(InstanceProfileName=name)
-    except iam.exceptions.NoSuchEntityException:
-        pass
-    try:
-        for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
-            iam.delete_role_policy(RoleName=name, PolicyName=policy)
-        iam.delete_role(RoleName=name)
-    except iam.exceptions.NoSuchEntityException:
-        pass
-    queues = pool.delete_queues(job)
-    shutil.rmtree(state_dir(job), ignore_errors=True)
-    made = "security group, key pair, role, instance profile" + (", %d queues" % queues if queues else "")
-    if delete_bucket:
-        delete_whole_bucket(bucket)
-        log("job %s: %s and bucket %s deleted" % (job, made, bucket))
-    else:
-        log("job %s: %s deleted; bucket %s kept (DELETE_BUCKET=yes deletes it)" % (job, made, bucket))
-
-
-def delete_whole_bucket(bucket):
-    s3 = client("s3")
-    try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
-        s3.delete_bucket(Bucket=bucket)
-    except s3.exceptions.NoSuchBucket:
-        pass
-
-
 # ---------------------------------------------------------------------------- command line
 
 BAD_CREDENTIALS = ("AuthFailure", "InvalidClientTokenId", "UnrecognizedClientException",
@@ -980,53 +900,6 @@ def run_cli(main):
         return 130
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    status_cmd = sub.add_parser("status", help="instance counts, or one line per tag of JOB")
-    status_cmd.add_argument("job", nargs="?")
-    status_cmd.add_argument("--watch", action="store_true", help="refresh until every job has finished")
-    status_cmd.add_argument("--json", action="store_true", help="print the rows as JSON")
-    status_cmd.add_argument("--interval", type=float, default=10.0, help="seconds between refreshes")
-    wait = sub.add_parser("wait", help="wait until every node of JOB has finished")
-    wait.add_argument("job")
-    wait.add_argument("--timeout", type=int, default=24 * 3600, help="seconds (default: a day)")
-    down_cmd = sub.add_parser("down", help="terminate every instance of JOB and wait for it")
-    down_cmd.add_argument("job")
-    clean_cmd = sub.add_parser("clean", help="down, then delete JOB's security group, key pair and role")
-    clean_cmd.add_argument("job")
-    clean_cmd.add_argument("--delete-bucket", action="store_true", help="delete the results bucket too")
-    ami_cmd = sub.add_parser("default-ami", help="print the current Ubuntu LTS AMI of the region")
-    ami_cmd.add_argument("--arch", choices=sorted(UBUNTU_ARCH.values()), default="amd64")
-    name = sub.add_parser("job-name", help="print the default job name for a job file")
-    name.add_argument("jobfile")
-    args = parser.parse_args(argv)
-
-    import job_state  # it imports this file
-
-    def run():
-        if args.command == "job-name":
-            print(default_job_name(args.jobfile))
-            return 0
-        if args.command == "default-ami":
-            print(default_ami(args.arch))
-            return 0
-        if not getattr(args, "job", None):
-            job_state.print_num_running()
-            return 0
-        check_job_name(args.job)
-        if args.command == "status":
-            job_state.status(args.job, args.watch, args.json, args.interval)
-        elif args.command == "wait":
-            job_state.wait_finished(args.job, args.timeout)
-        elif args.command == "down":
-            down(args.job)
-        elif args.command == "clean":
-            clean(args.job, args.delete_bucket)
-        return 0
-    return run_cli(run)
-
-
-if __name__ == "__main__":
-    import cloud_setup  # the module job_state.py imports, so that its UserError is the one caught
-    sys.exit(cloud_setup.main())
+if __name__ == "__main__":  # the documented script form: its command line is operate.py's
+    import operate
+    sys.exit(operate.main())

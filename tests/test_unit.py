@@ -13,7 +13,7 @@ import cloud_setup as cs
 import job_state
 import dispatcher
 import save_results
-from conftest import instance_states, write
+from conftest import ROOT, instance_states, write
 
 
 # ---------------------------------------------------------------------------- the job file
@@ -725,3 +725,40 @@ def test_a_read_cut_off_midway_is_tried_again(tmp_path):
     assert (S3.calls, damaged) == (2, [])
     assert (tmp_path / "t" / "output" / "x").read_bytes() == data
     assert not (tmp_path / "t" / "output" / "x.awsrun-part").exists()
+
+
+def project_imports(path, ours):
+    """The project modules a file imports, anywhere but in its `if __name__ == "__main__":`
+    block (run as a script, a file is the module __main__, which nothing imports)."""
+    import ast
+    tree = ast.parse(open(path).read())
+    skipped = {id(n) for top in tree.body if isinstance(top, ast.If) and "__main__" in ast.unparse(top.test)
+               for n in ast.walk(top)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found & ours
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    files = [f for f in os.listdir(ROOT) if f.endswith(".py")]
+    ours = {f[:-3] for f in files}
+    graph = {f[:-3]: project_imports(os.path.join(ROOT, f), ours) for f in files}
+    assert not graph["cloud_setup"]  # the ground floor imports nothing of awsrun's
+
+    def circle_from(start, path):
+        for nxt in sorted(graph[path[-1]]):
+            if nxt == start:
+                return path + [nxt]
+            if nxt not in path:
+                found = circle_from(start, path + [nxt])
+                if found:
+                    return found
+        return None
+    circles = [c for c in (circle_from(m, [m]) for m in sorted(graph)) if c]
+    assert circles == []
