@@ -132,12 +132,12 @@ lint: $(DEV)  ## ruff (settings in ruff.toml) on every Python file, shellcheck o
 	$(VENV)/bin/ruff check .
 	shellcheck $(SHELL_FILES)
 
-$(BENCH_VENV)/bin/aws: bench-requirements.txt
+$(BENCH_VENV)/bin/aws: bench/requirements.txt
 	$(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check -r bench-requirements.txt
+	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt
 	touch $@
 
 bench: $(DEV) $(NODE_PY) $(BENCH_VENV)/bin/aws  ## time and CPU of fetch, upload, setup and pool vs aws s3, rclone, paramiko (FULL=1: full sizes); writes BENCHMARKS.md
 	@command -v rclone >/dev/null 2>&1 || { echo "make bench needs rclone: sudo apt-get install rclone" >&2; exit 1; }
 	@command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd || { echo "$(SSHD_MISSING)" >&2; exit 1; }
-	$(PY) bench.py $(if $(FULL),--full) $(ARGS)
+	$(PY) bench/bench.py $(if $(FULL),--full) $(ARGS)

@@ -363,7 +363,8 @@ def for_each_node(nodes, work, parallel):
 # ---------------------------------------------------------------------------- create
 
 NODE_SCRIPTS = ("prepare.sh", "guard.sh", "start.sh", "run.sh")
-NODE_PYTHON = ("save_results.py", "cloud_setup.py", "job_state.py", "pool_worker.py")  # uploader, worker, imports
+# Copied to .awsrun/ on every node: the uploader, its imports, and the pool worker (from node/).
+NODE_PYTHON = ("save_results.py", "cloud_setup.py", "job_state.py", "node/pool_worker.py")
 
 
 def make_bundle(args):
@@ -379,10 +380,10 @@ def make_bundle(args):
         for local, remote in args.inputs:
             tar.add(local, arcname=remote)
         tar.add(args.install, arcname="INSTALL.sh")
-        tar.add(os.path.join(HERE, "update_tags.py"), arcname="update_tags.py")
-        for name in NODE_PYTHON:
-            tar.add(os.path.join(HERE, name), arcname=".awsrun/" + name)
-        for name in NODE_SCRIPTS:  # what runs on the node, as it is in node/
+        tar.add(os.path.join(HERE, "node", "update_tags.py"), arcname="update_tags.py")
+        for path in NODE_PYTHON:
+            tar.add(os.path.join(HERE, path), arcname=".awsrun/" + os.path.basename(path))
+        for name in NODE_SCRIPTS:  # the shell that runs on the node, as it is in node/
             tar.add(os.path.join(HERE, "node", name), arcname=".awsrun/" + name)
     bundle.flush()
     return bundle

@@ -9,7 +9,7 @@ boto3 talks to the moto server over HTTP (AWS_ENDPOINT_URL). One sshd stands in 
 node: each node gets its own work directory under DIR/nodes. The sandbox is as strict as a
 real account (README, "What the sandbox checks"):
 
-- IAM checked: every request is authorized as IAM would (sandbox_iam.py), for the user against
+- IAM checked: every request is authorized as IAM would (testbed/sandbox_iam.py), for the user against
   awsrun-user-policy.json and for a node against its role's policy in moto, and denied with
   AWS's error if a permission is missing. Every decision is appended to DIR/iam.jsonl.
 - Node credentials the EC2 way: a metadata service on 127.0.0.1 hands each node temporary keys
@@ -51,9 +51,8 @@ import time
 import urllib.parse
 
 import cloud_setup as cs
-import sandbox_iam
-import sandbox_ec2
-from sandbox_ec2 import (ACCOUNT, REGION, MotoWorld, instance_role, kill_processes_under, play_ec2, power_off,
+from testbed import sandbox_ec2, sandbox_iam
+from testbed.sandbox_ec2 import (ACCOUNT, REGION, MotoWorld, instance_role, kill_processes_under, play_ec2, power_off,
                          processes_under)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -287,7 +286,7 @@ class Sandbox:
         return denied or self.fault(request["service"], name, checks, request)
 
     def account(self):
-        """The account's settings (sandbox_ec2.py): DIR/account.json, read on every call."""
+        """The account's settings (testbed/sandbox_ec2.py): DIR/account.json, read on every call."""
         try:
             with open(self.path("account.json")) as f:
                 return json.load(f)

@@ -16,8 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import cloud_setup as cs  # noqa: E402
-import sandbox_ec2  # noqa: E402
-import sandbox_iam  # noqa: E402
+from testbed import sandbox_ec2  # noqa: E402
+from testbed import sandbox_iam  # noqa: E402
 
 
 def pytest_configure(config):
@@ -108,7 +108,7 @@ def sandbox(tmp_path_factory):
 
 @pytest.fixture
 def account(tmp_path_factory):
-    """A sandbox of its own for one test, with an account's settings (sandbox_ec2.py):
+    """A sandbox of its own for one test, with an account's settings (testbed/sandbox_ec2.py):
     account(vcpu_quota=4) returns a Sandbox helper."""
     started = []
 

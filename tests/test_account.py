@@ -1,7 +1,7 @@
 """End-to-end tests of a busy real account: throttling, capacity, quotas, eventual
 consistency, no default VPC, subnets without public IPs, a laptop that moved, and a machine
 that never gets prepared. Each through the commands a user types, in a sandbox whose AWS
-answers as such an account does (sandbox_ec2.py, faults on demand)."""
+answers as such an account does (testbed/sandbox_ec2.py, faults on demand)."""
 import os
 import pathlib
 import subprocess

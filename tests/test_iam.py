@@ -1,4 +1,4 @@
-"""The sandbox's IAM (sandbox_iam.py) decides as IAM does, and both policies pass a linter.
+"""The sandbox's IAM (testbed/sandbox_iam.py) decides as IAM does, and both policies pass a linter.
 The end-to-end tests then run every call awsrun makes through it (see conftest.sandbox)."""
 import json
 import os
@@ -7,7 +7,7 @@ import pytest
 from parliament import analyze_policy_string
 
 import cloud_setup as cs
-import sandbox_iam as iam
+from testbed import sandbox_iam as iam
 from conftest import ROOT
 
 USER_POLICY = json.load(open(os.path.join(ROOT, "awsrun-user-policy.json")))

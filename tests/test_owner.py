@@ -9,7 +9,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-import sandbox_ec2
+from testbed import sandbox_ec2
 from conftest import write
 from test_operate import release, until, waits_for
 

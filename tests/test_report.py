@@ -12,7 +12,7 @@ from botocore.stub import Stubber
 
 import cloud_setup as cs
 import report
-import sandbox_ec2
+from testbed import sandbox_ec2
 from conftest import write
 from test_collect import no_bucket_then_no_results
 from test_operate import states, until, vanish, waits_for

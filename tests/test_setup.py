@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 import cloud_setup as cs
-import sandbox_ec2
+from testbed import sandbox_ec2
 from conftest import ROOT
 
 AWS = os.path.join(ROOT, ".venv-bench", "bin", "aws")

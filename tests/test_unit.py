@@ -609,6 +609,7 @@ def test_pool_sizes_from_the_option_or_the_vcpu_quota(aws, monkeypatch):
 def test_the_pool_worker_sees_a_spot_interruption_notice(monkeypatch):
     import http.server
     import threading
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "node"))  # on a node it sits in .awsrun/ beside its imports
     import pool_worker
     notice = {"on": False}
 

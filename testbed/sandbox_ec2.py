@@ -20,7 +20,7 @@ import subprocess
 import threading
 
 import cloud_setup as cs
-import sandbox_iam
+from testbed import sandbox_iam
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"

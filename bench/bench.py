@@ -3,13 +3,13 @@ Runs on the developer's machine.
 
     make bench                      # all of it, sized to run in under 10 minutes on 2 cores
     make bench FULL=1               # the full sizes (--full): not timed yet (the last full run: 19 min)
-    python bench.py --only fetch    # one part: fetch, upload, setup or pool
-    python bench.py --quick         # 2 repetitions and the default sizes, for a quick look
+    python bench/bench.py --only fetch    # one part: fetch, upload, setup or pool
+    python bench/bench.py --quick         # 2 repetitions and the default sizes, for a quick look
 
 Each comparison runs both sides in the same run, alternating, several times, and reports the
 median wall time, the median CPU time (user + system) of the measured process and the
 processes it waited for, the ratios and the peak memory (max RSS) of the measured process. Needs the
-AWS CLI (installed by `make bench` in .venv-bench from bench-requirements.txt) and rclone
+AWS CLI (installed by `make bench` in .venv-bench from bench/requirements.txt) and rclone
 (`sudo apt-get install rclone`). Not run by `make test`: timings are not assertions.
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # awsrun's own folder, above bench/
+sys.path.insert(0, HERE)
 PY = sys.executable
 AWS_CLI = os.path.join(HERE, ".venv-bench", "bin", "aws")
 TAGS, BIG_SIZE = 20, 64 << 20
@@ -216,8 +217,8 @@ def bench_upload(box, work, reps, small, big):
     if not os.path.exists(os.path.join(node, "output")):
         os.symlink(os.path.join(source, "output"), os.path.join(node, "output"))
     import dispatcher
-    for name in dispatcher.NODE_PYTHON:
-        shutil.copy(os.path.join(HERE, name), os.path.join(node, ".awsrun", name))
+    for path in dispatcher.NODE_PYTHON:
+        shutil.copy(os.path.join(HERE, path), os.path.join(node, ".awsrun", os.path.basename(path)))
     for name, text in (("exit_code", "0"), ("started", "2026-01-01T00:00:00Z"), ("ended", "2026-01-01T00:01:00Z")):
         with open(os.path.join(node, ".awsrun", name), "w") as f:
             f.write(text)
