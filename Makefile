@@ -123,7 +123,7 @@ _demo:
 	@echo "--- the collected table: results/awsrun-demo/collected.csv"
 	@echo "--- the report of the run (open it in a browser): results/awsrun-demo/report.html"
 
-test: $(DEV) $(NODE_PY) $(BENCH_VENV)/bin/aws  ## unit and end-to-end tests (the end-to-end ones need sshd; the AWS CLI runs the README's set-up)
+test: $(DEV) $(NODE_PY) $(BENCH_VENV)/bin/aws  ## unit and end-to-end tests (the end-to-end ones need sshd; the AWS CLI runs docs/aws-setup.md's set-up)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 SHELL_FILES := INSTALL.sh node/*.sh .ci/run

@@ -22,7 +22,7 @@ import pool
 from cloud_setup import UserError, log
 
 DENIED = ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "403")
-POLICY_HINT = "attach awsrun-user-policy.json to your user or role (README, Running on AWS, step 2)"
+POLICY_HINT = "attach awsrun-user-policy.json to your user or role (docs/aws-setup.md, step 2)"
 
 
 def denied(e, action):

@@ -80,9 +80,9 @@ def test_a_launch_the_policy_refuses_fails_the_dry_run_and_create_before_anythin
     assert run.returncode == 1
     assert lines(run, "FAIL") == ["FAIL  permissions: your credentials may not call ec2:RunInstances "
                                   "(UnauthorizedOperation): attach awsrun-user-policy.json to your user or role "
-                                  "(README, Running on AWS, step 2)"]
+                                  "(docs/aws-setup.md, step 2)"]
     create = box.run("dispatcher.py", "auto", job, jobs, "-c", "-d")
     assert (create.returncode, create.stderr) == (1, "error: your credentials may not call ec2:RunInstances "
                                                      "(UnauthorizedOperation): attach awsrun-user-policy.json to "
-                                                     "your user or role (README, Running on AWS, step 2)\n")
+                                                     "your user or role (docs/aws-setup.md, step 2)\n")
     nothing_made(box, job)

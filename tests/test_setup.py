@@ -1,4 +1,4 @@
-"""The set-up steps the README tells a user to take, run as written against the sandbox with the
+"""The set-up steps docs/aws-setup.md tells a user to take, run as written against the sandbox with the
 AWS CLI (in .venv-bench, which make test installs), under IAM's own size limits."""
 import json
 import os
@@ -15,11 +15,11 @@ AWS = os.path.join(ROOT, ".venv-bench", "bin", "aws")
 
 
 def readme_block(name):
-    """The shell block that follows `<!-- setup: NAME -->` in the README, as a user copies it."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    """The shell block that follows `<!-- setup: NAME -->` in docs/aws-setup.md, as a user copies it."""
+    with open(os.path.join(ROOT, "docs", "aws-setup.md"), encoding="utf-8") as f:
         text = f.read()
     found = re.search(r"<!-- setup: %s -->\s*```\n(.*?)```" % name, text, re.S)
-    assert found, "README.md has no block after <!-- setup: %s -->" % name
+    assert found, "docs/aws-setup.md has no block after <!-- setup: %s -->" % name
     return "\n".join(line.strip() for line in found.group(1).splitlines())
 
 

@@ -763,3 +763,13 @@ def test_no_module_imports_one_that_imports_it_back():
         return None
     circles = [c for c in (circle_from(m, [m]) for m in sorted(graph)) if c]
     assert circles == []
+
+
+def test_every_page_the_readme_and_docs_link_to_exists():
+    import re
+    pages = ["README.md"] + ["docs/" + f for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")]
+    for page in pages:
+        text = open(os.path.join(ROOT, page), encoding="utf-8").read()
+        for target in re.findall(r"\]\(([^)#]+?)(?:#[^)]*)?\)", text):
+            if "://" not in target:
+                assert os.path.exists(os.path.join(ROOT, os.path.dirname(page), target)), (page, target)
