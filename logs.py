@@ -16,24 +16,24 @@ import sys
 
 import cloud_setup as cs
 import job_state
-import dispatcher
 from cloud_setup import UserError
+import ssh as remote
 
 
 def from_node(job, node, install, folder=""):
     """The log read over SSH (from `folder` in the node's work directory: a pool row's), or
     None if the node has none yet."""
     cs.refresh_ssh_rule(job)  # the caller may be on another network since create
-    session = dispatcher.Session(job, timeout=60)
+    session = remote.Session(job, timeout=60)
     ssh = session.connect(node)
     try:
-        d = dispatcher.remote_dir(node["tag"]) + ("/" + shlex.quote(folder) if folder else "")
+        d = remote.remote_dir(node["tag"]) + ("/" + shlex.quote(folder) if folder else "")
         files = ".awsrun/install.*.log" if install else "screen_output.txt"
         command = "cd %s && for f in %s; do [ -f \"$f\" ] || exit 3; %s\"$f\"; done" % (
             d, files, 'echo "--- $f"; cat ' if install else "cat ")
-        code, output = dispatcher.run(ssh, command, timeout=120)
+        code, output = remote.run(ssh, command, timeout=120)
     finally:
-        dispatcher.close(ssh)
+        remote.close(ssh)
     return output if code == 0 else None
 
 

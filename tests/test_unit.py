@@ -13,6 +13,7 @@ import cloud_setup as cs
 import job_state
 import dispatcher
 import save_results
+import ssh
 from conftest import ROOT, instance_states, write
 
 
@@ -474,39 +475,39 @@ def test_ctrl_c_while_a_node_connects_leaves_no_connection_open(monkeypatch):
     """Ctrl-C closes every open SSH connection; one being made at that moment must not be
     made after it (its row would hold create up for the 30 s of a read timeout)."""
     import paramiko
-    dispatcher.STOP.clear()
+    ssh.STOP.clear()
     attempts = []
 
     class Client(paramiko.SSHClient):
         def __init__(self):
             super().__init__()
-            dispatcher.STOP.set()  # Ctrl-C arrives now: after the check, before the connection is known
+            ssh.STOP.set()  # Ctrl-C arrives now: after the check, before the connection is known
 
         def connect(self, *args, **kwargs):
             attempts.append(args)
-    monkeypatch.setattr(dispatcher.paramiko, "SSHClient", Client)
+    monkeypatch.setattr(ssh.paramiko, "SSHClient", Client)
     with socket.socket() as listener:  # a node's port on this machine, that takes the TCP connection
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         monkeypatch.setenv("AWSRUN_SSH_PORT", str(listener.getsockname()[1]))
         node = {"id": "i-1", "tag": "x0", "address": "127.0.0.1"}
         try:
-            with pytest.raises(dispatcher.NodeError, match="interrupted"):
-                dispatcher.connect(node, None, dispatcher.HostKeyMemory(os.devnull), time.monotonic() + 5)
+            with pytest.raises(ssh.NodeError, match="interrupted"):
+                ssh.connect(node, None, ssh.HostKeyMemory(os.devnull), time.monotonic() + 5)
         finally:
-            dispatcher.STOP.clear()
-    assert attempts == [] and not dispatcher.OPEN
+            ssh.STOP.clear()
+    assert attempts == [] and not ssh.OPEN
 
 
 def test_host_keys_are_remembered_per_instance_not_per_address(tmp_path):
     import paramiko
-    memory = dispatcher.HostKeyMemory(str(tmp_path / "known_hosts"))
+    memory = ssh.HostKeyMemory(str(tmp_path / "known_hosts"))
     first, second = paramiko.RSAKey.generate(1024), paramiko.RSAKey.generate(1024)
     memory.for_node("i-1").missing_host_key(None, "203.0.113.5", first)
     memory.for_node("i-2").missing_host_key(None, "203.0.113.5", second)  # AWS gave i-1's address to i-2
     with pytest.raises(paramiko.BadHostKeyException):
         memory.for_node("i-1").missing_host_key(None, "198.51.100.1", second)
-    again = dispatcher.HostKeyMemory(str(tmp_path / "known_hosts"))  # kept in the job's file
+    again = ssh.HostKeyMemory(str(tmp_path / "known_hosts"))  # kept in the job's file
     again.for_node("i-2").missing_host_key(None, "198.51.100.1", second)
 
 
