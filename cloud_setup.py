@@ -47,7 +47,12 @@ def ubuntu_parameter(arch="amd64"):
     """AWS's public parameter that names the current Ubuntu 24.04 LTS image of an architecture."""
     return "/aws/service/canonical/ubuntu/server/24.04/stable/current/%s/hvm/ebs-gp3/ami-id" % arch
 
-RETRIES = Config(retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=64)
+def retries(attempts, **config):
+    """botocore's standard retry mode with this many attempts in all, and other Config settings."""
+    return Config(retries={"mode": "standard", "max_attempts": attempts}, **config)
+
+
+RETRIES = retries(8, max_pool_connections=64)
 
 
 class UserError(Exception):
@@ -308,12 +313,20 @@ def ssh_rule(cidr):
             "IpRanges": [{"CidrIp": cidr, "Description": "awsrun: SSH from the dispatcher"}]}
 
 
+def group_name(job):
+    return "awsrun-" + job
+
+
+def group_filters(job, vpc_id=None):
+    """The DescribeSecurityGroups filters that find the job's group (in one VPC)."""
+    return [{"Name": "group-name", "Values": [group_name(job)]}] + (
+        [{"Name": "vpc-id", "Values": [vpc_id]}] if vpc_id else [])
+
+
 def ensure_security_group(job, cidr, vpc_id=None):
     """Security group awsrun-JOB in the launch's VPC, allowing port 22 from `cidr` only."""
-    ec2, name = client("ec2"), "awsrun-" + job
-    filters = [{"Name": "group-name", "Values": [name]}] + (
-        [{"Name": "vpc-id", "Values": [vpc_id]}] if vpc_id else [])
-    groups = ec2.describe_security_groups(Filters=filters)["SecurityGroups"]
+    ec2, name = client("ec2"), group_name(job)
+    groups = ec2.describe_security_groups(Filters=group_filters(job, vpc_id))["SecurityGroups"]
     if groups:
         group = groups[0]
     else:
@@ -345,8 +358,7 @@ def allow_ssh_only_from(group, cidr):
 def refresh_ssh_rule(job):
     """Before SSH to a job's machines: if the caller's address changed since create (another
     network), replace the old rule with one for the new address."""
-    groups = client("ec2").describe_security_groups(
-        Filters=[{"Name": "group-name", "Values": ["awsrun-" + job]}])["SecurityGroups"]
+    groups = client("ec2").describe_security_groups(Filters=group_filters(job))["SecurityGroups"]
     if groups:
         cidr = caller_cidr()
         for group in groups:
@@ -385,9 +397,14 @@ EC2_TRUST = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
 
 
+def role_name(job):
+    """The name of the job's node role, and of its instance profile."""
+    return "awsrun-%s-node" % job
+
+
 def ensure_instance_profile(job, bucket):
     """Role and instance profile awsrun-JOB-node holding node_policy(); returns its name."""
-    iam, name = client("iam"), "awsrun-%s-node" % job
+    iam, name = client("iam"), role_name(job)
     try:
         iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(EC2_TRUST),
                         Description="awsrun nodes of job " + job,
@@ -788,17 +805,31 @@ def node_of(instance):
             else instance.get("PublicIpAddress") or instance.get("PublicDnsName") or ""}
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # how awsrun writes every time: UTC, to the second
+
+
 def parse_time(text):
     """Seconds since the epoch from an ISO time written by now_text(), or None."""
     try:
-        return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+        return calendar.timegm(time.strptime(text, TIME_FORMAT))
     except ValueError:
         return None
 
 
 def now_text(later=0):
     """Now (or `later` seconds from now), as awsrun writes times."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + later))
+    return time.strftime(TIME_FORMAT, time.gmtime(time.time() + later))
+
+
+def exit_code_of(text):
+    """An exit code as the node writes it (a file, a marker), or None if it is not a number."""
+    text = text.strip()
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def tag_order(tag):
+    """Tags in row order: JOB2 before JOB10."""
+    return len(tag), tag
 
 
 def set_status(ids, status, extra=None, ec2=None):

@@ -96,7 +96,7 @@ def read_header(data):
 def collect(source, job, pattern, out):
     """Write the merged table; returns (rows, files, tags) counts."""
     tags = sorted({k.split("/", 1)[0] for k in source.keys if "/" in k} | source.finished,
-                  key=lambda t: (len(t), t))
+                  key=cs.tag_order)
     results = [t for t in tags if t + "/manifest.json" in source.keys]
     for tag in tags:
         if tag not in results and tag in source.finished:

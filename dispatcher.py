@@ -199,7 +199,7 @@ def node_info(args, node, itype, command=None):
 
 def launch_time(node):
     """When EC2 launched the node, as the node's own times are written (cloud_setup.parse_time)."""
-    return node["launched"].strftime("%Y-%m-%dT%H:%M:%SZ") if node.get("launched") else None
+    return node["launched"].strftime(cs.TIME_FORMAT) if node.get("launched") else None
 
 
 def pool_lease():
@@ -357,7 +357,7 @@ def create(args, wanted):
 def missing_error(missing):
     """The one line for rows that could not be launched (each was named with its reason above)."""
     return UserError("%d rows could not be launched: %s; `make retry` launches them later"
-                     % (len(missing), " ".join(sorted(missing, key=lambda t: (len(t), t)))))
+                     % (len(missing), " ".join(sorted(missing, key=cs.tag_order))))
 
 
 def prepare_all(args, nodes, session):

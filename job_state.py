@@ -100,7 +100,7 @@ def outcomes(objects):
     for tag, values, when in tag_markers(objects):
         if "exit" in values:
             exit_code = values["exit"]
-            found[tag] = {"exit": int(exit_code) if exit_code.lstrip("-").isdigit() else None,
+            found[tag] = {"exit": cs.exit_code_of(exit_code),
                           "runtime": int(values.get("runtime", "0") or 0), "when": when}
     return found
 
@@ -220,7 +220,7 @@ def job_status(job, now=None):
     markers, started, waiting = outcomes(objects), starts(objects), queued(objects, job)
     now = now or time.time()
     rows = []
-    for tag in sorted(set(nodes) | set(markers) | set(waiting), key=lambda t: (len(t), t)):
+    for tag in sorted(set(nodes) | set(markers) | set(waiting), key=cs.tag_order):
         node, marker = nodes.get(tag), markers.get(tag)
         if tag in waiting:
             state, instance = pool_row_state(waiting[tag], started.get(tag), marker, by_id)

@@ -49,8 +49,8 @@ def clean(job, delete_bucket=False, timeout=600):
     instance profile, queues (pool mode), and awsrun's state for it; the bucket too only if asked."""
     bucket = job_state.job_bucket(job, cs.find_nodes(job))
     down(job, timeout)
-    ec2, iam, name = cs.client("ec2"), cs.client("iam"), "awsrun-%s-node" % job
-    groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["awsrun-" + job]}])
+    ec2, iam, name = cs.client("ec2"), cs.client("iam"), cs.role_name(job)
+    groups = ec2.describe_security_groups(Filters=cs.group_filters(job))
     for group in groups["SecurityGroups"]:  # a just-terminated instance holds its group for a while
         cs.retrying(functools.partial(ec2.delete_security_group, GroupId=group["GroupId"]),
                     cs.code_in("DependencyViolation"), timeout, first=1.0, cap=10.0)

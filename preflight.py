@@ -133,11 +133,10 @@ class Preflight:
         key, group and profile only where they exist already: a DryRun naming one that does not
         is refused as invalid, not as denied)."""
         ec2, job = cs.client("ec2"), self.args.job
-        groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["awsrun-" + job]},
-                                                       {"Name": "vpc-id", "Values": [self.subnets[0]["vpc"]]}])
+        groups = ec2.describe_security_groups(Filters=cs.group_filters(job, self.subnets[0]["vpc"]))
         group = (groups["SecurityGroups"] or [{}])[0].get("GroupId")
         keys = ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [job]}])["KeyPairs"]
-        profile = "awsrun-%s-node" % job if self.role_exists() else None
+        profile = cs.role_name(job) if self.role_exists() else None
         for itype in self.types:
             params = cs.launch_params(job, self.amis[itype], itype, [0], job, group, profile,
                                       self.args.bucket or job, self.subnets[0], self.spot, 600, bool(self.args.pool))
@@ -152,7 +151,7 @@ class Preflight:
             dry_run(ec2.run_instances, "ec2:RunInstances", **params)
         made = []
         if not group:
-            dry_run(ec2.create_security_group, "ec2:CreateSecurityGroup", GroupName="awsrun-" + job,
+            dry_run(ec2.create_security_group, "ec2:CreateSecurityGroup", GroupName=cs.group_name(job),
                     Description="awsrun job %s: SSH from the dispatcher only" % job, VpcId=self.subnets[0]["vpc"],
                     TagSpecifications=cs.job_tags("security-group", job))
             made.append("security group")
@@ -166,7 +165,7 @@ class Preflight:
         """Whether the node role exists; UserError if the caller may not even read it."""
         iam = cs.client("iam")
         try:
-            iam.get_role(RoleName="awsrun-%s-node" % self.args.job)
+            iam.get_role(RoleName=cs.role_name(self.args.job))
             return True
         except iam.exceptions.NoSuchEntityException:
             return False
@@ -176,7 +175,7 @@ class Preflight:
             raise
 
     def role(self):
-        name = "awsrun-%s-node" % self.args.job
+        name = cs.role_name(self.args.job)
         return "%s exists: create updates its policy" % name if self.role_exists() else \
             "%s is free: create makes it" % name
 

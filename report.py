@@ -105,7 +105,7 @@ def build(job, objects, dispatches, manifests, live, now):
             if machine.get(key) is None and m.get(key) is not None:
                 machine[key] = m[key]
     rows = []
-    for tag in sorted(set(planned) | set(finished) | set(queued), key=lambda t: (len(t), t)):
+    for tag in sorted(set(planned) | set(finished) | set(queued), key=cs.tag_order):
         m, plan = manifests.get(tag), planned.get(tag, {})
         row = {"tag": tag, "command": (m or plan).get("command") or "", "exit": None, "attempt": 1, "phases": [],
                "type": (m or {}).get("instance_type") or plan.get("instance_type") or queued.get(tag, {}).get("type")}

@@ -510,8 +510,8 @@ class Sandbox:
                 self.credentials[instance] = {
                     "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": key,
                     "SecretAccessKey": secrets.token_hex(20), "Token": secrets.token_hex(64),
-                    "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "LastUpdated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                    "Expiration": expires.strftime(cs.TIME_FORMAT),
+                    "LastUpdated": cs.now_text()}
             return self.credentials[instance]
 
     def schedule_power(self, instance, when):

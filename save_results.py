@@ -95,13 +95,13 @@ def make_manifest(node, root, files, missing):
     limit = node.get("max_runtime")
     manifest = {"job": node["job"], "tag": node["tag"], "instance_id": node["instance_id"],
                 "instance_type": node["instance_type"], "command": node["command"],
-                "exit_code": int(code) if code.lstrip("-").isdigit() else None,
+                "exit_code": cs.exit_code_of(code),
                 "launched": node.get("launched"), "spot": bool(node.get("spot")),
                 "install_started": read(os.path.join(root, ".awsrun", "install_started")) or None,
                 "install_ended": read(os.path.join(root, ".awsrun", "install_ended")) or None,
                 "started": read(os.path.join(root, ".awsrun", "started")),
                 "ended": read(os.path.join(root, ".awsrun", "ended")),
-                "uploaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "uploaded": cs.now_text(),
                 "files": [], "missing_outputs": missing, "max_runtime": limit,
                 "timed_out": bool(limit) and code in ("124", "137")}
     if node.get("attempt"):  # pool mode: which time SQS gave this row out, on which machine
@@ -162,9 +162,9 @@ def clients(node):
     file's SHA-256 is in the manifest and checked end to end by get_s3_files.py, and HTTPS
     protects every byte on the way. EC2 calls retry little: an OS shutdown backs them."""
     session = boto3.session.Session(region_name=node["region"])
-    s3 = cs.name_owner(session.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 10},
-                                                          max_pool_connections=32, **NO_CHECKSUMS)), node["account"])
-    ec2 = session.client("ec2", config=Config(retries={"mode": "standard", "max_attempts": 4}))
+    s3 = cs.name_owner(session.client("s3", config=cs.retries(10, max_pool_connections=32, **NO_CHECKSUMS)),
+                       node["account"])
+    ec2 = session.client("ec2", config=cs.retries(4))
     return s3, ec2
 
 
@@ -190,7 +190,7 @@ def save(node, root=".", clients_=None, end_node=True):
         finish(s3, node["bucket"], node["tag"], manifest)
     except (BotoCoreError, ClientError, OSError) as e:
         hold = int(node.get("upload_hold") or 0)
-        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + hold))
+        until = cs.now_text(hold)
         print("%s: upload failed, leaving this node up until %s so nothing is lost: %s" % (node["tag"], until, e),
               file=sys.stderr)
         mark(ec2, node, "upload-failed", {cs.ERROR_TAG: str(e)[:250], cs.UNTIL_TAG: until})
