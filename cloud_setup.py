@@ -347,7 +347,7 @@ def allow_ssh_only_from(group, cidr):
                for r in p.get("IpRanges", [])]
     if cidr not in allowed:
         retrying(lambda: ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[ssh_rule(cidr)]),
-                 code_in("InvalidGroup.NotFound"), 60)
+                 error_code_in("InvalidGroup.NotFound"), 60)
     stale = [c for c in allowed if c != cidr]
     if stale:
         ec2.revoke_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[
@@ -418,7 +418,7 @@ def ensure_instance_profile(job, bucket):
     except iam.exceptions.EntityAlreadyExistsException:
         pass
     # a profile made a moment ago may not be visible yet
-    roles = retrying(lambda: iam.get_instance_profile(InstanceProfileName=name), code_in("NoSuchEntity"),
+    roles = retrying(lambda: iam.get_instance_profile(InstanceProfileName=name), error_code_in("NoSuchEntity"),
                      60)["InstanceProfile"]["Roles"]
     if not any(r["RoleName"] == name for r in roles):
         iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
@@ -770,7 +770,7 @@ def retrying(call, retry_if, seconds, first=0.5, cap=5.0, what=None):
                 log("%s: %s, trying again" % (what, error_code(e)))
 
 
-def code_in(*codes):
+def error_code_in(*codes):
     """A retry_if for retrying(): the error's code is one of these."""
     return lambda e: error_code(e) in codes
 
@@ -786,7 +786,7 @@ def backoff(deadline, first=0.2, cap=5.0):
     yield None
 
 
-def node_of(instance):
+def node_from_instance(instance):
     """The facts awsrun uses about one instance, with its tag worked out."""
     tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
     numbers = decode_rows(tags.get(ROWS_TAG, ""))
@@ -848,13 +848,13 @@ def find_nodes(job, states=None):
     if states:
         filters.append({"Name": "instance-state-name", "Values": list(states)})
     pages = client("ec2").get_paginator("describe_instances").paginate(Filters=filters)
-    return [node_of(i) for page in pages for r in page["Reservations"] for i in r["Instances"]]
+    return [node_from_instance(i) for page in pages for r in page["Reservations"] for i in r["Instances"]]
 
 
 LIVE = ("pending", "running")
 
 
-def current_nodes(nodes):
+def newest_per_tag(nodes):
     """tag -> the node that stands for it: a live one if any, else the newest."""
     best = {}
     for n in sorted(nodes, key=lambda n: (n["state"] in LIVE, n["launched"])):

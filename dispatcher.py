@@ -1,14 +1,16 @@
-"""Run a job file on EC2: one instance per row, prepared over SSH, each running its command.
-Runs on the user's machine; what it runs on the nodes is in node/.
+"""Run a job file on EC2: one instance per row, or a pool of machines per instance type that
+take the rows from a queue (--pool); prepared over SSH, each running its commands. Runs on
+the user's machine; what it runs on the nodes is in node/.
 
     python dispatcher.py AMI JOBNAME JOBFILE -c        # create and prepare the machines
     python dispatcher.py AMI JOBNAME JOBFILE -d        # start every row's command
     python dispatcher.py auto alice-x awsjobs/x.csv -c -d --code ~/src/x
 
 AMI `auto` means the current Ubuntu LTS image of the region. The job file is a CSV whose
-header is `instance_type,command`; row N runs on the machine tagged JOBNAME<N-1>, in its own
-work directory, with TAG set. Everything the command writes under output/ is uploaded to
-s3://BUCKET/TAG/ with its log and a manifest, and then the machine terminates itself.
+header is `instance_type,command`; row N has the tag JOBNAME<N-1> and runs on the machine of
+that tag (in pool mode, on the next pool machine with a free slot), in its own work directory,
+with TAG set. Everything the command writes under output/ is uploaded to s3://BUCKET/TAG/ with
+its log and a manifest; a machine terminates itself when its work is done.
 """
 from __future__ import annotations
 
@@ -258,7 +260,7 @@ class BundleReader:
         return data
 
 
-def plan(args, rows):
+def rows_wanted(args, rows):
     """tag -> (line, instance_type, command) for every row of the job file."""
     return {cs.tag_name(args.job, i + args.tag_offset): row for i, row in enumerate(rows)}
 
@@ -266,7 +268,7 @@ def plan(args, rows):
 def to_launch(args, wanted):
     """instance type -> the node numbers of the wanted tags that have no live instance.
     UserError if a tag runs already as another type."""
-    live = cs.current_nodes(cs.find_nodes(args.job, cs.LIVE))
+    live = cs.newest_per_tag(cs.find_nodes(args.job, cs.LIVE))
     for tag, node in live.items():
         if tag in wanted and node["type"] != wanted[tag][1]:
             raise UserError("%s is already running as %s, but line %d asks for %s: terminate %s first"
@@ -336,7 +338,7 @@ def create(args, wanted):
         ids, missing = launch_missing(args, by_type, amis, args.job, group_id, profile, bucket, subnets)
         running, failed = cs.wait_running(ids, timeout=args.ssh_timeout)
         found = cs.find_nodes(args.job)  # one DescribeInstances: the live ones, and those that failed
-        nodes = [n for t, n in sorted(cs.current_nodes([n for n in found if n["state"] in cs.LIVE]).items())
+        nodes = [n for t, n in sorted(cs.newest_per_tag([n for n in found if n["state"] in cs.LIVE]).items())
                  if t in wanted and n["status"] not in BUSY]
         for node in found:
             if node["id"] in failed:
@@ -374,10 +376,10 @@ def prepare_all(args, nodes, session):
         results = for_each_node(nodes, lambda n: prepare(n, args, bundle, session, progress), args.parallel)
     cs.set_status([n["id"] for n in nodes if not isinstance(results[n["tag"]], NodeError)], "ready")
     cs.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "install-failed")
-    return report(args, nodes, results, "ready", terminate_failed=not args.keep_failed)
+    return say_results(args, nodes, results, "ready", terminate_failed=not args.keep_failed)
 
 
-def report(args, nodes, results, word, terminate_failed=False):
+def say_results(args, nodes, results, word, terminate_failed=False):
     """Print one line per node on stdout; failures on stderr. UserError if any failed."""
     failed = []
     for node in nodes:
@@ -453,7 +455,7 @@ def dispatch(args, wanted, session=None):
     if session is None:  # a later run: the caller may be on another network since create
         cs.refresh_ssh_rule(args.job)
     session = session or Session(args.job, args.ssh_timeout)
-    live = cs.current_nodes(cs.find_nodes(args.job, ("running",)))
+    live = cs.newest_per_tag(cs.find_nodes(args.job, ("running",)))
     if any(n["pool"] for n in live.values()):
         raise UserError("job %s runs in pool mode: give POOL= (--pool) to dispatch and retry too" % args.job, code=2)
     missing = [t for t in wanted if t not in live]
@@ -471,7 +473,7 @@ def dispatch(args, wanted, session=None):
     results = for_each_node(nodes, lambda n: start(n, args, wanted[n["tag"]], session), args.parallel)
     cs.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
     record_dispatch(args, job_state.job_bucket(args.job, nodes), nodes, results, wanted)
-    code = report(args, nodes, results, "started")
+    code = say_results(args, nodes, results, "started")
     if missing:
         raise UserError("no running machine for %s: run create for them first" % " ".join(sorted(missing)))
     return code
@@ -484,7 +486,7 @@ def dispatch_pool(args, wanted, session=None, requeue=False):
         cs.refresh_ssh_rule(args.job)
     session = session or Session(args.job, args.ssh_timeout)
     found = cs.find_nodes(args.job, ("running",))
-    machines = {t: n for t, n in cs.current_nodes(found).items() if n["pool"]}
+    machines = {t: n for t, n in cs.newest_per_tag(found).items() if n["pool"]}
     bucket = job_state.job_bucket(args.job, found)
     if not requeue:
         queued = job_state.queued(job_state.list_markers(bucket), args.job)
@@ -505,7 +507,7 @@ def dispatch_pool(args, wanted, session=None, requeue=False):
     results = for_each_node(nodes, lambda n: start(n, args, (0, n["pool"], None), session), args.parallel)
     cs.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
     record_dispatch(args, bucket, nodes, results, wanted)
-    return report(args, nodes, results, "worker started")
+    return say_results(args, nodes, results, "worker started")
 
 
 # ---------------------------------------------------------------------------- retry
@@ -519,7 +521,7 @@ def retry_plan(args, wanted):
         states = {r["tag"]: r["state"] for r in rows if r["kind"] == "row"}
         stranded = [t for t in job_state.stranded_rows(rows) if t in wanted]
     else:
-        nodes = cs.current_nodes(cs.find_nodes(args.job))
+        nodes = cs.newest_per_tag(cs.find_nodes(args.job))
         markers = job_state.read_markers(job_state.job_bucket(args.job, nodes.values()))
         states = {tag: job_state.node_state(nodes.get(tag), markers.get(tag))
                   for tag in wanted if tag in nodes or tag in markers}
@@ -630,7 +632,7 @@ def main(argv=None):
             args.create = args.dispatch = True
         args.create = args.create or args.dry_run  # the dry run checks create's files too
         rows = check_arguments(args)
-        wanted = plan(args, rows)
+        wanted = rows_wanted(args, rows)
         if args.dry_run:
             return preflight.dry_run_command(args, wanted)
         waiting = {}  # pool mode: queued rows that need machines, but are not queued again

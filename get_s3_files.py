@@ -45,7 +45,7 @@ TRANSFER = TransferConfig(max_concurrency=24, multipart_threshold=256 << 20, mul
                           max_io_queue=64)
 # Objects below the transfer manager's multipart threshold that have a hash to check: one
 # GetObject each, in 16 threads, without the transfer manager's futures, queues and callbacks
-# per object (measured: 27% less client CPU on 2,000 small files; see the README's Performance).
+# per object, which costs less client CPU (docs/performance.md; the figures are in BENCHMARKS.md).
 # A read cut off in the middle is tried again, as the transfer manager does.
 SINGLE_CONCURRENCY, READ_TRIES, CHUNK = 16, 5, 256 << 10
 OWN_FILES = ("screen_output.txt", "manifest.json")
@@ -92,7 +92,7 @@ def local_name(key, flat):
     return parts[-1]
 
 
-def plan(objects, flat):
+def local_names(objects, flat):
     """key -> local relative path; with --flat, refuse two keys with one name."""
     names, seen = {}, {}
     for o in objects:
@@ -278,7 +278,7 @@ def owner_of(bucket):
     return None
 
 
-def list_markers(s3, bucket):
+def marker_etags(s3, bucket):
     """The bucket's outcome markers (one small listing): they change whenever a node finishes."""
     try:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=job_state.MARKERS)
@@ -303,11 +303,11 @@ def fetch(bucket, out, flat=False, full=False):
     if owner:
         cs.name_owner(s3, owner)
     cache = Cache(out)
-    markers = list_markers(s3, bucket)
+    markers = marker_etags(s3, bucket)
     if not full and cache.untouched(bucket, markers, flat):
         return 0, len(cache.complete["names"])
     objects = list_objects(s3, bucket)
-    names = plan(objects, flat)
+    names = local_names(objects, flat)
     hashes = expected_hashes(s3, bucket, objects, cache)
     wants = {o["Key"]: expected(o, hashes.get(o["Key"])) for o in objects}
     todo = [o for o in objects if not unchanged(os.path.join(out, names[o["Key"]]), o, wants[o["Key"]], cache)]

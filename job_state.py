@@ -1,9 +1,10 @@
 """Job state: what each tag of a job is doing, from its instances' tags and the outcome markers
 in its bucket, and the commands that read it (status, watch, wait); retry, logs and get_s3_files
-read it too. Runs on the user's machine; the node side uses only marker_key (save_results.py),
-so this file is also copied to every node, next to cloud_setup.py.
+read it too. Runs on the user's machine; the node side uses its key names (marker_key for
+save_results.py, start_key for pool_worker.py), so this file is also copied to every node, next
+to cloud_setup.py.
 
-    python cloud_setup.py status JOBNAME      # the table (cloud_setup.py keeps the command line)
+    python operate.py status JOBNAME      # the table (operate.py keeps the command line)
 """
 from __future__ import annotations
 
@@ -212,7 +213,7 @@ def job_status(job, now=None):
     """One row per tag of the job: tag, instance, type, state, elapsed, progress; in pool mode
     the rows, then the pool machines. Costs one DescribeInstances and one S3 listing, however
     many tags there are."""
-    found = cs.current_nodes(cs.find_nodes(job))
+    found = cs.newest_per_tag(cs.find_nodes(job))
     nodes = {t: n for t, n in found.items() if not n["pool"]}
     machines = {t: n for t, n in found.items() if n["pool"]}
     by_id = {n["id"]: n for n in machines.values()}

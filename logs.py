@@ -55,7 +55,7 @@ def from_bucket(bucket, tag, install):
 
 
 def logs(job, tag, install=False):
-    nodes = cs.current_nodes(cs.find_nodes(job))
+    nodes = cs.newest_per_tag(cs.find_nodes(job))
     node, folder = nodes.get(tag), ""
     if node is None:  # pool mode: the machine that runs the row now, if any
         start = job_state.starts(job_state.list_markers(job_state.job_bucket(job, nodes.values()))).get(tag)

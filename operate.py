@@ -53,7 +53,7 @@ def clean(job, delete_bucket=False, timeout=600):
     groups = ec2.describe_security_groups(Filters=cs.group_filters(job))
     for group in groups["SecurityGroups"]:  # a just-terminated instance holds its group for a while
         cs.retrying(functools.partial(ec2.delete_security_group, GroupId=group["GroupId"]),
-                    cs.code_in("DependencyViolation"), timeout, first=1.0, cap=10.0)
+                    cs.error_code_in("DependencyViolation"), timeout, first=1.0, cap=10.0)
     # Only a key pair that exists: IAM checks the job tag of the key pair named, so deleting
     # one that is gone already is refused, not ignored.
     for pair in ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [job]}])["KeyPairs"]:

@@ -47,7 +47,7 @@ def ensure_queues(job, types, attempts):
         name = queue_name(job, itype)
         dead = make_queue(sqs, name + "-dlq", job, {"MessageRetentionPeriod": str(RETENTION)})
         arn = cs.retrying(functools.partial(sqs.get_queue_attributes, QueueUrl=dead, AttributeNames=["QueueArn"]),
-                          cs.code_in(*NO_QUEUE), 30)["Attributes"]["QueueArn"]
+                          cs.error_code_in(*NO_QUEUE), 30)["Attributes"]["QueueArn"]
         redrive = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": str(attempts)})
         urls[itype] = make_queue(sqs, name, job, {"MessageRetentionPeriod": str(RETENTION), "RedrivePolicy": redrive})
     return urls
@@ -171,7 +171,7 @@ def enqueue(job, bucket, wanted, urls, attempts):
         url, entries = call
         for _ in range(5):  # entries SQS could not take this time are sent again
             failed = cs.retrying(functools.partial(sqs.send_message_batch, QueueUrl=url, Entries=entries),
-                                 cs.code_in(*NO_QUEUE), 30).get("Failed", [])
+                                 cs.error_code_in(*NO_QUEUE), 30).get("Failed", [])
             if not failed:
                 return
             if any(f.get("SenderFault") for f in failed):

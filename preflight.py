@@ -34,7 +34,7 @@ def dry_run(call, action, **params):
     """Ask EC2 whether `call` would be allowed, with DryRun: 'allowed', or UserError. Throttling
     is waited out, as create waits it out."""
     try:
-        cs.retrying(lambda: call(DryRun=True, **params), cs.code_in("RequestLimitExceeded"), 120)
+        cs.retrying(lambda: call(DryRun=True, **params), cs.error_code_in("RequestLimitExceeded"), 120)
     except ClientError as e:
         if cs.error_code(e) == "DryRunOperation":
             return "allowed"

@@ -17,8 +17,9 @@ shuts the machine down, in case the API call did not get through); 75 when the u
 failed: the node is tagged awsrun:status=upload-failed with awsrun:until, and run.sh keeps
 it up until then so that nothing is lost; anything else (a crash) and run.sh shuts it down.
 
-Reads what the dispatcher wrote in .awsrun/ (node.json, started, ended, exit_code); needs
-only the standard library and boto3, on Python 3.8 or later.
+Reads .awsrun/ in the work directory: node.json (written by the dispatcher) and started,
+ended and exit_code (written by run.sh, or by pool_worker.py for a pool row); needs only the
+standard library and boto3, on Python 3.8 or later.
 """
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ NO_CHECKSUMS = ({"request_checksum_calculation": "when_required"}
 # OperationAborted; botocore's standard mode retries the first only, so both are retried here.
 RETRIED = ("OperationAborted", "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout")
 
-# Uploads at once: 4 per core, at most 32 (measured: on 2 cores, 8 beat 16 by 10%, as the
-# uploader's Python competes for the CPU). Files under 128 MB go in one request each.
+# Uploads at once: 4 per core, at most 32 (more lose on a small machine, where the uploader's
+# Python competes for the CPU: docs/performance.md). Files under 128 MB go in one request each.
 TRANSFER = TransferConfig(max_concurrency=min(32, 4 * (os.cpu_count() or 2)), multipart_threshold=128 << 20,
                           multipart_chunksize=16 << 20)
 
@@ -148,12 +149,12 @@ def finish(s3, bucket, tag, manifest):
     means that everything it lists is there; the marker, that the node is done."""
     body = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
     cs.retrying(lambda: s3.put_object(Bucket=bucket, Key=tag + "/manifest.json", ContentType="application/json",
-                                      Body=body), cs.code_in(*RETRIED), 300, first=1.0, cap=20.0, what="manifest")
+                                      Body=body), cs.error_code_in(*RETRIED), 300, first=1.0, cap=20.0, what="manifest")
     started, ended = cs.parse_time(manifest["started"]), cs.parse_time(manifest["ended"])
     runtime = ended - started if started and ended else 0
     marker = ("%s %s\n" % (manifest.get("instance_id"), manifest.get("uploaded"))).encode()
     cs.retrying(lambda: s3.put_object(Bucket=bucket, Key=job_state.marker_key(tag, manifest["exit_code"], runtime),
-                                      Body=marker), cs.code_in(*RETRIED), 300, first=1.0, cap=20.0, what="marker")
+                                      Body=marker), cs.error_code_in(*RETRIED), 300, first=1.0, cap=20.0, what="marker")
 
 
 def clients(node):

@@ -225,9 +225,9 @@ def for_each_node(nodes, work, parallel):
             return node["tag"], e
         except (paramiko.SSHException, OSError, EOFError) as e:
             return node["tag"], NodeError("SSH failed: %s: %s" % (type(e).__name__, e))
-    pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes))))
+    workers = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(nodes))))
     try:
-        return dict(pool.map(guarded, nodes))
+        return dict(workers.map(guarded, nodes))
     except KeyboardInterrupt:
         STOP.set()
         with OPEN_LOCK:
@@ -236,4 +236,4 @@ def for_each_node(nodes, work, parallel):
                 ssh.close()
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        workers.shutdown(wait=True, cancel_futures=True)

@@ -117,7 +117,7 @@ def test_launching_uploading_and_install_failed_states(box, tmp_path, monkeypatc
               "awsrun-%s-node" % job, job, cs.launch_subnets())
     assert states(box, job)["op-more1"] == "launching"
     # The node's own uploader marks the time between the command's end and its results' arrival:
-    one = cs.current_nodes(cs.find_nodes(job, cs.LIVE))["op-more1"]
+    one = cs.newest_per_tag(cs.find_nodes(job, cs.LIVE))["op-more1"]
     cs.set_status([one["id"]], "uploading")
     assert states(box, job)["op-more1"] == "uploading"
     cs.client.cache_clear()

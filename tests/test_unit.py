@@ -244,7 +244,7 @@ def test_an_existing_bucket_keeps_its_own_settings(aws):
 def launch_setup(aws, job, rows):
     ami = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     args = argparse.Namespace(job=job, tag_offset=0, pool=None)
-    wanted = dispatcher.plan(args, rows)
+    wanted = dispatcher.rows_wanted(args, rows)
     key = cs.ensure_key_pair(job)
     group = cs.ensure_security_group(job, "198.51.100.7/32")
     profile = cs.ensure_instance_profile(job, job)
@@ -279,7 +279,7 @@ def test_create_again_launches_only_missing_tags(aws):
     gone = [n for n in cs.find_nodes("job-a") if n["tag"] == "job-a3"][0]
     aws.terminate_instances(InstanceIds=[gone["id"]])
     assert len(set(launch()[0]) - set(first)) == 1 and len(calls) == 3
-    live = cs.current_nodes(cs.find_nodes("job-a", cs.LIVE))
+    live = cs.newest_per_tag(cs.find_nodes("job-a", cs.LIVE))
     assert sorted(live) == ["job-a0", "job-a1", "job-a2", "job-a3", "job-a4"]
     assert live["job-a3"]["id"] != gone["id"]
 
@@ -514,9 +514,9 @@ def test_host_keys_are_remembered_per_instance_not_per_address(tmp_path):
 def test_nodes_reached_by_private_address_when_asked(aws, monkeypatch):
     instance = {"InstanceId": "i-1", "InstanceType": "t3.micro", "State": {"Name": "running"}, "LaunchTime": 0,
                 "PublicIpAddress": "203.0.113.5", "PrivateIpAddress": "10.0.0.5", "Tags": []}
-    assert cs.node_of(instance)["address"] == "203.0.113.5"
+    assert cs.node_from_instance(instance)["address"] == "203.0.113.5"
     monkeypatch.setenv("AWSRUN_SSH_ADDRESS", "private")
-    assert cs.node_of(instance)["address"] == "10.0.0.5"
+    assert cs.node_from_instance(instance)["address"] == "10.0.0.5"
 
 
 @pytest.mark.parametrize("itype, family", [("t3.micro", "standard"), ("c7i.large", "standard"), ("g5.xlarge", "g"),
