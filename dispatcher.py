@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 
 import cloud_setup as cs
+import launch
 import job_state
 import pool
 import preflight
@@ -286,8 +287,8 @@ def launch_missing(args, by_type, amis, key_name, group_id, profile, bucket, sub
     ids, missing, spot = [], {}, getattr(args, "spot", False)
     guard = args.ssh_timeout + args.install_tries * (args.install_timeout + 15) + 600
     for itype, numbers in sorted(by_type.items()):
-        got, lacking = cs.launch(args.job, amis[itype], itype, numbers, key_name, group_id, profile, bucket, subnets,
-                                 spot=spot, boot_guard=guard, pool=bool(args.pool))
+        got, lacking = launch.launch(args.job, amis[itype], itype, numbers, key_name, group_id, profile, bucket,
+                                     subnets, spot=spot, boot_guard=guard, pool=bool(args.pool))
         ids += got
         missing.update({cs.pool_tag(args.job, itype, n) if args.pool else cs.tag_name(args.job, n): why
                         for n, why in lacking.items()})
@@ -316,7 +317,7 @@ def create(args, wanted):
             pool.queue_name(args.job, itype)  # fits SQS's limit, before anything is made
         wanted = pool.machine_plan(args.job, wanted, args.pool, vcpus, spot)
     by_type = to_launch(args, wanted)
-    cs.check_quotas({t: (len(n), vcpus[t]) for t, n in by_type.items()}, spot, pooled=bool(args.pool))
+    launch.check_quotas({t: (len(n), vcpus[t]) for t, n in by_type.items()}, spot, pooled=bool(args.pool))
     bucket, cidr = args.bucket or args.job, cs.caller_cidr()
     with open(os.path.join(cs.state_dir(args.job), "bucket"), "w") as f:
         f.write(bucket)

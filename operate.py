@@ -23,6 +23,7 @@ import sys
 from botocore.exceptions import WaiterError
 
 import cloud_setup as cs
+import launch
 import job_state
 import pool
 from cloud_setup import UserError, log
@@ -121,7 +122,7 @@ def main(argv=None):
             print(cs.default_job_name(args.jobfile))
             return 0
         if args.command == "default-ami":
-            print(cs.default_ami(args.arch))
+            print(launch.default_ami(args.arch))
             return 0
         if not getattr(args, "job", None):
             job_state.print_num_running()

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from botocore.exceptions import ClientError
 
 import cloud_setup as cs
+import launch
 import job_state
 from cloud_setup import UserError, log
 
@@ -121,9 +122,9 @@ def pool_size(spec, types, vcpus, spot=False):
         return {t: min(int(spec), n) for t, n in types.items()}
     sizes, groups = {}, {}
     for t in types:
-        groups.setdefault(cs.quota_family(t), []).append(t)
+        groups.setdefault(launch.quota_family(t), []).append(t)
     for family, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        allowed = cs.vcpu_quota(family, spot) if family else None
+        allowed = launch.vcpu_quota(family, spot) if family else None
         if allowed is None:
             raise UserError("--pool auto could not read the vCPU quota of %s: give the number of machines, "
                             "e.g. POOL=4 (--pool 4)" % " ".join(sorted(members)), code=2)

@@ -18,6 +18,7 @@ import sys
 from botocore.exceptions import ClientError
 
 import cloud_setup as cs
+import launch
 import pool
 from cloud_setup import UserError, log
 
@@ -100,11 +101,11 @@ class Preflight:
         return "%s (account %s), region %s" % (who["Arn"], who["Account"], cs.region())
 
     def images(self):
-        self.amis, self.vcpus = cs.check_image_and_types(self.args.ami, set(self.types))
+        self.amis, self.vcpus = launch.check_image_and_types(self.args.ami, set(self.types))
         return ", ".join("%s on %s" % kv for kv in sorted(self.amis.items()))
 
     def network(self):
-        self.subnets = cs.launch_subnets(self.args.subnet)
+        self.subnets = launch.launch_subnets(self.args.subnet)
         private = cs.setting("SSH_ADDRESS", "public") == "private"
         public = sum(s["public"] for s in self.subnets)
         return "VPC %s, %d subnets (%s)%s" % (
@@ -119,7 +120,7 @@ class Preflight:
         counts = {}
         for _, itype, _ in machines.values():
             counts[itype] = counts.get(itype, 0) + 1
-        cs.check_quotas({t: (n, self.vcpus[t]) for t, n in counts.items()}, self.spot, pooled=bool(self.args.pool))
+        launch.check_quotas({t: (n, self.vcpus[t]) for t, n in counts.items()}, self.spot, pooled=bool(self.args.pool))
         return "%s within the account's vCPU quotas" % ", ".join("%d x %s" % (n, t) for t, n in sorted(counts.items()))
 
     def bucket(self):
@@ -128,7 +129,7 @@ class Preflight:
             return "%s is yours already: its settings are kept" % name
         return "%s is free: create makes it (public access blocked, encrypted, TLS only)" % name
 
-    def launch(self):
+    def permissions(self):
         """RunInstances as DryRun, per instance type, with the parameters create would send (the
         key, group and profile only where they exist already: a DryRun naming one that does not
         is refused as invalid, not as denied)."""
@@ -138,7 +139,7 @@ class Preflight:
         keys = ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [job]}])["KeyPairs"]
         profile = cs.role_name(job) if self.role_exists() else None
         for itype in self.types:
-            params = cs.launch_params(job, self.amis[itype], itype, [0], job, group, profile,
+            params = launch.launch_params(job, self.amis[itype], itype, [0], job, group, profile,
                                       self.args.bucket or job, self.subnets[0], self.spot, 600, bool(self.args.pool))
             if not keys:
                 params.pop("KeyName")
@@ -209,7 +210,7 @@ class Preflight:
             self.check("vCPU quota", self.quota, has_images or "needs the images' vCPUs")
         self.check("bucket", self.bucket)
         self.check("node role", self.role)
-        self.check("permissions", self.launch, (has_images and has_network) or "needs the images and the network")
+        self.check("permissions", self.permissions, (has_images and has_network) or "needs the images and the network")
         if self.args.pool:
             self.check("queues", self.queues)
         return self

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import threading
 
-import cloud_setup as cs
+import launch
 from testbed import sandbox_iam
 
 REGION = "us-east-1"
@@ -180,13 +180,13 @@ def play_ec2(authorized_keys, nodes_dir, node_path=None, account=dict):
     instance profile, and run its user data; when an instance is terminated, end every process
     of its node folder (the one whose .awsrun/instance names it)."""
     from moto.ec2.models.instances import InstanceBackend
-    launch = getattr(InstanceBackend.run_instances, "awsrun_original", InstanceBackend.run_instances)
+    moto_launch = getattr(InstanceBackend.run_instances, "awsrun_original", InstanceBackend.run_instances)
     end = getattr(InstanceBackend.terminate_instances, "awsrun_original", InstanceBackend.terminate_instances)
     lock = threading.Lock()
     launch_up_to_max_count()
 
     def run_instances(self, *args, **kwargs):
-        reservation = launch(self, *args, **kwargs)
+        reservation = moto_launch(self, *args, **kwargs)
         # moto gives the instance profile to the first instance of a launch only; EC2, to all.
         for instance in reservation.instances[1:]:
             if kwargs.get("iam_instance_profile_name") or kwargs.get("iam_instance_profile_arn"):
@@ -224,7 +224,7 @@ def play_ec2(authorized_keys, nodes_dir, node_path=None, account=dict):
                 kill_processes_under(folder)
         return result
 
-    run_instances.awsrun_original, terminate_instances.awsrun_original = launch, end
+    run_instances.awsrun_original, terminate_instances.awsrun_original = moto_launch, end
     InstanceBackend.run_instances, InstanceBackend.terminate_instances = run_instances, terminate_instances
 
 
@@ -243,7 +243,7 @@ def live_instances():
 def quota_answer(params, account):
     """Service Quotas' GetServiceQuota for EC2's vCPU quotas, from the account's setting."""
     code = params.get("QuotaCode", "")
-    if params.get("ServiceCode") != "ec2" or code not in {c for pair in cs.QUOTAS.values() for c in pair}:
+    if params.get("ServiceCode") != "ec2" or code not in {c for pair in launch.QUOTAS.values() for c in pair}:
         return 400, [("Content-Type", "application/x-amz-json-1.1")], json.dumps(
             {"__type": "NoSuchResourceException", "Message": "The request failed because the specified "
              "service quota does not exist."}).encode()
@@ -297,8 +297,8 @@ def launch_count(params, account):
                           "instance limit of %s allows for the specified instance type."
                           % (least, account["instance_quota"]))
     if "vcpu_quota" in account:
-        family = cs.quota_family(itype)
-        used = sum(vcpus(i.instance_type) for i in live_instances() if cs.quota_family(i.instance_type) == family
+        family = launch.quota_family(itype)
+        used = sum(vcpus(i.instance_type) for i in live_instances() if launch.quota_family(i.instance_type) == family
                    and (i.lifecycle == "spot") == spot)
         fits = min(fits, (int(account["vcpu_quota"]) - used) // vcpus(itype))
         if fits < least:

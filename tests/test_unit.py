@@ -10,6 +10,7 @@ import boto3
 import pytest
 
 import cloud_setup as cs
+import launch
 import job_state
 import dispatcher
 import save_results
@@ -251,7 +252,7 @@ def launch_setup(aws, job, rows):
     calls = []
     cs.session().events.register("before-call.ec2.RunInstances", lambda **kw: calls.append(1))  # every client
     args.spot, args.ssh_timeout, args.install_tries, args.install_timeout = False, 600, 3, 1800
-    subnets = cs.launch_subnets()
+    subnets = launch.launch_subnets()
     amis = {itype: ami for _, itype, _ in rows}
     return lambda: dispatcher.launch_missing(args, dispatcher.to_launch(args, wanted), amis, os.path.basename(key)[:-4],
                                              group, profile, job, subnets), calls
@@ -523,7 +524,7 @@ def test_nodes_reached_by_private_address_when_asked(aws, monkeypatch):
                                            ("vt1.3xlarge", "g"), ("p4d.24xlarge", "p"), ("inf2.xlarge", "inf"),
                                            ("x2iedn.xlarge", "x"), ("trn1.2xlarge", None), ("mac2.metal", None)])
 def test_instance_types_map_to_their_vcpu_quota(itype, family):
-    assert cs.quota_family(itype) == family
+    assert launch.quota_family(itype) == family
 
 
 def test_the_sandbox_says_what_it_needs_off_linux(monkeypatch, capsys, tmp_path):
@@ -596,7 +597,7 @@ def test_queued_markers_name_hundreds_of_rows_in_one_key_and_round_trip():
 def test_pool_sizes_from_the_option_or_the_vcpu_quota(aws, monkeypatch):
     import pool
     assert pool.pool_size("8", {"t3.micro": 20, "c5.large": 3}, {}) == {"t3.micro": 8, "c5.large": 3}
-    monkeypatch.setattr(cs, "vcpu_quota", lambda family, spot=False: {"standard": 16, "g": None}[family])
+    monkeypatch.setattr(launch, "vcpu_quota", lambda family, spot=False: {"standard": 16, "g": None}[family])
     assert pool.pool_size("auto", {"t3.micro": 40}, {"t3.micro": 2}) == {"t3.micro": 8}
     assert pool.pool_size("auto", {"t3.micro": 3}, {"t3.micro": 2}) == {"t3.micro": 3}
     assert pool.pool_size("auto", {"t3.micro": 30, "c5.xlarge": 10}, {"t3.micro": 2, "c5.xlarge": 4}) == \

@@ -1,0 +1,283 @@
+"""Launching a job's machines: the image of each instance type, the subnets (one per zone, for
+failover), the vCPU quotas, and RunInstances itself, tagged in the same call, armed with a
+boot-time guard, and placed zone after zone when capacity runs out. Runs on the user's machine
+(create, --dry-run, pool mode's machine plan); the nodes never launch anything.
+"""
+from __future__ import annotations
+
+import re
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from cloud_setup import (BUCKET_TAG, JOB_TAG, POOL_TAG, ROWS_TAG, UBUNTU_ARCH, UserError, client, client_with,
+                         encode_rows, error_code, launch_batches, log, region, retrying, setting, ubuntu_parameter)
+
+
+def default_ami(arch="amd64"):
+    """The current Ubuntu LTS image of an architecture (amd64, arm64), from AWS's public parameter store."""
+    try:
+        return client("ssm").get_parameter(Name=ubuntu_parameter(arch))["Parameter"]["Value"]
+    except (ClientError, BotoCoreError) as e:
+        raise UserError("could not look up the current Ubuntu image (%s): name one with AMI=ami-..."
+                        % (error_code(e) if isinstance(e, ClientError) else e)) from e
+
+
+def instance_types(types):
+    """{instance type: what DescribeInstanceTypes says of it}; UserError naming an unknown one."""
+    ec2 = client("ec2")
+    try:
+        found = ec2.describe_instance_types(InstanceTypes=sorted(types))["InstanceTypes"]
+    except ClientError as e:
+        if error_code(e) != "InvalidInstanceType":
+            raise
+        found = []
+        for t in sorted(types):  # find which one is unknown
+            try:
+                found += ec2.describe_instance_types(InstanceTypes=[t])["InstanceTypes"]
+            except ClientError:
+                pass
+    known = {t["InstanceType"]: t for t in found}
+    for t in sorted(types):
+        if t not in known:
+            raise UserError("instance type %r does not exist in region %s: fix the job file" % (t, region()), 2)
+    return known
+
+
+def check_image_and_types(ami, types):
+    """Before any launch: every instance type exists, and has an image it can run: with `auto`,
+    the current Ubuntu LTS of its own architecture (one parameter read per architecture), else
+    `ami`, which must exist and match every type. Returns ({type: AMI}, {type: its vCPUs})."""
+    known = instance_types(types)
+    archs = {t: known[t].get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"]) for t in types}
+    if ami == "auto":
+        wanted = {}
+        for t in sorted(types):
+            arch = next((a for a in ("x86_64", "arm64") if a in archs[t]), None)
+            if arch is None:
+                raise UserError("instance type %s runs %s, which has no Ubuntu image: name one with AMI=ami-..."
+                                % (t, "/".join(archs[t])), 2)
+            wanted[t] = UBUNTU_ARCH[arch]
+        images = {arch: default_ami(arch) for arch in sorted(set(wanted.values()))}
+        amis = {t: images[wanted[t]] for t in types}
+    else:
+        try:
+            found = client("ec2").describe_images(ImageIds=[ami])["Images"]
+        except ClientError as e:
+            if not error_code(e).startswith("InvalidAMIID"):
+                raise
+            found = []
+        if not found:
+            raise UserError("AMI %s does not exist in region %s: check AMI= (AMIs are per region)"
+                            % (ami, region()))
+        arch = found[0].get("Architecture", "x86_64")
+        for t in sorted(types):
+            if arch not in archs[t]:
+                raise UserError("instance type %s runs %s, but AMI %s is %s: pick a matching AMI or type, or AMI=auto"
+                                % (t, "/".join(archs[t]), ami, arch), 2)
+        amis = {t: ami for t in types}
+    return amis, {t: known[t].get("VCpuInfo", {}).get("DefaultVCpus", 1) for t in types}
+
+
+# ---------------------------------------------------------------------------- launching
+
+MAX_PER_LAUNCH = 250  # RunInstances' resource bucket holds 1,000 instances and refills at 2 a second
+CAPACITY_ERRORS = ("InsufficientInstanceCapacity", "InsufficientHostCapacity", "Unsupported")
+BOOT_GUARD = """#!/bin/bash
+# awsrun: a machine that is never prepared ends by itself. awsrun's guard cancels this when
+# the machine is ready, and arms its own.
+shutdown -h +%d
+"""
+
+
+def launch_subnets(subnet_ids=()):
+    """The subnets to launch in, in order: the given ones, else the default VPC's default
+    subnets (one per zone). Each {id, zone, vpc, public}. UserError when there are none."""
+    ec2 = client("ec2")
+    if subnet_ids:
+        try:
+            found = ec2.describe_subnets(SubnetIds=list(subnet_ids))["Subnets"]
+        except ClientError as e:
+            if not error_code(e).startswith("InvalidSubnetID"):
+                raise
+            raise UserError("--subnet: %s: check the ids with `aws ec2 describe-subnets`"
+                            % e.response["Error"].get("Message", e), code=2) from None
+        found.sort(key=lambda s: list(subnet_ids).index(s["SubnetId"]))
+    else:
+        found = sorted(ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"],
+                       key=lambda s: s["AvailabilityZone"])
+        if not found:
+            raise UserError("region %s has no default VPC: name the subnets to launch in, e.g. "
+                            "ARGS=\"--subnet subnet-0abc --subnet subnet-0def\" (one per zone, for failover)"
+                            % region(), code=2)
+    vpcs = sorted({s["VpcId"] for s in found})
+    if len(vpcs) > 1:
+        raise UserError("--subnet: the subnets are in %d VPCs (%s): give subnets of one VPC"
+                        % (len(vpcs), ", ".join(vpcs)), code=2)
+    return [{"id": s["SubnetId"], "zone": s["AvailabilityZone"], "vpc": s["VpcId"],
+             "public": bool(s.get("MapPublicIpOnLaunch"))} for s in found]
+
+
+def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket, subnets, spot=False,
+           boot_guard=0, pool=False):
+    """Launch one instance type's nodes: calls of at most MAX_PER_LAUNCH instances with
+    MinCount=1, each in one subnet, every instance tagged in its call. What a zone has no
+    capacity for is tried in the next subnet, until every one was tried. Returns (instance ids,
+    {node number: why it could not be launched})."""
+    ids, pending, zones, why = [], list(numbers), list(subnets), ""
+    while pending and zones:
+        batch = launch_batches(pending[:MAX_PER_LAUNCH])[0]
+        params = launch_params(job, ami, instance_type, batch, key_name, group_id, profile, bucket, zones[0],
+                               spot, boot_guard, pool)
+        try:
+            got = run_instances(params)
+        except ClientError as e:
+            if error_code(e) not in CAPACITY_ERRORS:
+                problem = launch_error(e, instance_type, ami)
+                if not isinstance(problem, UserError):
+                    raise
+                why = str(problem)
+                break
+            why = "no %s capacity in %s (%s)" % (instance_type, zones[0]["zone"], error_code(e))
+            log("%s: trying the next zone" % why)
+            zones.pop(0)
+            continue
+        ids += got
+        pending = batch[len(got):] + pending[len(batch):]
+        if len(got) < len(batch):
+            why = "%s had %s capacity for %d of %d" % (zones[0]["zone"], instance_type, len(got), len(batch))
+            zones.pop(0)
+    if pending and not zones:
+        why = "AWS has no %s capacity in any of the %d zones tried (%s): try later, another type, or more " \
+              "subnets (--subnet), then `make retry`" % (instance_type, len(subnets), why)
+    return ids, {n: why for n in pending}
+
+
+def launch_params(job, ami, instance_type, numbers, key_name, group_id, profile, bucket, subnet, spot, boot_guard,
+                  pool=False):
+    """The RunInstances arguments for one launch: tagged in the call, ended by an OS shutdown,
+    with a boot-time guard, in one subnet (given a public address if it maps none). Pool
+    machines carry POOL_TAG, and `numbers` are their machine numbers."""
+    tags = [{"Key": "Name", "Value": job}, {"Key": JOB_TAG, "Value": job},
+            {"Key": ROWS_TAG, "Value": encode_rows(numbers)}, {"Key": BUCKET_TAG, "Value": bucket}]
+    if pool:
+        tags.append({"Key": POOL_TAG, "Value": instance_type})
+    params = dict(ImageId=ami, InstanceType=instance_type, MinCount=1, MaxCount=len(numbers),
+                  KeyName=key_name, IamInstanceProfile={"Name": profile},
+                  InstanceInitiatedShutdownBehavior="terminate",
+                  # IMDSv2 only, whatever the image and the account's default; a hop limit of 2 lets
+                  # a container on the node reach its credentials too.
+                  MetadataOptions={"HttpTokens": "required", "HttpPutResponseHopLimit": 2, "HttpEndpoint": "enabled"},
+                  TagSpecifications=[{"ResourceType": "instance", "Tags": tags},
+                                     {"ResourceType": "volume", "Tags": tags[:2]}])
+    if boot_guard:
+        params["UserData"] = BOOT_GUARD % max(1, (boot_guard + 59) // 60)
+    if subnet["public"] or setting("SSH_ADDRESS", "public") == "private":
+        params.update(SubnetId=subnet["id"], SecurityGroupIds=[group_id])
+    else:  # a subnet that maps no public IP: ask for one, or the node cannot be reached
+        params["NetworkInterfaces"] = [{"DeviceIndex": 0, "SubnetId": subnet["id"], "Groups": [group_id],
+                                        "AssociatePublicIpAddress": True}]
+    if spot:  # an interrupted spot node is terminated, shows as lost, and `retry` runs it again
+        # The first spot launch of an account makes its spot service-linked role, with the
+        # caller's iam:CreateServiceLinkedRole (the policy grants it for spot.amazonaws.com).
+        params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
+            "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+    return params
+
+
+def launch_client():
+    """An EC2 client that does not retry by itself: a zone out of capacity must fail at once, so
+    that the next zone is tried (botocore would retry its 500 answer). run_instances retries."""
+    return client_with("ec2", retries={"mode": "standard", "max_attempts": 1})
+
+
+def run_instances(params, seconds=300):
+    """One RunInstances call; returns the new instance ids. Throttling is waited out, with
+    backoff, and so is a new instance profile, which takes a few seconds to reach EC2; both
+    up to a deadline. Capacity and quota errors are raised at once."""
+    ec2 = launch_client()
+
+    def waiting(e):
+        return error_code(e) == "RequestLimitExceeded" or (
+            error_code(e) == "InvalidParameterValue" and "instance profile" in str(e).lower())
+    return [i["InstanceId"] for i in retrying(lambda: ec2.run_instances(**params), waiting, seconds)["Instances"]]
+
+
+# Service Quotas' codes of EC2's vCPU quotas, per group of instance families: (on-demand, spot).
+QUOTAS = {"standard": ("L-1216C47A", "L-34B43A08"), "g": ("L-DB2E81BA", "L-3819A6DF"),
+          "p": ("L-417A185B", "L-7212CCBC"), "x": ("L-7295265B", "L-E3A00192"),
+          "f": ("L-74FC7D96", "L-88CF9481"), "inf": ("L-1945791B", "L-B5D1601B")}
+QUOTA_NAMES = {"standard": "Standard (A, C, D, H, I, M, R, T, Z)", "g": "G and VT", "p": "P", "x": "X",
+               "f": "F", "inf": "Inf"}
+
+
+def quota_family(instance_type):
+    """The vCPU quota group of an instance type (t3.micro -> standard, g5.xlarge -> g), or None."""
+    prefix = re.match(r"[a-z]*", instance_type).group(0)
+    if prefix.startswith(("dl", "hpc", "mac", "trn", "u")):
+        return None
+    if prefix.startswith("inf"):
+        return "inf"
+    if prefix.startswith(("g", "vt")):
+        return "g"
+    if prefix[:1] in ("p", "x", "f"):
+        return prefix[0]
+    return "standard" if prefix[:1] and prefix[0] in "acdhimrtz" else None
+
+
+def quota_advice(family, needed=None, spot=False, pool=None):
+    """What to do about a vCPU quota group's limit; with `pool`, the pool size that fits."""
+    fewer = ("or run the rows on %d machines, in pool mode: POOL=%d (--pool %d)" % (pool, pool, pool) if pool
+             else "or run fewer rows at once")
+    if family is None:
+        return "ask for more in Service Quotas, " + fewer
+    code = QUOTAS[family][spot]
+    return ("ask for more (`aws service-quotas request-service-quota-increase --service-code ec2 --quota-code %s "
+            "--desired-value %s`), %s" % (code, needed or "N", fewer))
+
+
+def vcpu_quota(family, spot=False):
+    """The account's vCPU quota of a quota group in this region, or None if it cannot be read."""
+    try:
+        quota = client("service-quotas").get_service_quota(ServiceCode="ec2", QuotaCode=QUOTAS[family][spot])
+        return int(quota["Quota"]["Value"])
+    except (ClientError, BotoCoreError):
+        return None
+
+
+def check_quotas(need, spot=False, pooled=False):
+    """Before launching: refuse a job that needs more vCPUs of a quota group than the account's
+    quota allows. `need` is {instance type: (count, vCPUs each)}. A quota that cannot be read
+    is not checked: the launch's own error then says the same. Unless the machines are a pool
+    already, the error names the pool size that fits."""
+    groups = {}
+    for itype, (count, each) in need.items():
+        family = quota_family(itype)
+        if family:
+            total, types, most = groups.get(family, (0, [], 0))
+            groups[family] = (total + count * each, types + ["%d x %s" % (count, itype)], max(most, each))
+    for family, (needed, types, most) in sorted(groups.items()):
+        allowed = vcpu_quota(family, spot)
+        if allowed is None or needed <= allowed:
+            continue
+        fits = allowed // most if not pooled else None
+        raise UserError("the job needs %d vCPUs of %s %s instances (%s), but the account's quota in %s "
+                        "allows %d: %s" % (needed, "spot" if spot else "on-demand", QUOTA_NAMES[family],
+                                           ", ".join(types), region(), allowed,
+                                           quota_advice(family, needed, spot, fits)))
+
+
+def launch_error(e, instance_type, ami):
+    """Turn the launch failures a user can fix into one clear line."""
+    code = error_code(e)
+    hints = {
+        "InstanceLimitExceeded": "an instance quota is reached: ask AWS for more, or run fewer rows",
+        "VcpuLimitExceeded": "the account's vCPU quota for %s instances is reached: %s" % (
+            instance_type, quota_advice(quota_family(instance_type))),
+        "InsufficientInstanceCapacity": "AWS has no %s capacity right now: try later or another type" % instance_type,
+        "OptInRequired": "accept the terms of AMI %s in the AWS Marketplace first" % ami,
+        "UnauthorizedOperation": "your credentials may not launch instances: see awsrun-user-policy.json",
+        "Unsupported": "%s is not offered here: try another type or region" % instance_type,
+    }
+    if code in hints:
+        return UserError("launching %s failed: %s (%s)" % (instance_type, hints[code], code))
+    return e
