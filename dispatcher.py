@@ -143,7 +143,7 @@ def check_arguments(args):
 
 # ---------------------------------------------------------------------------- create
 
-NODE_SCRIPTS = ("prepare.sh", "guard.sh", "start.sh", "run.sh")
+NODE_SCRIPTS = ("prepare.sh", "guard.sh", "start.sh", "run.sh", "row.sh")
 # Copied to .awsrun/ on every node: the uploader, its imports, and the pool worker (from node/).
 NODE_PYTHON = ("save_results.py", "cloud_setup.py", "job_state.py", "node/pool_worker.py")
 

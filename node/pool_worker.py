@@ -40,6 +40,7 @@ import cloud_setup as cs
 import job_state
 import save_results
 
+HERE = os.path.dirname(os.path.abspath(__file__))  # the machine's .awsrun/, with row.sh beside this file
 ROWS = os.path.join(".awsrun", "rows")
 TICK = 5.0  # seconds between looks at the spot interruption notice
 REARM = 600  # seconds between moves of a busy machine's OS shutdown
@@ -225,18 +226,11 @@ class Worker:
         return root
 
     def run_command(self, root):
-        """The row's command, as run.sh runs it; its exit code and times in .awsrun/."""
-        command = ["bash", ".awsrun/command.sh"]
-        if self.node.get("max_runtime"):
-            command = ["timeout", "-k", "60", str(int(self.node["max_runtime"]))] + command
-        with open(os.path.join(root, ".awsrun", "started"), "w") as f:
-            f.write(cs.now_text() + "\n")
-        with open(os.path.join(root, "screen_output.txt"), "wb") as out:
-            code = subprocess.call(command, cwd=root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   env=dict(os.environ, TAG=os.path.basename(root)))
-        for name, value in (("exit_code", code if code >= 0 else 128 - code), ("ended", cs.now_text())):
-            with open(os.path.join(root, ".awsrun", name), "w") as f:
-                f.write("%s\n" % value)
+        """The row's command, by the one row runner (row.sh, beside this file, as run.sh runs it);
+        its exit code and times in .awsrun/."""
+        subprocess.call(["bash", os.path.join(HERE, "row.sh")], cwd=root, stdin=subprocess.DEVNULL,
+                        env=dict(os.environ, TAG=os.path.basename(root),
+                                 MAX_RUNTIME=str(int(self.node.get("max_runtime") or 0))))
 
     def guard(self, what, seconds):
         """node/guard.sh: the machine's OS shutdown, moved as rows start and the worker idles."""
