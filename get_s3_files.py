@@ -45,7 +45,7 @@ TRANSFER = TransferConfig(max_concurrency=24, multipart_threshold=256 << 20, mul
                           max_io_queue=64)
 # Objects below the transfer manager's multipart threshold that have a hash to check: one
 # GetObject each, in 16 threads, without the transfer manager's futures, queues and callbacks
-# per object, which costs less client CPU (docs/performance.md; the figures are in BENCHMARKS.md).
+# per object, which costs less client CPU (BENCHMARKS.md).
 # A read cut off in the middle is tried again, as the transfer manager does.
 SINGLE_CONCURRENCY, READ_TRIES, CHUNK = 16, 5, 256 << 10
 OWN_FILES = ("screen_output.txt", "manifest.json")

@@ -47,7 +47,7 @@ NO_CHECKSUMS = ({"request_checksum_calculation": "when_required"}
 RETRIED = ("OperationAborted", "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout")
 
 # Uploads at once: 4 per core, at most 32 (more lose on a small machine, where the uploader's
-# Python competes for the CPU: docs/performance.md). Files under 128 MB go in one request each.
+# Python competes for the CPU: BENCHMARKS.md). Files under 128 MB go in one request each.
 TRANSFER = TransferConfig(max_concurrency=min(32, 4 * (os.cpu_count() or 2)), multipart_threshold=128 << 20,
                           multipart_chunksize=16 << 20)
 

@@ -35,6 +35,7 @@ sys.path.insert(0, HERE)
 PY = sys.executable
 AWS_CLI = os.path.join(HERE, ".venv-bench", "bin", "aws")
 TAGS, BIG_SIZE = 20, 64 << 20
+KEPT = "## How these are measured, and earlier runs"  # BENCHMARKS.md from this heading on is kept
 SIZES = {"default": {"small": 1000, "big": 2, "setup": (16, 64), "pool": 100},
          "full": {"small": 2000, "big": 4, "setup": (16, 64, 256), "pool": 200}}
 
@@ -524,11 +525,16 @@ def main(argv=None):
     took = time.perf_counter() - started
     result = table(fetched, upload, setup, calls, pooled)
     print(result)
-    with open(args.out, "w") as f:
+    kept = ""
+    if os.path.exists(args.out):  # the methods and earlier runs stay below the new table
+        with open(args.out, encoding="utf-8") as f:
+            text = f.read()
+        kept = text[text.index(KEPT):] if KEPT in text else ""
+    with open(args.out, "w", encoding="utf-8") as f:
         f.write("# awsrun benchmarks\n\n`make bench%s` on %s (%d cores), %s, %d repetitions each, "
                 "median wall and CPU time, %d small files and %d x 64 MB; the whole run took %.0f s.\n\n%s\n" % (
                     " FULL=1" if args.full else "", os.uname().machine, os.cpu_count(), time.strftime("%Y-%m-%d"),
-                    reps, size["small"], size["big"], took, result))
+                    reps, size["small"], size["big"], took, result) + ("\n" + kept if kept else ""))
     log("written to %s; the benchmark took %dm%02ds" % (args.out, took // 60, took % 60))
 
 
