@@ -126,7 +126,7 @@ _demo:
 test: $(DEV) $(NODE_PY) $(BENCH_VENV)/bin/aws  ## unit and end-to-end tests (the end-to-end ones need sshd; the AWS CLI runs docs/aws-setup.md's set-up)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
-SHELL_FILES := INSTALL.sh node/*.sh .ci/run
+SHELL_FILES := INSTALL.sh node/*.sh testbed/*.sh .ci/run
 lint: $(DEV)  ## ruff (settings in ruff.toml) on every Python file, shellcheck on every shell file
 	@command -v shellcheck >/dev/null 2>&1 || { echo "make lint needs shellcheck: sudo apt-get install shellcheck" >&2; exit 1; }
 	$(VENV)/bin/ruff check .

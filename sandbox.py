@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -63,46 +64,8 @@ NODE_VENV = os.path.join(HERE, ".venv-node")
 UBUNTU_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-%s-server-sandbox"
 POWER = ("shutdown", "poweroff", "reboot", "halt")
 STANDINS = POWER + ("apt-get", "apt", "sudo")
-NODE_SHELL = """#!/bin/sh
-# awsrun sandbox: every node session runs with the sandbox's PATH first, whatever the
-# login shell's startup files set, so the stand-ins above shadow the real commands.
-# (bash reads ~/.bashrc when it sees SSH_CLIENT; the nodes' shells must not.)
-PATH={path}; export PATH; unset SSH_CLIENT SSH2_CLIENT
-[ -n "$SSH_ORIGINAL_COMMAND" ] || exec /bin/bash -i
-exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"
-"""
-STANDIN = '''#!{python} -IS
-"""awsrun sandbox stand-in: nothing in the sandbox may change this machine. Every call is
-logged. The power commands (also through sudo) act on the calling node's instance as on EC2:
-shutdown ends it (now, +M minutes, or -c to cancel). Everything else is refused. (Standard
-library only, no site packages: it starts in a few milliseconds, as the real commands do.)"""
-import os, socket, sys
-name, args = os.path.basename(sys.argv[0]), sys.argv[1:]
-def log(words):
-    with open({log!r}, "a") as f:
-        f.write(" ".join(words) + "\\n")
-log([name] + args)
-if name == "sudo":
-    while args and args[0].startswith("-"):
-        args = args[1:]
-    if not args:
-        sys.exit(1)
-    name, args = os.path.basename(args[0]), args[1:]
-    log([name] + args)
-if name not in {power!r}:
-    print("sandbox: %s is not run in the sandbox" % name, file=sys.stderr)
-    sys.exit(1)
-if name == "reboot":
-    sys.exit(0)
-when = "now" if name != "shutdown" else "cancel" if "-c" in args else next(
-    (a for a in args if a == "now" or a.startswith("+")), "+1")
-try:  # tell the sandbox, which knows the caller's instance by its process
-    with socket.create_connection(("127.0.0.1", {port}), timeout=10) as s:
-        s.sendall(("POST /sandbox/power HTTP/1.0\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (len(when), when)).encode())
-        s.recv(64)
-except OSError as e:
-    print("sandbox: %s: %s" % (name, e), file=sys.stderr)
-'''
+STANDIN = os.path.join(HERE, "testbed", "standin.py")        # each stand-in is a link to it
+NODE_SHELL = os.path.join(HERE, "testbed", "node-shell.sh")  # sshd's ForceCommand
 
 
 class SandboxError(Exception):
@@ -544,11 +507,11 @@ class Sandbox:
         if not os.path.exists(host_key):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host_key], check=True)
         open(os.path.join(ssh, "authorized_keys"), "a").close()
+        with open(self.path("bin", "standin.json"), "w") as f:
+            json.dump({"log": self.path("standins.log"), "port": self.imds.server_port}, f)
         for name in STANDINS:
-            with open(self.path("bin", name), "w") as f:
-                f.write(STANDIN.format(python=sys.executable, log=self.path("standins.log"), power=POWER,
-                                       port=self.imds.server_port))
-            os.chmod(self.path("bin", name), 0o755)
+            if not os.path.lexists(self.path("bin", name)):
+                os.symlink(STANDIN, self.path("bin", name))
         node_path = self.node_path
         # EC2's metadata service answers in a millisecond; this one looks the caller up in /proc,
         # which with hundreds of node processes on a laptop's cores can take longer than
@@ -557,10 +520,6 @@ class Sandbox:
                     "AWS_METADATA_SERVICE_TIMEOUT": "10", "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "3",
                     "AWS_CONFIG_FILE": self.path("aws", "config"),
                     "AWS_SHARED_CREDENTIALS_FILE": self.path("aws", "credentials"), "PATH": node_path}
-        node_shell = os.path.join(ssh, "node-shell")
-        with open(node_shell, "w") as f:
-            f.write(NODE_SHELL.format(path=node_path))
-        os.chmod(node_shell, 0o755)
         self.sshd_log = open(self.path("sshd.log"), "ab")
         for _ in range(5):  # a port picked free may be taken before sshd binds it (another sandbox)
             self.ssh_port = free_port()
@@ -570,7 +529,7 @@ class Sandbox:
                 "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
                 "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "AllowUsers " + getpass.getuser(),
                 "MaxStartups 1024:30:2048", "MaxSessions 64", "LoginGraceTime 60", "UseDNS no",
-                "ForceCommand " + node_shell,
+                "ForceCommand %s %s" % (shlex.quote(NODE_SHELL), shlex.quote(node_path)),
                 "SetEnv " + " ".join('%s="%s"' % kv for kv in sorted(node_env.items())), ""])
             with open(os.path.join(ssh, "sshd_config"), "w") as f:
                 f.write(config)
