@@ -661,6 +661,6 @@ def run_cli(main):
         return 130
 
 
-if __name__ == "__main__":  # the documented script form: its command line is operate.py's
-    import operate
-    sys.exit(operate.main())
+if __name__ == "__main__":  # the documented script form runs operate.py, the command line, as a script
+    import runpy
+    runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "operate.py"), run_name="__main__")

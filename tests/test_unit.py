@@ -731,16 +731,10 @@ def test_a_read_cut_off_midway_is_tried_again(tmp_path):
 
 
 def project_imports(path, ours):
-    """The project modules a file imports, anywhere but in its `if __name__ == "__main__":`
-    block (run as a script, a file is the module __main__, which nothing imports)."""
+    """The project modules a file imports, anywhere in it (its `__main__` block too)."""
     import ast
-    tree = ast.parse(open(path).read())
-    skipped = {id(n) for top in tree.body if isinstance(top, ast.If) and "__main__" in ast.unparse(top.test)
-               for n in ast.walk(top)}
     found = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
+    for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
