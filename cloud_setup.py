@@ -427,27 +427,40 @@ def ensure_instance_profile(job, bucket):
 
 # ---------------------------------------------------------------------------- bucket
 
-def bucket_is_ours(s3, bucket):
-    """True if the bucket exists and is the caller's account's, False if no one has it yet;
-    UserError if another account has it (s3 names the owner: name_owner), whatever that
-    account's bucket policy allows."""
+FOREIGN_BUCKET = "bucket %s belongs to another AWS account: choose another JOB= or --bucket"
+
+
+def whose_bucket(s3, bucket):
+    """"ours", "free" (no one has it), "theirs" (another account's, which we may read) or
+    "unreadable" (another account's, or one our credentials may not read), whatever its policy
+    allows. `s3` names the owner (name_owner) in the first HeadBucket; the second does not."""
     try:
         s3.head_bucket(Bucket=bucket)
-        return True
+        return "ours"
     except ClientError as e:
         if error_code(e) in ("404", "NoSuchBucket"):
-            return False
+            return "free"
         if error_code(e) not in ("403", "AccessDenied"):
             raise
     try:  # asked again without naming the owner: a 200 now means the bucket is another account's
         client_with("s3").head_bucket(Bucket=bucket)
-    except ClientError:
+    except ClientError as e:
+        if error_code(e) in ("403", "AccessDenied"):
+            return "unreadable"
+        raise
+    return "theirs"
+
+
+def bucket_is_ours(s3, bucket):
+    """True if the bucket exists and is the caller's account's, False if no one has it yet;
+    UserError if another account has it."""
+    whose = whose_bucket(s3, bucket)
+    if whose == "unreadable":
         raise UserError("bucket %s belongs to another AWS account, or your credentials may not read it: "
-                        "choose another JOB= or --bucket" % bucket) from None
-    raise UserError(FOREIGN_BUCKET % bucket)
-
-
-FOREIGN_BUCKET = "bucket %s belongs to another AWS account: choose another JOB= or --bucket"
+                        "choose another JOB= or --bucket" % bucket)
+    if whose == "theirs":
+        raise UserError(FOREIGN_BUCKET % bucket)
+    return whose == "ours"
 
 
 def bucket_policy(bucket):

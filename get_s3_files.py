@@ -31,7 +31,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
-from botocore.exceptions import ClientError
 from s3transfer.subscribers import BaseSubscriber
 from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 
@@ -259,23 +258,17 @@ def verify(path, obj, want, cache):
 
 
 def owner_of(bucket):
-    """The account every request names as the bucket's owner: yours, or None for a bucket of
-    another account that you may read (one you were given), which is said once."""
-    try:
-        cs.client("s3").head_bucket(Bucket=bucket)
-        return cs.account()
-    except ClientError as e:
-        if cs.error_code(e) not in ("403", "AccessDenied"):
-            return cs.account()  # no such bucket: list_objects says so
-    try:
-        cs.client_with("s3").head_bucket(Bucket=bucket)
-    except ClientError as e:
-        if cs.error_code(e) in ("403", "AccessDenied"):
-            raise UserError("bucket %s belongs to another AWS account, and your credentials may not read it: "
-                            "ask its owner to grant you s3:ListBucket and s3:GetObject" % bucket) from None
-        raise
-    log("bucket %s belongs to another AWS account: reading it as you were given it" % bucket)
-    return None
+    """The account every request names as the bucket's owner: yours (also when no one has the
+    bucket: list_objects says so), or None for a bucket of another account that you may read
+    (one you were given), which is said once."""
+    whose = cs.whose_bucket(cs.client("s3"), bucket)
+    if whose == "unreadable":
+        raise UserError("bucket %s belongs to another AWS account, and your credentials may not read it: "
+                        "ask its owner to grant you s3:ListBucket and s3:GetObject" % bucket)
+    if whose == "theirs":
+        log("bucket %s belongs to another AWS account: reading it as you were given it" % bucket)
+        return None
+    return cs.account()
 
 
 def marker_etags(s3, bucket):

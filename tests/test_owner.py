@@ -11,6 +11,7 @@ from botocore.exceptions import ClientError
 
 from testbed import sandbox_ec2
 from conftest import write
+from test_dry_run import nothing_made  # the squatter's bucket is not the user account's: not listed
 from test_operate import release, until, waits_for
 
 FOREIGN = "error: bucket %s belongs to another AWS account: choose another JOB= or --bucket\n"
@@ -28,13 +29,6 @@ def squat(box, bucket):
 
 def keys(s3, bucket):
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
-
-
-def nothing_made(box, job):
-    assert box.instances(job) == []
-    assert box.ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [job]}])["KeyPairs"] == []
-    assert box.ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["awsrun-" + job]}])[
-        "SecurityGroups"] == []
 
 
 def test_create_refuses_a_bucket_of_another_account_under_the_jobs_name(box, tmp_path):
