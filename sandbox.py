@@ -508,7 +508,7 @@ class Sandbox:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host_key], check=True)
         open(os.path.join(ssh, "authorized_keys"), "a").close()
         with open(self.path("bin", "standin.json"), "w") as f:
-            json.dump({"log": self.path("standins.log"), "port": self.imds.server_port}, f)
+            json.dump({"log": self.path("standins.log"), "port": self.imds.server_port, "power": POWER}, f)
         for name in STANDINS:
             if not os.path.lexists(self.path("bin", name)):
                 os.symlink(STANDIN, self.path("bin", name))

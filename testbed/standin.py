@@ -4,14 +4,13 @@ nodes' PATH (each a link to this file, in the sandbox's bin/): nothing in the sa
 change this machine. Every call is logged. The power commands (also through sudo) act on the
 calling node's instance as on EC2: shutdown ends it (now, +M minutes, or -c to cancel).
 Everything else is refused. Standard library only, no site packages: it starts in a few
-milliseconds, as the real commands do. Its settings (the log, the sandbox's port) are in
-standin.json beside the link."""
+milliseconds, as the real commands do. Its settings (the log, the sandbox's port, the power
+commands: sandbox.py's POWER) are in standin.json beside the link."""
 import json
 import os
 import socket
 import sys
 
-POWER = ("shutdown", "poweroff", "reboot", "halt")
 name, args = os.path.basename(sys.argv[0]), sys.argv[1:]
 with open(os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "standin.json")) as f:
     settings = json.load(f)
@@ -30,7 +29,7 @@ if name == "sudo":
         sys.exit(1)
     name, args = os.path.basename(args[0]), args[1:]
     log([name] + args)
-if name not in POWER:
+if name not in settings["power"]:
     print("sandbox: %s is not run in the sandbox" % name, file=sys.stderr)
     sys.exit(1)
 if name == "reboot":
