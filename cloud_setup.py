@@ -1,6 +1,7 @@
-"""AWS resources for awsrun: clients, key pair, security group, instance profile, the job's
-bucket, launching, finding and terminating instances by tag. It imports nothing of awsrun's:
-the commands above it do (operate.py holds the command line of status, wait, down and clean,
+"""awsrun's ground floor and the job's AWS resources: settings, clients, names, retries and
+times; the key pair, security group, instance profile and bucket; finding, tagging and
+terminating instances by tag. It imports nothing of awsrun's: the modules above it do
+(launch.py launches; operate.py holds the command line of status, wait, down and clean,
 which `python cloud_setup.py ...` still runs).
 
 Runs on the user's machine, and is also copied to every node (save_results.py and
