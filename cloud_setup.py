@@ -606,36 +606,6 @@ def newest_per_tag(nodes):
     return best
 
 
-def wait_running(ids, timeout=600):
-    """Wait until every instance is running or has ended. Returns (the running ids, {id: why}
-    for those that ended or were still pending at the deadline, which are terminated)."""
-    ids, states = list(ids), {}
-    for delay in backoff(time.monotonic() + timeout, first=1.0, cap=10.0):
-        try:
-            pages = client("ec2").get_paginator("describe_instances").paginate(InstanceIds=ids)
-            states = {i["InstanceId"]: i for p in pages for r in p["Reservations"] for i in r["Instances"]}
-        except ClientError as e:
-            if error_code(e) != "InvalidInstanceID.NotFound":  # new ids take a moment to be seen
-                raise
-        if len(states) == len(ids) and all(i["State"]["Name"] != "pending" for i in states.values()):
-            break
-        if delay is None:
-            break
-    running, failed, late = [], {}, []
-    for i in ids:
-        state = states.get(i, {}).get("State", {}).get("Name", "not seen")
-        reason = states.get(i, {}).get("StateReason", {}).get("Message", "")
-        if state == "running":
-            running.append(i)
-            continue
-        if state in ("pending", "not seen"):
-            late.append(i)
-            state += " after %d s" % timeout
-        failed[i] = state + (": " + reason if reason else "")
-    terminate(late)
-    return running, failed
-
-
 def terminate(ids):
     if ids:
         client("ec2").terminate_instances(InstanceIds=list(ids))

@@ -33,7 +33,6 @@ import cloud_setup as cs
 import launch
 import job_state
 import pool
-import preflight
 from cloud_setup import UserError, log
 from ssh import NodeError, Session, close, for_each_node, remote_dir, run_on
 
@@ -101,15 +100,7 @@ def parse_inputs(specs):
     return pairs
 
 
-# SQS keeps a received message from other consumers for 12 hours at most (ChangeMessageVisibility
-# is refused beyond that), so a pool row, with its copy and upload, must end well within it.
-POOL_MAX_RUNTIME = 11 * 3600
-# One machine per row: a row stops after a day unless --max-runtime says otherwise (0: never),
-# so that one hung command does not keep its machine billing until someone looks.
-DEFAULT_MAX_RUNTIME = 24 * 3600
-
-
-def check_arguments(args):
+def check_arguments(args, placement):
     """Every check that needs no AWS. Returns the job file's rows."""
     cs.check_job_name(args.job)
     if args.bucket:
@@ -117,14 +108,7 @@ def check_arguments(args):
     if args.tag_offset < 0:
         raise UserError("--tag_offset must be 0 or more", code=2)
     rows = read_jobs(args.jobfile)
-    if args.pool:
-        if (args.max_runtime or 0) > POOL_MAX_RUNTIME:
-            raise UserError("--max-runtime %s: in pool mode a row runs at most 11h, as SQS keeps its message from "
-                            "other machines for 12 hours at most; run longer rows one machine per row (without "
-                            "--pool)" % job_state.elapsed(args.max_runtime), code=2)
-        args.max_runtime = args.max_runtime or POOL_MAX_RUNTIME
-    elif args.max_runtime is None:
-        args.max_runtime = DEFAULT_MAX_RUNTIME
+    args.max_runtime = placement.runtime_limit(args.max_runtime)
     if args.create:
         if args.code and not os.path.isdir(args.code):
             raise UserError("--code %s is not a folder" % args.code, code=2)
@@ -183,7 +167,7 @@ def node_env(args, node):
               ("INSTANCE_ID", node["id"]), ("MAX_RUNTIME", int(args.max_runtime or 0)),
               ("UPLOAD_HOLD", int(getattr(args, "upload_hold", 0) or 0))]
     if node.get("pool"):
-        values.append(("POOL_IDLE", pool_idle()))
+        values.append(("POOL_IDLE", pool.idle()))
     return "".join("%s=%s\n" % (k, shlex.quote(str(v))) for k, v in values)
 
 
@@ -196,25 +180,13 @@ def node_info(args, node, itype, command=None):
             "launched": launch_time(node)}
     if node.get("pool"):  # what pool_worker.py reads
         info.update(queue_url=node.get("queue_url"), slots=0 if args.slots == "auto" else int(args.slots),
-                    lease=pool_lease(), idle=pool_idle())
+                    lease=pool.lease(), idle=pool.idle())
     return info
 
 
 def launch_time(node):
     """When EC2 launched the node, as the node's own times are written (cloud_setup.parse_time)."""
     return node["launched"].strftime(cs.TIME_FORMAT) if node.get("launched") else None
-
-
-def pool_lease():
-    """Seconds a pool row's message stays invisible without a heartbeat: a lost machine's row
-    is back in the queue this long after the loss."""
-    return int(cs.setting("POOL_LEASE", 120))
-
-
-def pool_idle():
-    """Seconds a pool machine waits on an empty queue before it ends itself: longer than the
-    lease, so that a row lost near the end still finds a machine."""
-    return int(cs.setting("POOL_IDLE", pool_lease() + 60))
 
 
 def install_command(node, info, env, tries, seconds, idle):
@@ -266,86 +238,45 @@ def rows_wanted(args, rows):
     return {cs.tag_name(args.job, i + args.tag_offset): row for i, row in enumerate(rows)}
 
 
-def to_launch(args, wanted):
-    """instance type -> the node numbers of the wanted tags that have no live instance.
-    UserError if a tag runs already as another type."""
-    live = cs.newest_per_tag(cs.find_nodes(args.job, cs.LIVE))
-    for tag, node in live.items():
-        if tag in wanted and node["type"] != wanted[tag][1]:
-            raise UserError("%s is already running as %s, but line %d asks for %s: terminate %s first"
-                            % (tag, node["type"], wanted[tag][0], wanted[tag][1], node["id"]))
-    by_type = {}
-    for tag, (_line, itype, _command) in sorted(wanted.items(), key=lambda kv: (kv[1][0], kv[0])):
-        if tag not in live:
-            by_type.setdefault(itype, []).append(cs.number_of(args.job, tag))
-    return by_type
-
-
-def launch_missing(args, by_type, amis, key_name, group_id, profile, bucket, subnets):
-    """Launch every missing node, per instance type (each with its image, `amis`), failing over
-    between zones. Returns (the new instance ids, {tag: why it could not be launched})."""
-    ids, missing, spot = [], {}, getattr(args, "spot", False)
-    guard = args.ssh_timeout + args.install_tries * (args.install_timeout + 15) + 600
-    for itype, numbers in sorted(by_type.items()):
-        got, lacking = launch.launch(args.job, amis[itype], itype, numbers, key_name, group_id, profile, bucket,
-                                     subnets, spot=spot, boot_guard=guard, pool=bool(args.pool))
-        ids += got
-        missing.update({cs.pool_tag(args.job, itype, n) if args.pool else cs.tag_name(args.job, n): why
-                        for n, why in lacking.items()})
-        log("launched %d x %s%s%s" % (len(got), itype, " (spot)" if spot else "", " (pool)" if args.pool else "") +
-            (" (%d could not be launched)" % len(lacking) if lacking else ""))
-    if not by_type:
-        log("all machines already exist")
-    return ids, missing
-
-
-BUSY = ("running", "uploading", "upload-failed")  # node states that create must not touch
-
-
-def create(args, wanted):
-    """Key pair, security group, instance profile, bucket (and the queues, in pool mode),
-    instances; then prepare every node. `wanted` are the rows: one machine each, or in pool
-    mode the pool for them. Returns the SSH session, holding the nodes' connections for a
-    dispatch in the same run, and {tag: why} for the machines that could not be launched
+def create(args, placement, wanted):
+    """Key pair, security group, instance profile, bucket (and what the placement needs: the
+    pool's queues), instances; then prepare every node. `wanted` are the rows; the placement
+    says which machines they need. Returns the SSH session, holding the nodes' connections for
+    a dispatch in the same run, and {tag: why} for the machines that could not be launched
     (the others go on)."""
     types = {itype for _, itype, _ in wanted.values()}
-    checked = preflight.Preflight(args, wanted).run(local=False)  # the first failure, before anything is made
+    checked = launch.Preflight(args, placement, wanted).run(local=False)  # the first failure, before anything is made
     amis, vcpus, subnets = checked.amis, checked.vcpus, checked.subnets
     spot = getattr(args, "spot", False)
-    if args.pool:
-        for itype in types:
-            pool.queue_name(args.job, itype)  # fits SQS's limit, before anything is made
-        wanted = pool.machine_plan(args.job, wanted, args.pool, vcpus, spot)
-    by_type = to_launch(args, wanted)
-    launch.check_quotas({t: (len(n), vcpus[t]) for t, n in by_type.items()}, spot, pooled=bool(args.pool))
+    machines = placement.machines(wanted, vcpus, spot)
+    by_type = launch.to_launch(args.job, machines)
+    launch.check_quotas({t: (len(n), vcpus[t]) for t, n in by_type.items()}, spot, pooled=placement.pooled)
     bucket, cidr = args.bucket or args.job, cs.caller_cidr()
     with open(os.path.join(cs.state_dir(args.job), "bucket"), "w") as f:
         f.write(bucket)
+    extra, extra_names = placement.resources(types)
     with ThreadPoolExecutor(5) as making:  # independent resources, made at once
         made = [making.submit(cs.ensure_bucket, cs.client("s3"), bucket, cs.region()),
                 making.submit(cs.ensure_key_pair, args.job),
                 making.submit(cs.ensure_security_group, args.job, cidr, subnets[0]["vpc"]),
-                making.submit(cs.ensure_instance_profile, args.job, bucket)]
-        if args.pool:
-            made.append(making.submit(pool.ensure_queues, args.job, types, args.max_attempts))
+                making.submit(cs.ensure_instance_profile, args.job, bucket)] + [making.submit(m) for m in extra]
         _, key, group_id, profile = [m.result() for m in made][:4]
     session = Session(args.job, args.ssh_timeout)
     log("job %s: key %s, security group %s, instance profile %s, bucket %s%s"
-        % (args.job, key, group_id, profile, bucket, ", queues " + " ".join(
-            pool.queue_name(args.job, t) for t in sorted(types)) if args.pool else ""))
-    pause(args, "launch up to %d machines with %s" % (len(wanted), ", ".join(
+        % (args.job, key, group_id, profile, bucket, extra_names))
+    pause(args, "launch up to %d machines with %s" % (len(machines), ", ".join(
         "%s on %s" % kv for kv in sorted(amis.items()))))
     try:
-        ids, missing = launch_missing(args, by_type, amis, args.job, group_id, profile, bucket, subnets)
-        running, failed = cs.wait_running(ids, timeout=args.ssh_timeout)
+        ids, missing = launch.launch_all(args, placement, by_type, amis, args.job, group_id, profile, bucket, subnets)
+        running, failed = launch.wait_running(ids, timeout=args.ssh_timeout)
         found = cs.find_nodes(args.job)  # one DescribeInstances: the live ones, and those that failed
         nodes = [n for t, n in sorted(cs.newest_per_tag([n for n in found if n["state"] in cs.LIVE]).items())
-                 if t in wanted and n["status"] not in BUSY]
+                 if t in machines and n["status"] not in job_state.STARTED]
         for node in found:
             if node["id"] in failed:
                 missing[node["tag"]] = "its instance %s %s" % (node["id"], failed[node["id"]])
         for tag, why in sorted(missing.items()):
-            log("%s%s was not launched: %s" % (tag, "" if args.pool else " (line %d)" % wanted[tag][0], why))
+            log("%s%s was not launched: %s" % (tag, " (line %d)" % machines[tag][0] if machines[tag][0] else "", why))
         log("%d machines running; copying files and installing" % len(nodes))
         pause(args, "prepare the machines over SSH")
         if nodes:
@@ -355,12 +286,6 @@ def create(args, wanted):
         raise UserError("interrupted: every machine launched so far is tagged awsrun:job=%s; "
                         "`make status JOB=%s` shows them and `make down JOB=%s` removes them"
                         % (args.job, args.job, args.job), code=130) from None
-
-
-def missing_error(missing):
-    """The one line for rows that could not be launched (each was named with its reason above)."""
-    return UserError("%d rows could not be launched: %s; `make retry` launches them later"
-                     % (len(missing), " ".join(sorted(missing, key=cs.tag_order))))
 
 
 def prepare_all(args, nodes, session):
@@ -429,11 +354,11 @@ def start(node, args, row, session):
     return "started"
 
 
-def record_dispatch(args, bucket, nodes, results, rows):
+def record_dispatch(args, placement, bucket, nodes, results, rows):
     """Write what this dispatch started to the bucket (job_state.DISPATCHED): each machine's
     launch and install times and each row's command, so that a report made after the machines
     are gone still knows them, even for a row lost before it uploaded anything. `rows`: {tag:
-    (line, type, command)}; in one-machine-per-row mode the rows whose machine started."""
+    (line, type, command)}: the rows queued, and those whose own machine started."""
     machines = {}
     for n in nodes:
         if results.get(n["tag"]) == "started":
@@ -441,91 +366,118 @@ def record_dispatch(args, bucket, nodes, results, rows):
             machines[n["id"]] = {"tag": n["tag"], "type": n["type"], "spot": n.get("spot", False),
                                  "launched": launch_time(n),
                                  "install_started": times[0], "install_ended": times[1]}
-    ids = {n["tag"]: n["id"] for n in nodes if n["id"] in machines and not args.pool}
+    ids = {n["tag"]: n["id"] for n in nodes if n["id"] in machines}
     rows = {tag: {"command": command, "instance_type": itype, "instance_id": ids.get(tag)}
-            for tag, (_, itype, command) in rows.items() if args.pool or tag in ids}
+            for tag, (_, itype, command) in rows.items()}
     if machines or rows:
-        job_state.write_dispatch(bucket, {"job": args.job, "pool": bool(args.pool), "dispatched": cs.now_text(),
-                                          "idle": pool_idle() if args.pool else None,
+        job_state.write_dispatch(bucket, {"job": args.job, "pool": placement.pooled, "dispatched": cs.now_text(),
+                                          "idle": pool.idle() if placement.pooled else None,
                                           "max_runtime": args.max_runtime or None,
                                           "machines": machines, "rows": rows})
 
 
-def dispatch(args, wanted, session=None):
-    """Start every row's command on its prepared node, detached, in parallel."""
+def dispatch(args, placement, wanted, session=None, requeue=False):
+    """Start the rows as the placement says: each on its prepared machine, or the pool's workers
+    on theirs (the rows queued first); detached, in parallel."""
     if session is None:  # a later run: the caller may be on another network since create
         cs.refresh_ssh_rule(args.job)
     session = session or Session(args.job, args.ssh_timeout)
-    live = cs.newest_per_tag(cs.find_nodes(args.job, ("running",)))
-    if any(n["pool"] for n in live.values()):
-        raise UserError("job %s runs in pool mode: give POOL= (--pool) to dispatch and retry too" % args.job, code=2)
-    missing = [t for t in wanted if t not in live]
-    if len(missing) == len(wanted):
-        raise UserError("job %s has no running machines: run create first" % args.job)
-    nodes = [live[t] for t in sorted(wanted) if t in live and live[t]["status"] not in BUSY]
-    skipped = sorted(t for t in wanted if t in live and live[t]["status"] in BUSY)
-    if skipped:
-        log("already started: " + " ".join(skipped))
-    # Tagged before they start, in one call, so a node's own later tags (uploading...) win.
-    cs.set_status([n["id"] for n in nodes], "running",
-                  {cs.DEADLINE_TAG: cs.now_text(args.max_runtime)} if args.max_runtime else None)
-    log("rows stop after %s: --max-runtime (0: no limit)" % job_state.elapsed(args.max_runtime) if args.max_runtime
-        else "rows have no runtime limit (--max-runtime 0): a row that hangs bills until you end it")
-    results = for_each_node(nodes, lambda n: start(n, args, wanted[n["tag"]], session), args.parallel)
+    found = cs.find_nodes(args.job, ("running",))
+    nodes, rows, queued, tags, unstarted = placement.to_start(found, wanted, requeue)
+    cs.set_status([n["id"] for n in nodes], "running", tags)  # before they start, so their own later tags win
+    results = for_each_node(nodes, lambda n: start(n, args, rows[n["tag"]], session), args.parallel)
     cs.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
-    record_dispatch(args, job_state.job_bucket(args.job, nodes), nodes, results, wanted)
-    code = say_results(args, nodes, results, "started")
-    if missing:
-        raise UserError("no running machine for %s: run create for them first" % " ".join(sorted(missing)))
+    started = {tag: row for tag, row in rows.items() if results[tag] == "started" and row[2] is not None}
+    record_dispatch(args, placement, job_state.job_bucket(args.job, found), nodes, results, dict(queued, **started))
+    code = say_results(args, nodes, results, placement.started)
+    if unstarted:
+        raise UserError("no running machine for %s: run create for them first" % " ".join(sorted(unstarted)))
     return code
 
 
-def dispatch_pool(args, wanted, session=None, requeue=False):
-    """Pool mode: put the rows in their queues (those never queued before, or with requeue
-    every one given), then start the worker on every prepared pool machine that has none."""
-    if session is None:
-        cs.refresh_ssh_rule(args.job)
-    session = session or Session(args.job, args.ssh_timeout)
-    found = cs.find_nodes(args.job, ("running",))
-    machines = {t: n for t, n in cs.newest_per_tag(found).items() if n["pool"]}
-    bucket = job_state.job_bucket(args.job, found)
-    if not requeue:
-        queued = job_state.queued(job_state.list_markers(bucket), args.job)
-        again = sorted(t for t in wanted if t in queued)
-        if again:
-            log("already queued: %d rows (`make retry` queues again those that failed or were lost)" % len(again))
-        wanted = {t: r for t, r in wanted.items() if t not in queued}
-    urls = pool.queue_urls(args.job, {itype for _, itype, _ in wanted.values()} |
-                           {n["pool"] for n in machines.values()})  # one ListQueues
-    if wanted:
-        pool.enqueue(args.job, bucket, wanted, urls, args.max_attempts)
-    if not machines:
-        raise UserError("job %s has no running pool machine: `make retry` launches the pool" % args.job)
-    nodes = [dict(n, queue_url=urls[n["pool"]]) for t, n in sorted(machines.items()) if n["status"] not in BUSY]
-    if len(nodes) < len(machines):
-        log("workers running already: " + " ".join(sorted(t for t, n in machines.items() if n["status"] in BUSY)))
-    cs.set_status([n["id"] for n in nodes], "running")
-    results = for_each_node(nodes, lambda n: start(n, args, (0, n["pool"], None), session), args.parallel)
-    cs.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
-    record_dispatch(args, bucket, nodes, results, wanted)
-    return say_results(args, nodes, results, "worker started")
+class OnePerRow:
+    """The original placement: row N runs alone on its own machine, JOBN. pool.Pool is the
+    other; both have this shape, and main() chooses one from the arguments:
+
+    runtime_limit(asked)          the --max-runtime that holds (None: the default)
+    machines(wanted, vcpus, spot) tag -> (line, type, command) of the machines the rows need
+    machine_tag(type, number)     the tag of machine `number` of a type
+    resources(types)              what else create makes, at once with the rest, and its names
+    checks(types)                 what else the preflight asks of AWS, as (what, check)
+    to_start(found, wanted, requeue)  the machines to start now and each one's row, the rows
+                                  queued, the tags they start with, the rows that lack a machine
+    states(wanted)                tag -> state of the rows that retry asks about, and the queued
+                                  rows whose machines are gone
+    before_retry(rows)            what retry does before it runs these rows again
+    launched(wanted, missing)     the rows to dispatch, once some machines could not be launched
+    left_out(missing)             what to say of those machines once the rest has started
+    """
+    pooled, started = False, "started"
+
+    def __init__(self, args):
+        self.args = args
+
+    # One machine per row: a row stops after a day unless --max-runtime says otherwise (0: never),
+    # so that one hung command does not keep its machine billing until someone looks.
+    def runtime_limit(self, asked):
+        return 24 * 3600 if asked is None else asked
+
+    def machines(self, wanted, vcpus, spot):
+        return wanted
+
+    def machine_tag(self, itype, number):
+        return cs.tag_name(self.args.job, number)
+
+    def resources(self, types):
+        return [], ""
+
+    def checks(self, types):
+        return []
+
+    def to_start(self, found, wanted, requeue):
+        live = cs.newest_per_tag(found)
+        if any(n["pool"] for n in live.values()):
+            raise UserError("job %s runs in pool mode: give POOL= (--pool) to dispatch and retry too"
+                            % self.args.job, code=2)
+        missing = [t for t in wanted if t not in live]
+        if len(missing) == len(wanted):
+            raise UserError("job %s has no running machines: run create first" % self.args.job)
+        nodes = [live[t] for t in sorted(wanted) if t in live and live[t]["status"] not in job_state.STARTED]
+        skipped = sorted(t for t in wanted if t in live and live[t]["status"] in job_state.STARTED)
+        if skipped:
+            log("already started: " + " ".join(skipped))
+        limit = self.args.max_runtime
+        log("rows stop after %s: --max-runtime (0: no limit)" % job_state.elapsed(limit) if limit
+            else "rows have no runtime limit (--max-runtime 0): a row that hangs bills until you end it")
+        return (nodes, {n["tag"]: wanted[n["tag"]] for n in nodes}, {},
+                {cs.DEADLINE_TAG: cs.now_text(limit)} if limit else None, missing)
+
+    def states(self, wanted):
+        nodes = cs.newest_per_tag(cs.find_nodes(self.args.job))
+        markers = job_state.read_markers(job_state.job_bucket(self.args.job, nodes.values()))
+        return {tag: job_state.node_state(nodes.get(tag), markers.get(tag))
+                for tag in wanted if tag in nodes or tag in markers}, []
+
+    def before_retry(self, rows):
+        pass
+
+    def launched(self, wanted, missing):
+        return {t: r for t, r in wanted.items() if t not in missing}
+
+    def left_out(self, missing):
+        if missing:  # each was named with its reason as create found it
+            raise UserError("%d rows could not be launched: %s; `make retry` launches them later"
+                            % (len(missing), " ".join(sorted(missing, key=cs.tag_order))))
 
 
 # ---------------------------------------------------------------------------- retry
 
-def retry_plan(args, wanted):
+def retry_plan(placement, wanted):
     """The rows to run again: those with no succeeded result that are not running now (in
-    pool mode, nor queued: dead-lettered rows are run again)."""
-    stranded = []
-    if args.pool:
-        rows = job_state.job_status(args.job)
-        states = {r["tag"]: r["state"] for r in rows if r["kind"] == "row"}
-        stranded = [t for t in job_state.stranded_rows(rows) if t in wanted]
-    else:
-        nodes = cs.newest_per_tag(cs.find_nodes(args.job))
-        markers = job_state.read_markers(job_state.job_bucket(args.job, nodes.values()))
-        states = {tag: job_state.node_state(nodes.get(tag), markers.get(tag))
-                  for tag in wanted if tag in nodes or tag in markers}
+    pool mode, nor queued: dead-lettered rows are run again); and the queued rows whose pool
+    machines are gone."""
+    states, stranded = placement.states(wanted)
+    stranded = [t for t in stranded if t in wanted]
     again, skipped = {}, []
     for tag, row in wanted.items():
         state = states.get(tag, "new")
@@ -541,10 +493,9 @@ def retry_plan(args, wanted):
         log("%d queued rows have no pool machine left: launching the pool for them" % len(stranded))
     if not again and not stranded:
         log("nothing to retry: every row has succeeded or is running")
-    if args.pool and again:
-        pool.purge_dead_letters(args.job, {itype for _, itype, _ in again.values()})
+    if again:
+        placement.before_retry(again)
     return again, {t: wanted[t] for t in stranded}
-
 
 # ---------------------------------------------------------------------------- main
 
@@ -627,33 +578,30 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    placement = pool.Pool(args) if args.pool else OnePerRow(args)  # chosen once, here
 
     def run_all():
         if args.retry:
             args.create = args.dispatch = True
         args.create = args.create or args.dry_run  # the dry run checks create's files too
-        rows = check_arguments(args)
+        rows = check_arguments(args, placement)
         wanted = rows_wanted(args, rows)
         if args.dry_run:
-            return preflight.dry_run_command(args, wanted)
+            return launch.dry_run_command(args, placement, wanted)
         waiting = {}  # pool mode: queued rows that need machines, but are not queued again
         if args.retry:
-            wanted, waiting = retry_plan(args, wanted)
+            wanted, waiting = retry_plan(placement, wanted)
             if not wanted and not waiting:
                 return 0
-        session, missing = create(args, dict(waiting, **wanted)) if args.create else (None, {})
+        session, missing = create(args, placement, dict(waiting, **wanted)) if args.create else (None, {})
+        rows = placement.launched(wanted, missing)
         try:  # dispatch reuses create's connections; it starts what did launch
-            if args.dispatch and args.pool:
-                dispatch_pool(args, wanted, session, requeue=args.retry)
-            elif args.dispatch and len(missing) < len(wanted):
-                dispatch(args, {t: r for t, r in wanted.items() if t not in missing}, session)
+            if args.dispatch and (rows or waiting):
+                dispatch(args, placement, rows, session, requeue=args.retry)
         finally:
             if session is not None:
                 session.close_all()
-        if missing and args.pool:
-            log("%d pool machines could not be launched; the others take every row" % len(missing))
-        elif missing:
-            raise missing_error(missing)
+        placement.left_out(missing)
         return 0
     return cs.run_cli(run_all)
 

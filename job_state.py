@@ -19,6 +19,8 @@ from botocore.exceptions import ClientError
 import cloud_setup as cs
 from cloud_setup import UserError, log
 
+STARTED = ("running", "uploading", "upload-failed")  # a node's status once its work has begun
+
 STATE_GROUPS = [("pending or running", ("pending", "running")), ("shutting down", ("shutting-down",)),
                 ("stopping or stopped", ("stopping", "stopped")), ("terminated", ("terminated",))]
 

@@ -1,16 +1,33 @@
 """Launching a job's machines: the image of each instance type, the subnets (one per zone, for
 failover), the vCPU quotas, and RunInstances itself, tagged in the same call, armed with a
-boot-time guard, and placed zone after zone when capacity runs out. Runs on the user's machine
-(create, --dry-run, pool mode's machine plan); the nodes never launch anything.
+boot-time guard, and placed zone after zone when capacity runs out; then waiting until they
+run. And before any of it, the preflight: what `create` needs, asked of AWS before anything is
+made; `--dry-run` prints every check, and `create` runs the same ones first and stops at the
+first that fails. Runs on the user's machine; the nodes never launch anything.
+
+    python dispatcher.py AMI JOBNAME JOBFILE --dry-run [create's options]    # make dry-run
+
+Each preflight check reads, or asks with EC2's DryRun flag, and makes, changes and deletes
+nothing: the caller's identity and region, the image of every instance type, the network, the
+vCPU quotas, the bucket name, and the permissions create and dispatch use (RunInstances with the
+job's real parameters, CreateSecurityGroup and CreateKeyPair as DryRun; the node role and the
+pool's queues by a read that tells "denied" from "absent"); and this machine: Python, an ssh
+client, the address the SSH rule will allow. The calls are per instance type, flat in the number
+of rows.
 """
 from __future__ import annotations
 
 import re
+import shutil
+import sys
+import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloud_setup import (BUCKET_TAG, JOB_TAG, POOL_TAG, ROWS_TAG, UBUNTU_ARCH, UserError, client, client_with,
-                         encode_rows, error_code, launch_batches, log, region, retrying, setting, ubuntu_parameter)
+from cloud_setup import (BUCKET_TAG, JOB_TAG, LIVE, POOL_TAG, ROWS_TAG, UBUNTU_ARCH, UserError, backoff,
+                         bucket_is_ours, caller_cidr, client, client_with, encode_rows, error_code, error_code_in,
+                         find_nodes, group_filters, group_name, job_tags, launch_batches, log, newest_per_tag,
+                         number_of, region, retrying, role_name, setting, terminate, ubuntu_parameter)
 
 
 def default_ami(arch="amd64"):
@@ -281,3 +298,259 @@ def launch_error(e, instance_type, ami):
     if code in hints:
         return UserError("launching %s failed: %s (%s)" % (instance_type, hints[code], code))
     return e
+
+
+def wait_running(ids, timeout=600):
+    """Wait until every instance is running or has ended. Returns (the running ids, {id: why}
+    for those that ended or were still pending at the deadline, which are terminated)."""
+    ids, states = list(ids), {}
+    for delay in backoff(time.monotonic() + timeout, first=1.0, cap=10.0):
+        try:
+            pages = client("ec2").get_paginator("describe_instances").paginate(InstanceIds=ids)
+            states = {i["InstanceId"]: i for p in pages for r in p["Reservations"] for i in r["Instances"]}
+        except ClientError as e:
+            if error_code(e) != "InvalidInstanceID.NotFound":  # new ids take a moment to be seen
+                raise
+        if len(states) == len(ids) and all(i["State"]["Name"] != "pending" for i in states.values()):
+            break
+        if delay is None:
+            break
+    running, failed, late = [], {}, []
+    for i in ids:
+        state = states.get(i, {}).get("State", {}).get("Name", "not seen")
+        reason = states.get(i, {}).get("StateReason", {}).get("Message", "")
+        if state == "running":
+            running.append(i)
+            continue
+        if state in ("pending", "not seen"):
+            late.append(i)
+            state += " after %d s" % timeout
+        failed[i] = state + (": " + reason if reason else "")
+    terminate(late)
+    return running, failed
+
+
+def to_launch(job, wanted):
+    """instance type -> the node numbers of the wanted tags that have no live instance.
+    UserError if a tag runs already as another type."""
+    live = newest_per_tag(find_nodes(job, LIVE))
+    for tag, node in live.items():
+        if tag in wanted and node["type"] != wanted[tag][1]:
+            raise UserError("%s is already running as %s, but line %d asks for %s: terminate %s first"
+                            % (tag, node["type"], wanted[tag][0], wanted[tag][1], node["id"]))
+    by_type = {}
+    for tag, (_line, itype, _command) in sorted(wanted.items(), key=lambda kv: (kv[1][0], kv[0])):
+        if tag not in live:
+            by_type.setdefault(itype, []).append(number_of(job, tag))
+    return by_type
+
+
+def launch_all(args, placement, by_type, amis, key_name, group_id, profile, bucket, subnets):
+    """Launch every missing node, per instance type (each with its image, `amis`), failing over
+    between zones. Returns (the new instance ids, {tag: why it could not be launched})."""
+    ids, missing, spot = [], {}, getattr(args, "spot", False)
+    guard = args.ssh_timeout + args.install_tries * (args.install_timeout + 15) + 600
+    for itype, numbers in sorted(by_type.items()):
+        got, lacking = launch(args.job, amis[itype], itype, numbers, key_name, group_id, profile, bucket,
+                                     subnets, spot=spot, boot_guard=guard, pool=placement.pooled)
+        ids += got
+        missing.update({placement.machine_tag(itype, n): why for n, why in lacking.items()})
+        log("launched %d x %s%s%s" % (len(got), itype, " (spot)" if spot else "", " (pool)" if placement.pooled
+                                      else "") + (" (%d could not be launched)" % len(lacking) if lacking else ""))
+    if not by_type:
+        log("all machines already exist")
+    return ids, missing
+
+
+
+# ---------------------------------------------------------------------------- preflight
+
+DENIED = ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "403")
+POLICY_HINT = "attach awsrun-user-policy.json to your user or role (docs/aws-setup.md, step 2)"
+
+
+def denied(e, action):
+    """The one line for a call the caller's policy does not allow."""
+    return UserError("your credentials may not call %s (%s): %s" % (action, error_code(e), POLICY_HINT))
+
+
+def dry_run(call, action, **params):
+    """Ask EC2 whether `call` would be allowed, with DryRun: 'allowed', or UserError. Throttling
+    is waited out, as create waits it out."""
+    try:
+        retrying(lambda: call(DryRun=True, **params), error_code_in("RequestLimitExceeded"), 120)
+    except ClientError as e:
+        if error_code(e) == "DryRunOperation":
+            return "allowed"
+        if error_code(e) in DENIED:
+            raise denied(e, action) from None
+        raise UserError("%s would fail: %s" % (action, e.response.get("Error", {}).get("Message", e))) from None
+    raise UserError("%s answered a DryRun request without DryRunOperation" % action)
+
+
+class Preflight:
+    """The checks of one create, in order; their facts (images, vCPUs, subnets, address, account)
+    for create to use. With `say`, every check's line is printed and all of them run; without,
+    the first failure is raised as it is."""
+
+    def __init__(self, args, placement, wanted, say=False):
+        self.args, self.placement, self.wanted, self.say = args, placement, wanted, say
+        self.types = sorted({itype for _, itype, _ in wanted.values()})
+        self.spot = getattr(args, "spot", False)
+        self.failed, self.skipped, self.passed = [], [], 0
+        self.amis = self.vcpus = self.subnets = self.cidr = self.account = None
+
+    def check(self, what, work, can=True):
+        """Run one check (`can`: True, or why it cannot run because an earlier one failed)."""
+        if can is not True:
+            self.skipped.append(what)
+            if self.say:
+                log("skip  %s: %s" % (what, can))
+            return False
+        try:
+            result = work()
+        except UserError as e:
+            if not self.say:
+                raise
+            self.failed.append(what)
+            log("FAIL  %s: %s" % (what, e))
+            return False
+        self.passed += 1
+        if self.say:
+            log("ok    %s: %s" % (what, result))
+        return True
+
+    # -- this machine
+
+    def python(self):
+        if sys.version_info < (3, 10):
+            raise UserError("Python %d.%d: awsrun needs 3.10 or later" % sys.version_info[:2])
+        return "Python %d.%d.%d" % sys.version_info[:3]
+
+    def ssh_client(self):
+        found = shutil.which("ssh")
+        return ("%s (for make ssh; awsrun itself connects with paramiko)" % found if found else
+                "none found: awsrun connects with paramiko, but make ssh needs OpenSSH's client")
+
+    def address(self):
+        self.cidr = caller_cidr()
+        return "port 22 will be open to %s only" % self.cidr
+
+    # -- the account
+
+    def identity(self):
+        who = client("sts").get_caller_identity()
+        self.account = who["Account"]
+        return "%s (account %s), region %s" % (who["Arn"], who["Account"], region())
+
+    def images(self):
+        self.amis, self.vcpus = check_image_and_types(self.args.ami, set(self.types))
+        return ", ".join("%s on %s" % kv for kv in sorted(self.amis.items()))
+
+    def network(self):
+        self.subnets = launch_subnets(self.args.subnet)
+        private = setting("SSH_ADDRESS", "public") == "private"
+        public = sum(s["public"] for s in self.subnets)
+        return "VPC %s, %d subnets (%s)%s" % (
+            self.subnets[0]["vpc"], len(self.subnets), " ".join(s["zone"] for s in self.subnets),
+            "; SSH by private address" if private else "" if public == len(self.subnets) else
+            "; %d map no public IP: each node asks for one" % (len(self.subnets) - public))
+
+    def quota(self):
+        machines = self.placement.machines(self.wanted, self.vcpus, self.spot)
+        counts = {}
+        for _, itype, _ in machines.values():
+            counts[itype] = counts.get(itype, 0) + 1
+        check_quotas({t: (n, self.vcpus[t]) for t, n in counts.items()}, self.spot, pooled=self.placement.pooled)
+        return "%s within the account's vCPU quotas" % ", ".join("%d x %s" % (n, t) for t, n in sorted(counts.items()))
+
+    def bucket(self):
+        name = self.args.bucket or self.args.job
+        if bucket_is_ours(client("s3"), name):
+            return "%s is yours already: its settings are kept" % name
+        return "%s is free: create makes it (public access blocked, encrypted, TLS only)" % name
+
+    def permissions(self):
+        """RunInstances as DryRun, per instance type, with the parameters create would send (the
+        key, group and profile only where they exist already: a DryRun naming one that does not
+        is refused as invalid, not as denied)."""
+        ec2, job = client("ec2"), self.args.job
+        groups = ec2.describe_security_groups(Filters=group_filters(job, self.subnets[0]["vpc"]))
+        group = (groups["SecurityGroups"] or [{}])[0].get("GroupId")
+        keys = ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [job]}])["KeyPairs"]
+        profile = role_name(job) if self.role_exists() else None
+        for itype in self.types:
+            params = launch_params(job, self.amis[itype], itype, [0], job, group, profile,
+                                      self.args.bucket or job, self.subnets[0], self.spot, 600, self.placement.pooled)
+            if not keys:
+                params.pop("KeyName")
+            if not profile:
+                params.pop("IamInstanceProfile")
+            if not group:
+                params.pop("SecurityGroupIds", None)
+                for interface in params.get("NetworkInterfaces", []):
+                    interface.pop("Groups")
+            dry_run(ec2.run_instances, "ec2:RunInstances", **params)
+        made = []
+        if not group:
+            dry_run(ec2.create_security_group, "ec2:CreateSecurityGroup", GroupName=group_name(job),
+                    Description="awsrun job %s: SSH from the dispatcher only" % job, VpcId=self.subnets[0]["vpc"],
+                    TagSpecifications=job_tags("security-group", job))
+            made.append("security group")
+        if not keys:
+            dry_run(ec2.create_key_pair, "ec2:CreateKeyPair", KeyName=job, KeyType="rsa",
+                    TagSpecifications=job_tags("key-pair", job))
+            made.append("key pair")
+        return "RunInstances (%s)%s allowed" % (", ".join(self.types), "".join(", Create " + m for m in made))
+
+    def role_exists(self):
+        """Whether the node role exists; UserError if the caller may not even read it."""
+        iam = client("iam")
+        try:
+            iam.get_role(RoleName=role_name(self.args.job))
+            return True
+        except iam.exceptions.NoSuchEntityException:
+            return False
+        except ClientError as e:
+            if error_code(e) in DENIED:
+                raise denied(e, "iam:GetRole") from None
+            raise
+
+    def role(self):
+        name = role_name(self.args.job)
+        return "%s exists: create updates its policy" % name if self.role_exists() else \
+            "%s is free: create makes it" % name
+
+    def run(self, local=True):
+        """Every check in order; a check that needs an earlier one's facts is skipped when that
+        failed. create (local=False) leaves out this machine's checks and the quota: it checks
+        the quota itself, for the machines still missing only."""
+        if local:
+            self.check("python", self.python)
+            self.check("ssh client", self.ssh_client)
+        self.check("credentials", self.identity)
+        has_images = self.check("images", self.images)
+        has_network = self.check("network", self.network)
+        if local:
+            self.check("SSH from", self.address)
+        if local:
+            self.check("vCPU quota", self.quota, has_images or "needs the images' vCPUs")
+        self.check("bucket", self.bucket)
+        self.check("node role", self.role)
+        self.check("permissions", self.permissions, (has_images and has_network) or "needs the images and the network")
+        for what, work in self.placement.checks(self.types):
+            self.check(what, work)
+        return self
+
+
+def dry_run_command(args, placement, wanted):
+    """--dry-run: print every check; exit 0 only if create would start."""
+    checks = Preflight(args, placement, wanted, say=True).run()
+    if checks.failed:
+        raise UserError("dry run: %d of %d checks failed (%s)%s; nothing was made"
+                        % (len(checks.failed), len(checks.failed) + checks.passed, ", ".join(checks.failed),
+                           ", %d could not run" % len(checks.skipped) if checks.skipped else ""))
+    machines = placement.machines(wanted, checks.vcpus, checks.spot)
+    log("dry run: all %d checks passed; create would launch up to %d machines for %d rows; nothing was made"
+        % (checks.passed, len(machines), len(wanted)))
+    return 0

@@ -1,6 +1,6 @@
-"""Pool mode on the user's machine: the job's SQS queues, how many pool machines to launch, and
-putting rows in the queues. dispatcher.py drives it (--pool); the machines' side is
-pool_worker.py.
+"""Pool mode on the user's machine: the job's SQS queues, how many pool machines to launch,
+putting rows in the queues, and the placement (Pool) that dispatcher.py chooses with --pool in
+place of one machine per row. The machines' side is node/pool_worker.py.
 
 One queue per job and instance type, awsrun-JOB--TYPE (dots as hyphens), each with a
 dead-letter queue awsrun-JOB--TYPE-dlq that takes a row once it has been received
@@ -29,6 +29,21 @@ NAME_TAKEN = ("QueueNameExists", "QueueAlreadyExists")
 DELETED_RECENTLY = ("QueueDeletedRecently", "AWS.SimpleQueueService.QueueDeletedRecently")
 PURGING = ("PurgeQueueInProgress", "AWS.SimpleQueueService.PurgeQueueInProgress")
 BODY_LIMIT = 200_000  # bytes of message bodies per SendMessageBatch call (SQS allows 256 KiB)
+# SQS keeps a received message from other consumers for 12 hours at most (ChangeMessageVisibility
+# is refused beyond that), so a pool row, with its copy and upload, must end well within it.
+MAX_RUNTIME = 11 * 3600
+
+
+def lease():
+    """Seconds a pool row's message stays invisible without a heartbeat: a lost machine's row
+    is back in the queue this long after the loss."""
+    return int(cs.setting("POOL_LEASE", 120))
+
+
+def idle():
+    """Seconds a pool machine waits on an empty queue before it ends itself: longer than the
+    lease, so that a row lost near the end still finds a machine."""
+    return int(cs.setting("POOL_IDLE", lease() + 60))
 
 
 def queue_name(job, instance_type):
@@ -183,3 +198,86 @@ def enqueue(job, bucket, wanted, urls, attempts):
     with ThreadPoolExecutor(8) as sending:
         list(sending.map(send, calls))
     log("queued %d rows: %s" % (len(wanted), ", ".join("%d for %s" % (len(r), t) for t, r in sorted(by_type.items()))))
+
+
+class Pool:
+    """Pool mode as a placement, with the shape of dispatcher.OnePerRow (whose docstring lists
+    it): at most --pool machines per instance type, each taking rows from its type's queue."""
+    pooled, started = True, "worker started"
+
+    def __init__(self, args):
+        self.args, self.job = args, args.job
+
+    def runtime_limit(self, asked):
+        if (asked or 0) > MAX_RUNTIME:
+            raise UserError("--max-runtime %s: in pool mode a row runs at most 11h, as SQS keeps its message from "
+                            "other machines for 12 hours at most; run longer rows one machine per row (without "
+                            "--pool)" % job_state.elapsed(asked), code=2)
+        return asked or MAX_RUNTIME
+
+    def machines(self, wanted, vcpus, spot):
+        for itype in {itype for _, itype, _ in wanted.values()}:
+            queue_name(self.job, itype)  # fits SQS's limit, before anything is made
+        return machine_plan(self.job, wanted, self.args.pool, vcpus, spot)
+
+    def machine_tag(self, itype, number):
+        return cs.pool_tag(self.job, itype, number)
+
+    def resources(self, types):
+        return ([functools.partial(ensure_queues, self.job, types, self.args.max_attempts)],
+                ", queues " + " ".join(queue_name(self.job, t) for t in sorted(types)))
+
+    def checks(self, types):
+        return [("queues", functools.partial(self.queues_readable, types))]
+
+    def queues_readable(self, types):
+        """How many of the queues exist already; UserError if the caller may not ask."""
+        sqs, found = cs.client("sqs"), []
+        for itype in types:
+            try:
+                sqs.get_queue_url(QueueName=queue_name(self.job, itype))
+                found.append(itype)
+            except ClientError as e:
+                if cs.error_code(e) in launch.DENIED:
+                    raise launch.denied(e, "sqs:GetQueueUrl") from None
+                if cs.error_code(e) not in NO_QUEUE:
+                    raise
+        return "%d of %d queues exist already" % (len(found), len(types))
+
+    def to_start(self, found, wanted, requeue):
+        """Queue the rows never queued before (with requeue, every one given); then the prepared
+        pool machines that run no worker yet, each to start one."""
+        machines = {t: n for t, n in cs.newest_per_tag(found).items() if n["pool"]}
+        bucket = job_state.job_bucket(self.job, found)
+        if not requeue:
+            queued = job_state.queued(job_state.list_markers(bucket), self.job)
+            again = sorted(t for t in wanted if t in queued)
+            if again:
+                log("already queued: %d rows (`make retry` queues again those that failed or were lost)" % len(again))
+            wanted = {t: r for t, r in wanted.items() if t not in queued}
+        urls = queue_urls(self.job, {itype for _, itype, _ in wanted.values()} |
+                          {n["pool"] for n in machines.values()})  # one ListQueues
+        if wanted:
+            enqueue(self.job, bucket, wanted, urls, self.args.max_attempts)
+        if not machines:
+            raise UserError("job %s has no running pool machine: `make retry` launches the pool" % self.job)
+        nodes = [dict(n, queue_url=urls[n["pool"]]) for t, n in sorted(machines.items())
+                 if n["status"] not in job_state.STARTED]
+        if len(nodes) < len(machines):
+            log("workers running already: " + " ".join(sorted(t for t, n in machines.items()
+                                                               if n["status"] in job_state.STARTED)))
+        return nodes, {n["tag"]: (0, n["pool"], None) for n in nodes}, wanted, None, []
+
+    def states(self, wanted):
+        rows = job_state.job_status(self.job)
+        return {r["tag"]: r["state"] for r in rows if r["kind"] == "row"}, job_state.stranded_rows(rows)
+
+    def before_retry(self, rows):
+        purge_dead_letters(self.job, {itype for _, itype, _ in rows.values()})
+
+    def launched(self, wanted, missing):
+        return wanted  # the machines that did launch take every row
+
+    def left_out(self, missing):
+        if missing:
+            log("%d pool machines could not be launched; the others take every row" % len(missing))

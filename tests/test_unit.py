@@ -254,8 +254,8 @@ def launch_setup(aws, job, rows):
     args.spot, args.ssh_timeout, args.install_tries, args.install_timeout = False, 600, 3, 1800
     subnets = launch.launch_subnets()
     amis = {itype: ami for _, itype, _ in rows}
-    return lambda: dispatcher.launch_missing(args, dispatcher.to_launch(args, wanted), amis, os.path.basename(key)[:-4],
-                                             group, profile, job, subnets), calls
+    return lambda: launch.launch_all(args, dispatcher.OnePerRow(args), launch.to_launch(job, wanted), amis,
+                                     os.path.basename(key)[:-4], group, profile, job, subnets), calls
 
 
 ROWS = [(2, "t3.micro", "a"), (3, "t3.small", "b"), (4, "t3.micro", "c"), (5, "t3.micro", "d"), (6, "t3.small", "e")]
@@ -468,7 +468,7 @@ def test_an_instance_that_ends_while_starting_is_reported_not_waited_for(aws):
     ami = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     ids = [i["InstanceId"] for i in aws.run_instances(ImageId=ami, MinCount=2, MaxCount=2)["Instances"]]
     aws.terminate_instances(InstanceIds=ids[1:])
-    running, failed = cs.wait_running(ids, timeout=30)
+    running, failed = launch.wait_running(ids, timeout=30)
     assert running == ids[:1] and list(failed) == ids[1:] and failed[ids[1]].startswith("terminated")
 
 
