@@ -550,6 +550,19 @@ def node_from_instance(instance):
 
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # how awsrun writes every time: UTC, to the second
+# The node's exit codes, named once: the node's shell reads them (and TIME_FORMAT) from
+# .awsrun/names.sh, which dispatcher.make_bundle writes from this table.
+NODE_EXIT = {
+    "INSTALL_FAILED": 1,    # prepare.sh: INSTALL.sh never created READY
+    "BAD_BUNDLE": 2,        # create: the work directory or its files could not be set up
+    "NO_WORK_DIR": 10,      # dispatch: the node has no work directory
+    "NOT_READY": 11,        # dispatch: the node is not prepared, or was prepared for another instance
+    "STARTED_ALREADY": 12,  # dispatch: the row was started before
+    "BAD_FILES": 13,        # dispatch: the row's files could not be unpacked
+    "UPLOAD_FAILED": 75,    # the uploader (EX_TEMPFAIL): run.sh holds the node up for the upload hold
+    "TIMED_OUT": 124,       # timeout(1): the row's command reached --max-runtime
+    "KILLED": 137,          # timeout(1): ... and ignored the TERM for 60 s
+}
 
 
 def parse_time(text):

@@ -150,6 +150,8 @@ def make_bundle(args):
             tar.add(os.path.join(HERE, path), arcname=".awsrun/" + os.path.basename(path))
         for name in NODE_SCRIPTS:  # the shell that runs on the node, as it is in node/
             tar.add(os.path.join(HERE, "node", name), arcname=".awsrun/" + name)
+        add_text(tar, ".awsrun/names.sh", "".join("%s=%d\n" % kv for kv in sorted(cs.NODE_EXIT.items())) +
+                 "TIME_FORMAT=%s\n" % shlex.quote(cs.TIME_FORMAT))  # what node/*.sh source
     bundle.flush()
     return bundle
 
@@ -193,11 +195,11 @@ def install_command(node, info, env, tries, seconds, idle):
     """The one line run on a node at create: unpack the bundle into its work directory (a fresh
     one if the folder there belongs to another instance), write its settings, and run
     node/prepare.sh (INSTALL.sh until READY, then the idle guard)."""
-    return ("mkdir -p {d} && cd {d} || exit 2; owner=; read -r owner < .awsrun/instance 2>/dev/null; "
+    return ("mkdir -p {d} && cd {d} || exit {bad}; owner=; read -r owner < .awsrun/instance 2>/dev/null; "
             "[ \"$owner\" = {id} ] || find . -mindepth 1 -delete; tar -xzf - "
-            "&& printf '%s' {info} > .awsrun/node.json && printf '%s' {env} > .awsrun/node.env || exit 2; "
+            "&& printf '%s' {info} > .awsrun/node.json && printf '%s' {env} > .awsrun/node.env || exit {bad}; "
             "exec bash .awsrun/prepare.sh {tries} {s} {idle}").format(
-        d=remote_dir(node["tag"]), id=shlex.quote(node["id"]), info=shlex.quote(json.dumps(info, ensure_ascii=False)),
+        d=remote_dir(node["tag"]), bad=cs.NODE_EXIT["BAD_BUNDLE"], id=shlex.quote(node["id"]), info=shlex.quote(json.dumps(info, ensure_ascii=False)),
         env=shlex.quote(env), tries=int(tries), s=int(seconds), idle=int(idle))
 
 
@@ -342,10 +344,11 @@ def node_files(args, node, row):
 
 
 def start(node, args, row, session):
-    ssh, code, output = run_on(session, node, "cd %s || exit 10; exec bash .awsrun/start.sh %s" % (
-        remote_dir(node["tag"]), shlex.quote(node["id"])), stdin=node_files(args, node, row))
+    ssh, code, output = run_on(session, node, "cd %s || exit %d; exec bash .awsrun/start.sh %s" % (
+        remote_dir(node["tag"]), cs.NODE_EXIT["NO_WORK_DIR"], shlex.quote(node["id"])),
+        stdin=node_files(args, node, row))
     close(ssh)
-    if code == 12:
+    if code == cs.NODE_EXIT["STARTED_ALREADY"]:
         return "already started"
     if code != 0:
         raise NodeError(output.strip() or "exit %d" % code)

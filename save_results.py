@@ -13,9 +13,10 @@ so every upload's marker differs). Then it terminates its own instance through t
 It never changes the bucket's settings.
 
 Exit status, which run.sh acts on: 0 when the results are in the bucket (run.sh then also
-shuts the machine down, in case the API call did not get through); 75 when the upload
-failed: the node is tagged awsrun:status=upload-failed with awsrun:until, and run.sh keeps
-it up until then so that nothing is lost; anything else (a crash) and run.sh shuts it down.
+shuts the machine down, in case the API call did not get through); UPLOAD_FAILED (75, in
+cloud_setup.NODE_EXIT) when the upload failed: the node is tagged awsrun:status=upload-failed
+with awsrun:until, and run.sh keeps it up until then so that nothing is lost; anything else (a
+crash) and run.sh shuts it down.
 
 Reads .awsrun/ in the work directory: node.json (written by the dispatcher) and started,
 ended and exit_code (written by run.sh, or by pool_worker.py for a pool row); needs only the
@@ -38,7 +39,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 import cloud_setup as cs
 import job_state
 
-UPLOAD_FAILED = 75  # EX_TEMPFAIL: run.sh holds the node up for the upload hold
+UPLOAD_FAILED = cs.NODE_EXIT["UPLOAD_FAILED"]
 # botocore 1.36 added per-request checksums and the option to turn them off; older ones send none.
 NO_CHECKSUMS = ({"request_checksum_calculation": "when_required"}
                 if "request_checksum_calculation" in Config.OPTION_DEFAULTS else {})
@@ -104,7 +105,7 @@ def make_manifest(node, root, files, missing):
                 "ended": read(os.path.join(root, ".awsrun", "ended")),
                 "uploaded": cs.now_text(),
                 "files": [], "missing_outputs": missing, "max_runtime": limit,
-                "timed_out": bool(limit) and code in ("124", "137")}
+                "timed_out": bool(limit) and cs.exit_code_of(code) in (cs.NODE_EXIT["TIMED_OUT"], cs.NODE_EXIT["KILLED"])}
     if node.get("attempt"):  # pool mode: which time SQS gave this row out, on which machine
         manifest.update(attempt=node["attempt"], machine=node.get("machine"), idle=node.get("idle"))
     return manifest

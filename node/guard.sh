@@ -13,7 +13,7 @@
 # Each call first cancels what an earlier one scheduled, and the launch's boot-time guard.
 cd "${0%/*}/.." || exit 1
 # shellcheck source=/dev/null
-. .awsrun/node.env
+. .awsrun/node.env && . .awsrun/names.sh || exit 1
 as_root() { if [ "$EUID" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
 
 if [ -s .awsrun/watchdog.pid ]; then
@@ -24,7 +24,7 @@ fi
 as_root shutdown -c 2>/dev/null
 : > .awsrun/shutdown
 hash shutdown 2>/dev/null
-TZ=UTC printf '%(%Y-%m-%dT%H:%M:%SZ)T guard %s (shutdown is %s)\n' -1 "$*" "${BASH_CMDS[shutdown]}" >> .awsrun/guard.log
+TZ=UTC printf "%($TIME_FORMAT)T guard %s (shutdown is %s)\n" -1 "$*" "${BASH_CMDS[shutdown]}" >> .awsrun/guard.log
 
 later() {  # shut down in $1 seconds, rounded up to minutes
     as_root shutdown -h +$(( ($1 + 59) / 60 )) >> .awsrun/guard.log 2>&1 && echo "$1" > .awsrun/shutdown

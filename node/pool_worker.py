@@ -17,7 +17,7 @@ For each row it gets (a message {tag, line, command}, long-polled):
   manifest and the outcome marker are in the bucket; then removes the row's folder.
 
 A row whose upload failed is handed back to the queue and its files are kept: the worker takes
-no new row, and exits 75 (run.sh then keeps the machine up for the upload hold). On a spot
+no new row, and exits UPLOAD_FAILED (run.sh then keeps the machine up for the upload hold). On a spot
 machine, the interruption notice hands every running row back at once (their results here are
 not uploaded: another machine runs them again). Settings come from
 .awsrun/node.json, written by the dispatcher: queue_url, slots (0: one per CPU), lease, idle.

@@ -9,9 +9,9 @@
 tries=$1 seconds=$2 idle=$3
 cd "${0%/*}/.." || exit 2
 # shellcheck source=/dev/null
-. .awsrun/node.env
+. .awsrun/node.env && . .awsrun/names.sh || exit 2
 echo "$INSTANCE_ID" > .awsrun/instance
-stamp() { TZ=UTC printf '%(%Y-%m-%dT%H:%M:%SZ)T\n' -1 > ".awsrun/$1"; }
+stamp() { TZ=UTC printf "%($TIME_FORMAT)T\n" -1 > ".awsrun/$1"; }
 if [ ! -f READY ]; then
     stamp install_started
     i=0
@@ -29,6 +29,6 @@ fi
 if [ ! -f READY ]; then
     echo "--- last lines of $PWD/.awsrun/install.$tries.log:"
     tail -n 20 ".awsrun/install.$tries.log"
-    exit 1
+    exit "$INSTALL_FAILED"
 fi
 [ -e .awsrun/dispatched ] || bash .awsrun/guard.sh idle "$idle"

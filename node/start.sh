@@ -3,14 +3,16 @@
 # command.sh, from standard input), arms the runtime guard and starts run.sh detached. A pool
 # machine (POOL_IDLE set) gets no command: its guard starts as the worker's idle one. Runs on
 # the node, in its work directory. Prints "started" and the install's start and end times.
-# Exit 11: not prepared for this instance; 12: started already.
+# Its exit codes are named in .awsrun/names.sh (cloud_setup.NODE_EXIT).
 #
 #   bash .awsrun/start.sh INSTANCE_ID < files.tar
 owner=
 read -r owner < .awsrun/instance 2>/dev/null
-if [ "$owner" != "$1" ] || [ ! -f READY ]; then echo "not ready: run create again"; exit 11; fi
-if [ -e .awsrun/dispatched ]; then echo "already started"; exit 12; fi
-tar -xf - || exit 13
+# shellcheck source=/dev/null
+. .awsrun/names.sh 2>/dev/null || { echo "not prepared: run create again"; exit 1; }
+if [ "$owner" != "$1" ] || [ ! -f READY ]; then echo "not ready: run create again"; exit "$NOT_READY"; fi
+if [ -e .awsrun/dispatched ]; then echo "already started"; exit "$STARTED_ALREADY"; fi
+tar -xf - || exit "$BAD_FILES"
 : > .awsrun/dispatched
 # shellcheck source=/dev/null
 . .awsrun/node.env
