@@ -199,8 +199,9 @@ def install_command(node, info, env, tries, seconds, idle):
             "[ \"$owner\" = {id} ] || find . -mindepth 1 -delete; tar -xzf - "
             "&& printf '%s' {info} > .awsrun/node.json && printf '%s' {env} > .awsrun/node.env || exit {bad}; "
             "exec bash .awsrun/prepare.sh {tries} {s} {idle}").format(
-        d=remote_dir(node["tag"]), bad=cs.NODE_EXIT["BAD_BUNDLE"], id=shlex.quote(node["id"]), info=shlex.quote(json.dumps(info, ensure_ascii=False)),
-        env=shlex.quote(env), tries=int(tries), s=int(seconds), idle=int(idle))
+        d=remote_dir(node["tag"]), bad=cs.NODE_EXIT["BAD_BUNDLE"], id=shlex.quote(node["id"]),
+        info=shlex.quote(json.dumps(info, ensure_ascii=False)), env=shlex.quote(env), tries=int(tries),
+        s=int(seconds), idle=int(idle))
 
 
 def prepare(node, args, bundle, session, progress):

@@ -105,7 +105,8 @@ def make_manifest(node, root, files, missing):
                 "ended": read(os.path.join(root, ".awsrun", "ended")),
                 "uploaded": cs.now_text(),
                 "files": [], "missing_outputs": missing, "max_runtime": limit,
-                "timed_out": bool(limit) and cs.exit_code_of(code) in (cs.NODE_EXIT["TIMED_OUT"], cs.NODE_EXIT["KILLED"])}
+                "timed_out": bool(limit) and cs.exit_code_of(code) in (
+                    cs.NODE_EXIT["TIMED_OUT"], cs.NODE_EXIT["KILLED"])}
     if node.get("attempt"):  # pool mode: which time SQS gave this row out, on which machine
         manifest.update(attempt=node["attempt"], machine=node.get("machine"), idle=node.get("idle"))
     return manifest
