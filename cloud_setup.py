@@ -1,7 +1,9 @@
-"""awsrun's ground floor and the job's AWS resources: settings, clients, names, retries and
-times; the key pair, security group, instance profile and bucket; finding, tagging and
-terminating instances by tag. It imports nothing of awsrun's: the modules above it do
-(launch.py launches; operate.py holds the command line of status, wait, down and clean,
+"""awsrun's ground floor and the job's AWS resources. The ground floor: settings, clients,
+errors, names and tags, times, retries, the node's exit codes and the one-line error of every
+command (run_cli). The resources: the key pair, security group, instance profile and bucket,
+each made (ensure_*) and deleted (delete_*) here; the pool's queues are pool.py's. It imports
+nothing of awsrun's: the modules above it do (job_state.py finds and tags the job's instances,
+launch.py launches them, operate.py holds the command line of status, wait, down and clean,
 which `python cloud_setup.py ...` still runs).
 
 Runs on the user's machine, and is also copied to every node (save_results.py and
@@ -26,9 +28,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
-# Tags that awsrun puts on every instance. The node's own tag is JOB + one of the numbers
-# in ROWS_TAG, picked by the instance's AmiLaunchIndex, so that one RunInstances call can
-# tag many nodes differently and no instance ever exists without its tag.
+# Tags that awsrun puts on every instance (job_state.py reads them back).
 JOB_TAG = "awsrun:job"
 ROWS_TAG = "awsrun:rows"
 BUCKET_TAG = "awsrun:bucket"
@@ -41,12 +41,6 @@ DEADLINE_TAG = "awsrun:deadline"  # a row's command is stopped then (its --max-r
 POOL_TAG = "awsrun:pool"          # on a pool machine: the instance type whose queue it serves
 PROTECTED_TAGS = (JOB_TAG, ROWS_TAG, BUCKET_TAG, POOL_TAG)  # what a node may never change
 
-UBUNTU_ARCH = {"x86_64": "amd64", "arm64": "arm64"}  # EC2's architecture -> Ubuntu's name for it
-
-
-def ubuntu_parameter(arch="amd64"):
-    """AWS's public parameter that names the current Ubuntu 24.04 LTS image of an architecture."""
-    return "/aws/service/canonical/ubuntu/server/24.04/stable/current/%s/hvm/ebs-gp3/ami-id" % arch
 
 def retries(attempts, **config):
     """botocore's standard retry mode with this many attempts in all, and other Config settings."""
@@ -71,14 +65,14 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
-def setting(name, default):
+def awsrun_env(name, default):
     """An AWSRUN_* environment variable, or its default when unset or empty."""
     return os.environ.get("AWSRUN_" + name) or default
 
 
 def state_dir(job):
     """The toolkit's own folder for a job: known host keys and kept logs."""
-    base = setting("STATE_DIR", os.path.join(
+    base = awsrun_env("STATE_DIR", os.path.join(
         os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "awsrun"))
     path = os.path.join(base, job)
     os.makedirs(path, mode=0o700, exist_ok=True)
@@ -87,7 +81,7 @@ def state_dir(job):
 
 def key_path(job):
     """Where the job's private key lives: ~/.ssh/JOB.pem, as in the original."""
-    return os.path.join(setting("KEY_DIR", os.path.expanduser("~/.ssh")), job + ".pem")
+    return os.path.join(awsrun_env("KEY_DIR", os.path.expanduser("~/.ssh")), job + ".pem")
 
 
 SESSION_LOCK = threading.RLock()  # client() asks region() while holding it
@@ -134,10 +128,12 @@ def name_owner(s3, owner):
     return s3
 
 
-def client_with(service, **config):
-    """A new client from the shared session, with these botocore Config settings on top."""
+def client_with(service, attempts=None, **config):
+    """A new client from the shared session, with these botocore Config settings (and this many
+    attempts per call) on top of RETRIES."""
+    config = RETRIES.merge(retries(attempts, **config) if attempts else Config(**config))
     with SESSION_LOCK:
-        return session().client(service, region_name=region(), config=RETRIES.merge(Config(**config)))
+        return session().client(service, region_name=region(), config=config)
 
 
 def file_hash(path, algorithm):
@@ -199,44 +195,6 @@ def number_of(job, tag):
     return int(tag[len(job):].rsplit("-", 1)[-1])
 
 
-def encode_rows(numbers):
-    """[0, 1, 2, 5] -> '0-2,5' and [1, 3, 5, 7] -> '1-7:2': the node numbers of one launch,
-    in launch order, as runs (job files often alternate instance types row by row)."""
-    parts, i = [], 0
-    while i < len(numbers):
-        j = i + 1
-        step = numbers[j] - numbers[i] if j < len(numbers) else 0
-        while j + 1 < len(numbers) and numbers[j + 1] - numbers[j] == step:
-            j += 1
-        if step > 0 and (j - i >= 2 or step == 1):
-            parts.append("%d-%d" % (numbers[i], numbers[j]) + (":%d" % step if step > 1 else ""))
-            i = j + 1
-        else:
-            parts.append(str(numbers[i]))
-            i += 1
-    return ",".join(parts)
-
-
-def decode_rows(text):
-    numbers = []
-    for part in filter(None, text.split(",")):
-        span, _, step = part.partition(":")
-        first, _, last = span.partition("-")
-        numbers.extend(range(int(first), int(last or first) + 1, int(step or 1)))
-    return numbers
-
-
-def launch_batches(numbers, limit=255):
-    """Split node numbers into launches whose encoded rows fit in one tag value."""
-    batches, current = [], []
-    for n in numbers:
-        if current and len(encode_rows(current + [n])) > limit:
-            batches.append(current)
-            current = []
-        current.append(n)
-    return batches + [current] if current else batches
-
-
 # ---------------------------------------------------------------------------- key pair
 
 def write_private_key(path, material):
@@ -275,6 +233,16 @@ def ensure_key_pair(job):
     return path
 
 
+def delete_key_pair(job):
+    """Delete the job's key pair and ~/.ssh/JOB.pem. Only a key pair that exists: IAM checks the
+    job tag of the key pair named, so deleting one that is gone already is refused, not ignored."""
+    ec2 = client("ec2")
+    for pair in ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [job]}])["KeyPairs"]:
+        ec2.delete_key_pair(KeyName=pair["KeyName"])
+    if os.path.exists(key_path(job)):
+        os.remove(key_path(job))
+
+
 def job_tags(kind, job):
     """TagSpecifications that mark a new resource as the job's (the policies rely on it)."""
     return [{"ResourceType": kind, "Tags": [{"Key": JOB_TAG, "Value": job}]}]
@@ -297,7 +265,7 @@ def public_key_of(path):
 
 def caller_cidr():
     """AWSRUN_SSH_CIDR, else the caller's own public address as a /32."""
-    cidr = setting("SSH_CIDR", None)
+    cidr = awsrun_env("SSH_CIDR", None)
     if cidr:
         return cidr
     try:
@@ -354,6 +322,15 @@ def allow_ssh_only_from(group, cidr):
         ec2.revoke_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[
             {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": c} for c in stale]}])
         log("SSH to job machines: now from %s only (was %s)" % (cidr, ", ".join(stale)))
+
+
+def delete_security_group(job, timeout=600):
+    """Delete the job's security group, once no instance holds it (a just-terminated one does
+    for a while)."""
+    ec2 = client("ec2")
+    for group in ec2.describe_security_groups(Filters=group_filters(job))["SecurityGroups"]:
+        retrying(functools.partial(ec2.delete_security_group, GroupId=group["GroupId"]),
+                 error_code_in("DependencyViolation"), timeout, first=1.0, cap=10.0)
 
 
 def refresh_ssh_rule(job):
@@ -424,6 +401,23 @@ def ensure_instance_profile(job, bucket):
     if not any(r["RoleName"] == name for r in roles):
         iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
     return name
+
+
+def delete_instance_profile(job):
+    """Delete the job's instance profile and role, with the role's policy."""
+    iam, name = client("iam"), role_name(job)
+    try:
+        for role in iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]:
+            iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=role["RoleName"])
+        iam.delete_instance_profile(InstanceProfileName=name)
+    except iam.exceptions.NoSuchEntityException:
+        pass
+    try:
+        for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+            iam.delete_role_policy(RoleName=name, PolicyName=policy)
+        iam.delete_role(RoleName=name)
+    except iam.exceptions.NoSuchEntityException:
+        pass
 
 
 # ---------------------------------------------------------------------------- bucket
@@ -499,6 +493,19 @@ def ensure_bucket(s3, bucket, where):
     return True
 
 
+def delete_bucket(bucket):
+    """Delete the bucket with everything in it (clean --delete-bucket)."""
+    s3 = client("s3")
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        s3.delete_bucket(Bucket=bucket)
+    except s3.exceptions.NoSuchBucket:
+        pass
+
+
 # ---------------------------------------------------------------------------- waiting and instances
 
 def retrying(call, retry_if, seconds, first=0.5, cap=5.0, what=None):
@@ -528,25 +535,6 @@ def backoff(deadline, first=0.2, cap=5.0):
         time.sleep(delay)
         delay = min(cap, delay * 2)
     yield None
-
-
-def node_from_instance(instance):
-    """The facts awsrun uses about one instance, with its tag worked out."""
-    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-    numbers = decode_rows(tags.get(ROWS_TAG, ""))
-    index = instance.get("AmiLaunchIndex", 0)
-    job, pool = tags.get(JOB_TAG, ""), tags.get(POOL_TAG, "")
-    number = numbers[index] if index < len(numbers) else None
-    return {"id": instance["InstanceId"], "type": instance["InstanceType"],
-            "state": instance["State"]["Name"], "job": job, "pool": pool,
-            "tag": None if number is None else pool_tag(job, pool, number) if pool else tag_name(job, number),
-            "bucket": tags.get(BUCKET_TAG, job), "status": tags.get(STATUS_TAG, ""),
-            "error": tags.get(ERROR_TAG, ""), "launched": instance["LaunchTime"],
-            "spot": instance.get("InstanceLifecycle") == "spot",
-            "since": parse_time(tags.get(SINCE_TAG, "")), "progress": tags.get(PROGRESS_TAG, ""),
-            "until": tags.get(UNTIL_TAG, ""), "deadline": tags.get(DEADLINE_TAG, ""),
-            "address": instance.get("PrivateIpAddress", "") if setting("SSH_ADDRESS", "public") == "private"
-            else instance.get("PublicIpAddress") or instance.get("PublicDnsName") or ""}
 
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # how awsrun writes every time: UTC, to the second
@@ -587,36 +575,6 @@ def exit_code_of(text):
 def tag_order(tag):
     """Tags in row order: JOB2 before JOB10."""
     return len(tag), tag
-
-
-def set_status(ids, status, extra=None, ec2=None):
-    """Tag instances with a status (and when it began) in one CreateTags call."""
-    if ids:
-        tags = [{"Key": STATUS_TAG, "Value": status}, {"Key": SINCE_TAG, "Value": now_text()}]
-        tags += [{"Key": k, "Value": v} for k, v in (extra or {}).items()]
-        ids = list(ids)
-        for i in range(0, len(ids), 1000):  # CreateTags takes up to 1000 resources
-            (ec2 or client("ec2")).create_tags(Resources=ids[i:i + 1000], Tags=tags)
-
-
-def find_nodes(job, states=None):
-    """Every instance of a job, from one (paginated) DescribeInstances call."""
-    filters = [{"Name": "tag:" + JOB_TAG, "Values": [job]}]
-    if states:
-        filters.append({"Name": "instance-state-name", "Values": list(states)})
-    pages = client("ec2").get_paginator("describe_instances").paginate(Filters=filters)
-    return [node_from_instance(i) for page in pages for r in page["Reservations"] for i in r["Instances"]]
-
-
-LIVE = ("pending", "running")
-
-
-def newest_per_tag(nodes):
-    """tag -> the node that stands for it: a live one if any, else the newest."""
-    best = {}
-    for n in sorted(nodes, key=lambda n: (n["state"] in LIVE, n["launched"])):
-        best[n["tag"]] = n
-    return best
 
 
 def terminate(ids):

@@ -34,7 +34,7 @@ import launch
 import job_state
 import pool
 from cloud_setup import UserError, log
-from ssh import NodeError, Session, close, for_each_node, remote_dir, run_on
+from ssh import Connections, NodeError, close, for_each_node, remote_dir, run_on
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = ["instance_type", "command"]
@@ -165,7 +165,7 @@ def add_text(tar, name, text):
 
 def node_env(args, node):
     """The node scripts' settings, in .awsrun/node.env (sourced by node/*.sh)."""
-    values = [("AWSRUN_PYTHON", cs.setting("NODE_PYTHON", "python3")), ("TAG", node["tag"]),
+    values = [("AWSRUN_PYTHON", cs.awsrun_env("NODE_PYTHON", "python3")), ("TAG", node["tag"]),
               ("INSTANCE_ID", node["id"]), ("MAX_RUNTIME", int(args.max_runtime or 0)),
               ("UPLOAD_HOLD", int(getattr(args, "upload_hold", 0) or 0))]
     if node.get("pool"):
@@ -180,7 +180,7 @@ def node_info(args, node, itype, command=None):
             "outputs": args.output, "max_runtime": args.max_runtime or None,
             "upload_hold": getattr(args, "upload_hold", None), "spot": node.get("spot", False),
             "launched": launch_time(node)}
-    if node.get("pool"):  # what pool_worker.py reads
+    if node.get("pool"):  # what node/pool_worker.py reads
         info.update(queue_url=node.get("queue_url"), slots=0 if args.slots == "auto" else int(args.slots),
                     lease=pool.lease(), idle=pool.idle())
     return info
@@ -204,14 +204,14 @@ def install_command(node, info, env, tries, seconds, idle):
         s=int(seconds), idle=int(idle))
 
 
-def prepare(node, args, bundle, session, progress):
+def prepare(node, args, bundle, connections, progress):
     """Connect to one node, copy its files and run the install script until READY."""
     budget = args.install_tries * (args.install_timeout + 15) + 120
     script = install_command(node, node_info(args, node, node["type"]), node_env(args, node), args.install_tries,
                              args.install_timeout, args.idle_timeout)
-    ssh, code, output = run_on(session, node, script, stdin=lambda: BundleReader(bundle), timeout=budget)
+    ssh, code, output = run_on(connections, node, script, stdin=lambda: BundleReader(bundle), timeout=budget)
     if args.dispatch and code == 0:
-        session.keep(node, ssh)
+        connections.keep(node, ssh)
     else:
         close(ssh)
     if args.verbose:
@@ -244,7 +244,7 @@ def rows_wanted(args, rows):
 def create(args, placement, wanted):
     """Key pair, security group, instance profile, bucket (and what the placement needs: the
     pool's queues), instances; then prepare every node. `wanted` are the rows; the placement
-    says which machines they need. Returns the SSH session, holding the nodes' connections for
+    says which machines they need. Returns the job's SSH connections (ssh.Connections), kept open for
     a dispatch in the same run, and {tag: why} for the machines that could not be launched
     (the others go on)."""
     types = {itype for _, itype, _ in wanted.values()}
@@ -264,7 +264,7 @@ def create(args, placement, wanted):
                 making.submit(cs.ensure_security_group, args.job, cidr, subnets[0]["vpc"]),
                 making.submit(cs.ensure_instance_profile, args.job, bucket)] + [making.submit(m) for m in extra]
         _, key, group_id, profile = [m.result() for m in made][:4]
-    session = Session(args.job, args.ssh_timeout)
+    connections = Connections(args.job, args.ssh_timeout)
     log("job %s: key %s, security group %s, instance profile %s, bucket %s%s"
         % (args.job, key, group_id, profile, bucket, extra_names))
     pause(args, "launch up to %d machines with %s" % (len(machines), ", ".join(
@@ -272,9 +272,9 @@ def create(args, placement, wanted):
     try:
         ids, missing = launch.launch_all(args, placement, by_type, amis, args.job, group_id, profile, bucket, subnets)
         running, failed = launch.wait_running(ids, timeout=args.ssh_timeout)
-        found = cs.find_nodes(args.job)  # one DescribeInstances: the live ones, and those that failed
-        nodes = [n for t, n in sorted(cs.newest_per_tag([n for n in found if n["state"] in cs.LIVE]).items())
-                 if t in machines and n["status"] not in job_state.STARTED]
+        found = job_state.find_nodes(args.job)  # one DescribeInstances: the live ones, and those that failed
+        live = job_state.newest_per_tag([n for n in found if n["state"] in job_state.LIVE])
+        nodes = [n for t, n in sorted(live.items()) if t in machines and n["status"] not in job_state.STARTED]
         for node in found:
             if node["id"] in failed:
                 missing[node["tag"]] = "its instance %s %s" % (node["id"], failed[node["id"]])
@@ -283,15 +283,15 @@ def create(args, placement, wanted):
         log("%d machines running; copying files and installing" % len(nodes))
         pause(args, "prepare the machines over SSH")
         if nodes:
-            prepare_all(args, nodes, session)
-        return session, missing
+            prepare_all(args, nodes, connections)
+        return connections, missing
     except KeyboardInterrupt:
         raise UserError("interrupted: every machine launched so far is tagged awsrun:job=%s; "
                         "`make status JOB=%s` shows them and `make down JOB=%s` removes them"
                         % (args.job, args.job, args.job), code=130) from None
 
 
-def prepare_all(args, nodes, session):
+def prepare_all(args, nodes, connections):
     """Prepare nodes in parallel, tagging them installing, then ready or install-failed."""
     done, lock = [0], threading.Lock()
 
@@ -300,11 +300,11 @@ def prepare_all(args, nodes, session):
             done[0] += 1
             log("Installation complete on %d / %d boxes" % (done[0], len(nodes)))
 
-    cs.set_status([n["id"] for n in nodes if n["status"] != "ready"], "installing")
+    job_state.set_status([n["id"] for n in nodes if n["status"] != "ready"], "installing")
     with make_bundle(args) as bundle:
-        results = for_each_node(nodes, lambda n: prepare(n, args, bundle, session, progress), args.parallel)
-    cs.set_status([n["id"] for n in nodes if not isinstance(results[n["tag"]], NodeError)], "ready")
-    cs.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "install-failed")
+        results = for_each_node(nodes, lambda n: prepare(n, args, bundle, connections, progress), args.parallel)
+    job_state.set_status([n["id"] for n in nodes if not isinstance(results[n["tag"]], NodeError)], "ready")
+    job_state.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "install-failed")
     return say_results(args, nodes, results, "ready", terminate_failed=not args.keep_failed)
 
 
@@ -344,8 +344,8 @@ def node_files(args, node, row):
     return data.getvalue()
 
 
-def start(node, args, row, session):
-    ssh, code, output = run_on(session, node, "cd %s || exit %d; exec bash .awsrun/start.sh %s" % (
+def start(node, args, row, connections):
+    ssh, code, output = run_on(connections, node, "cd %s || exit %d; exec bash .awsrun/start.sh %s" % (
         remote_dir(node["tag"]), cs.NODE_EXIT["NO_WORK_DIR"], shlex.quote(node["id"])),
         stdin=node_files(args, node, row))
     close(ssh)
@@ -380,17 +380,17 @@ def record_dispatch(args, placement, bucket, nodes, results, rows):
                                           "machines": machines, "rows": rows})
 
 
-def dispatch(args, placement, wanted, session=None, requeue=False):
+def dispatch(args, placement, wanted, connections=None, requeue=False):
     """Start the rows as the placement says: each on its prepared machine, or the pool's workers
     on theirs (the rows queued first); detached, in parallel."""
-    if session is None:  # a later run: the caller may be on another network since create
+    if connections is None:  # a later run: the caller may be on another network since create
         cs.refresh_ssh_rule(args.job)
-    session = session or Session(args.job, args.ssh_timeout)
-    found = cs.find_nodes(args.job, ("running",))
+    connections = connections or Connections(args.job, args.ssh_timeout)
+    found = job_state.find_nodes(args.job, ("running",))
     nodes, rows, queued, tags, unstarted = placement.to_start(found, wanted, requeue)
-    cs.set_status([n["id"] for n in nodes], "running", tags)  # before they start, so their own later tags win
-    results = for_each_node(nodes, lambda n: start(n, args, rows[n["tag"]], session), args.parallel)
-    cs.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
+    job_state.set_status([n["id"] for n in nodes], "running", tags)  # before they start, so their own later tags win
+    results = for_each_node(nodes, lambda n: start(n, args, rows[n["tag"]], connections), args.parallel)
+    job_state.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
     started = {tag: row for tag, row in rows.items() if results[tag] == "started" and row[2] is not None}
     record_dispatch(args, placement, job_state.job_bucket(args.job, found), nodes, results, dict(queued, **started))
     code = say_results(args, nodes, results, placement.started)
@@ -439,7 +439,7 @@ class OnePerRow:
         return []
 
     def to_start(self, found, wanted, requeue):
-        live = cs.newest_per_tag(found)
+        live = job_state.newest_per_tag(found)
         if any(n["pool"] for n in live.values()):
             raise UserError("job %s runs in pool mode: give POOL= (--pool) to dispatch and retry too"
                             % self.args.job, code=2)
@@ -457,7 +457,7 @@ class OnePerRow:
                 {cs.DEADLINE_TAG: cs.now_text(limit)} if limit else None, missing)
 
     def states(self, wanted):
-        nodes = cs.newest_per_tag(cs.find_nodes(self.args.job))
+        nodes = job_state.newest_per_tag(job_state.find_nodes(self.args.job))
         markers = job_state.read_markers(job_state.job_bucket(self.args.job, nodes.values()))
         return {tag: job_state.node_state(nodes.get(tag), markers.get(tag))
                 for tag in wanted if tag in nodes or tag in markers}, []
@@ -597,14 +597,14 @@ def main(argv=None):
             wanted, waiting = retry_plan(placement, wanted)
             if not wanted and not waiting:
                 return 0
-        session, missing = create(args, placement, dict(waiting, **wanted)) if args.create else (None, {})
+        connections, missing = create(args, placement, dict(waiting, **wanted)) if args.create else (None, {})
         rows = placement.launched(wanted, missing)
         try:  # dispatch reuses create's connections; it starts what did launch
             if args.dispatch and (rows or waiting):
-                dispatch(args, placement, rows, session, requeue=args.retry)
+                dispatch(args, placement, rows, connections, requeue=args.retry)
         finally:
-            if session is not None:
-                session.close_all()
+            if connections is not None:
+                connections.close_all()
         placement.left_out(missing)
         return 0
     return cs.run_cli(run_all)

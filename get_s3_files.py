@@ -38,7 +38,7 @@ import cloud_setup as cs
 import job_state
 from cloud_setup import UserError, log
 
-# 32 parallel requests; 8 MB parts for large files; at most 64 x 256 KB chunks queued for
+# 24 parallel requests; files over 256 MB in 8 MB parts; at most 64 x 256 KB chunks queued for
 # writing, so memory stays bounded whatever the file sizes (the default queue holds 1,000).
 TRANSFER = TransferConfig(max_concurrency=24, multipart_threshold=256 << 20, multipart_chunksize=8 << 20,
                           max_io_queue=64)

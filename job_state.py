@@ -1,8 +1,9 @@
-"""Job state: what each tag of a job is doing, from its instances' tags and the outcome markers
-in its bucket, and the commands that read it (status, watch, wait); retry, logs and get_s3_files
-read it too. Runs on the user's machine; the node side uses its key names (marker_key for
-save_results.py, start_key for pool_worker.py), so this file is also copied to every node, next
-to cloud_setup.py.
+"""Job state: the job's instances, found by their tags, and what each tag of the job is doing,
+from those tags and the outcome markers in its bucket; and the commands that read it (status,
+watch, wait). Retry, logs, the report and get_s3_files read it too. Runs on the user's machine,
+and is also copied to every node, next to cloud_setup.py: the node side tags its instance
+(set_status) and names its markers (marker_key for save_results.py, start_key for
+node/pool_worker.py).
 
     python operate.py status JOBNAME      # the table (operate.py keeps the command line)
 """
@@ -24,6 +25,101 @@ STARTED = ("running", "uploading", "upload-failed")  # a node's status once its 
 STATE_GROUPS = [("pending or running", ("pending", "running")), ("shutting down", ("shutting-down",)),
                 ("stopping or stopped", ("stopping", "stopped")), ("terminated", ("terminated",))]
 
+
+# ---------------------------------------------------------------------------- the job's instances, by their tags
+# Every instance of a job carries its tags from the launch call on (launch.py). One launch tags
+# many nodes alike, so a node's own tag is JOB + one of the numbers in ROWS_TAG, picked by its
+# AmiLaunchIndex; the rows are written as runs, which keeps a large launch within a tag value.
+
+def encode_rows(numbers):
+    """[0, 1, 2, 5] -> '0-2,5' and [1, 3, 5, 7] -> '1-7:2': the node numbers of one launch,
+    in launch order, as runs (job files often alternate instance types row by row)."""
+    parts, i = [], 0
+    while i < len(numbers):
+        j = i + 1
+        step = numbers[j] - numbers[i] if j < len(numbers) else 0
+        while j + 1 < len(numbers) and numbers[j + 1] - numbers[j] == step:
+            j += 1
+        if step > 0 and (j - i >= 2 or step == 1):
+            parts.append("%d-%d" % (numbers[i], numbers[j]) + (":%d" % step if step > 1 else ""))
+            i = j + 1
+        else:
+            parts.append(str(numbers[i]))
+            i += 1
+    return ",".join(parts)
+
+
+def decode_rows(text):
+    """'0-2,5' -> [0, 1, 2, 5]: encode_rows() undone."""
+    numbers = []
+    for part in filter(None, text.split(",")):
+        span, _, step = part.partition(":")
+        first, _, last = span.partition("-")
+        numbers.extend(range(int(first), int(last or first) + 1, int(step or 1)))
+    return numbers
+
+
+def launch_batches(numbers, limit=255):
+    """Split node numbers into launches whose encoded rows fit in one tag value."""
+    batches, current = [], []
+    for n in numbers:
+        if current and len(encode_rows(current + [n])) > limit:
+            batches.append(current)
+            current = []
+        current.append(n)
+    return batches + [current] if current else batches
+
+
+def node_from_instance(instance):
+    """The facts awsrun uses about one instance, with its tag worked out."""
+    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+    numbers = decode_rows(tags.get(cs.ROWS_TAG, ""))
+    index = instance.get("AmiLaunchIndex", 0)
+    job, pool_type = tags.get(cs.JOB_TAG, ""), tags.get(cs.POOL_TAG, "")
+    number = numbers[index] if index < len(numbers) else None
+    tag = None if number is None else cs.pool_tag(job, pool_type, number) if pool_type else cs.tag_name(job, number)
+    return {"id": instance["InstanceId"], "type": instance["InstanceType"],
+            "state": instance["State"]["Name"], "job": job, "pool": pool_type, "tag": tag,
+            "bucket": tags.get(cs.BUCKET_TAG, job), "status": tags.get(cs.STATUS_TAG, ""),
+            "error": tags.get(cs.ERROR_TAG, ""), "launched": instance["LaunchTime"],
+            "spot": instance.get("InstanceLifecycle") == "spot",
+            "since": cs.parse_time(tags.get(cs.SINCE_TAG, "")), "progress": tags.get(cs.PROGRESS_TAG, ""),
+            "until": tags.get(cs.UNTIL_TAG, ""), "deadline": tags.get(cs.DEADLINE_TAG, ""),
+            "address": instance.get("PrivateIpAddress", "") if cs.awsrun_env("SSH_ADDRESS", "public") == "private"
+            else instance.get("PublicIpAddress") or instance.get("PublicDnsName") or ""}
+
+
+def set_status(ids, status, extra=None, ec2=None):
+    """Tag instances with a status (and when it began) in one CreateTags call."""
+    if ids:
+        tags = [{"Key": cs.STATUS_TAG, "Value": status}, {"Key": cs.SINCE_TAG, "Value": cs.now_text()}]
+        tags += [{"Key": k, "Value": v} for k, v in (extra or {}).items()]
+        ids = list(ids)
+        for i in range(0, len(ids), 1000):  # CreateTags takes up to 1000 resources
+            (ec2 or cs.client("ec2")).create_tags(Resources=ids[i:i + 1000], Tags=tags)
+
+
+def find_nodes(job, states=None):
+    """Every instance of a job, from one (paginated) DescribeInstances call."""
+    filters = [{"Name": "tag:" + cs.JOB_TAG, "Values": [job]}]
+    if states:
+        filters.append({"Name": "instance-state-name", "Values": list(states)})
+    pages = cs.client("ec2").get_paginator("describe_instances").paginate(Filters=filters)
+    return [node_from_instance(i) for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+
+LIVE = ("pending", "running")
+
+
+def newest_per_tag(nodes):
+    """tag -> the node that stands for it: a live one if any, else the newest."""
+    best = {}
+    for n in sorted(nodes, key=lambda n: (n["state"] in LIVE, n["launched"])):
+        best[n["tag"]] = n
+    return best
+
+
+# ---------------------------------------------------------------------------- status
 
 def count_states():
     """Instances in the account and region, counted by state group."""
@@ -60,7 +156,7 @@ def start_key(tag, instance_id, attempt):
 
 
 def queued_key(instance_type, attempts, numbers):
-    return "%s%s/attempts=%d,rows=%s" % (QUEUED, instance_type, attempts, cs.encode_rows(numbers))
+    return "%s%s/attempts=%d,rows=%s" % (QUEUED, instance_type, attempts, encode_rows(numbers))
 
 
 def write_dispatch(bucket, record):
@@ -121,7 +217,7 @@ def queued(objects, job):
         if o["Key"].startswith(QUEUED):
             itype, _, rest = o["Key"][len(QUEUED):].partition("/")
             attempts, _, rows = rest.partition(",rows=")
-            for n in cs.decode_rows(rows):
+            for n in decode_rows(rows):
                 found[cs.tag_name(job, n)] = {"type": itype, "attempts": int(fields_of(attempts)["attempts"]),
                                               "when": o["LastModified"]}
     return found
@@ -147,7 +243,7 @@ def node_state(node, marker):
     """The state of one tag, from its newest instance and its newest outcome marker. A tag
     whose results are in but whose instance still runs is `succeeded (ending)`: its machine
     has not ended yet, and is still billing."""
-    live = node is not None and node["state"] in cs.LIVE
+    live = node is not None and node["state"] in LIVE
     if marker is not None and not (live and node["launched"] > marker["when"]):
         done = outcome_state(marker)
         if live:
@@ -187,7 +283,7 @@ def pool_row_state(queue, start, marker, machines):
     if rank == 0:
         return "queued", ""
     machine = machines.get(newest["instance"])
-    if machine is not None and machine["state"] in cs.LIVE and machine.get("status") != "upload-failed":
+    if machine is not None and machine["state"] in LIVE and machine.get("status") != "upload-failed":
         return "running", newest["instance"]  # (a held machine has handed back every row it had)
     if queue is not None and newest["attempt"] >= queue["attempts"]:
         return "failed (lost %d times)" % newest["attempt"], newest["instance"]
@@ -197,7 +293,7 @@ def pool_row_state(queue, start, marker, machines):
 def machine_state(node):
     """The state of a pool machine: its own status while it is up; ended once its worker has
     ended it, else lost."""
-    if node["state"] in cs.LIVE:
+    if node["state"] in LIVE:
         if node["status"] in ("installing", "ready", "upload-failed"):
             return node["status"]
         return "working" if node["status"] == "running" else "launching"
@@ -215,7 +311,7 @@ def job_status(job, now=None):
     """One row per tag of the job: tag, instance, type, state, elapsed, progress; in pool mode
     the rows, then the pool machines. Costs one DescribeInstances and one S3 listing, however
     many tags there are."""
-    found = cs.newest_per_tag(cs.find_nodes(job))
+    found = newest_per_tag(find_nodes(job))
     nodes = {t: n for t, n in found.items() if not n["pool"]}
     machines = {t: n for t, n in found.items() if n["pool"]}
     by_id = {n["id"]: n for n in machines.values()}

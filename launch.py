@@ -24,10 +24,17 @@ import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloud_setup import (BUCKET_TAG, JOB_TAG, LIVE, POOL_TAG, ROWS_TAG, UBUNTU_ARCH, UserError, backoff,
-                         bucket_is_ours, caller_cidr, client, client_with, encode_rows, error_code, error_code_in,
-                         find_nodes, group_filters, group_name, job_tags, launch_batches, log, newest_per_tag,
-                         number_of, region, retrying, role_name, setting, terminate, ubuntu_parameter)
+from cloud_setup import (BUCKET_TAG, JOB_TAG, POOL_TAG, ROWS_TAG, UserError, backoff, bucket_is_ours, caller_cidr,
+                         client, client_with, error_code, error_code_in, group_filters, group_name, job_tags, log,
+                         number_of, region, retrying, role_name, awsrun_env, terminate)
+from job_state import LIVE, encode_rows, find_nodes, launch_batches, newest_per_tag
+
+UBUNTU_ARCH = {"x86_64": "amd64", "arm64": "arm64"}  # EC2's architecture -> Ubuntu's name for it
+
+
+def ubuntu_parameter(arch="amd64"):
+    """AWS's public parameter that names the current Ubuntu 24.04 LTS image of an architecture."""
+    return "/aws/service/canonical/ubuntu/server/24.04/stable/current/%s/hvm/ebs-gp3/ami-id" % arch
 
 
 def default_ami(arch="amd64"):
@@ -188,7 +195,7 @@ def launch_params(job, ami, instance_type, numbers, key_name, group_id, profile,
                                      {"ResourceType": "volume", "Tags": tags[:2]}])
     if boot_guard:
         params["UserData"] = BOOT_GUARD % max(1, (boot_guard + 59) // 60)
-    if subnet["public"] or setting("SSH_ADDRESS", "public") == "private":
+    if subnet["public"] or awsrun_env("SSH_ADDRESS", "public") == "private":
         params.update(SubnetId=subnet["id"], SecurityGroupIds=[group_id])
     else:  # a subnet that maps no public IP: ask for one, or the node cannot be reached
         params["NetworkInterfaces"] = [{"DeviceIndex": 0, "SubnetId": subnet["id"], "Groups": [group_id],
@@ -204,7 +211,7 @@ def launch_params(job, ami, instance_type, numbers, key_name, group_id, profile,
 def launch_client():
     """An EC2 client that does not retry by itself: a zone out of capacity must fail at once, so
     that the next zone is tried (botocore would retry its 500 answer). run_instances retries."""
-    return client_with("ec2", retries={"mode": "standard", "max_attempts": 1})
+    return client_with("ec2", attempts=1)
 
 
 def run_instances(params, seconds=300):
@@ -449,7 +456,7 @@ class Preflight:
 
     def network(self):
         self.subnets = launch_subnets(self.args.subnet)
-        private = setting("SSH_ADDRESS", "public") == "private"
+        private = awsrun_env("SSH_ADDRESS", "public") == "private"
         public = sum(s["public"] for s in self.subnets)
         return "VPC %s, %d subnets (%s)%s" % (
             self.subnets[0]["vpc"], len(self.subnets), " ".join(s["zone"] for s in self.subnets),

@@ -24,8 +24,8 @@ def from_node(job, node, install, folder=""):
     """The log read over SSH (from `folder` in the node's work directory: a pool row's), or
     None if the node has none yet."""
     cs.refresh_ssh_rule(job)  # the caller may be on another network since create
-    session = remote.Session(job, timeout=60)
-    ssh = session.connect(node)
+    connections = remote.Connections(job, timeout=60)
+    ssh = connections.connect(node)
     try:
         d = remote.remote_dir(node["tag"]) + ("/" + shlex.quote(folder) if folder else "")
         files = ".awsrun/install.*.log" if install else "screen_output.txt"
@@ -55,7 +55,7 @@ def from_bucket(bucket, tag, install):
 
 
 def logs(job, tag, install=False):
-    nodes = cs.newest_per_tag(cs.find_nodes(job))
+    nodes = job_state.newest_per_tag(job_state.find_nodes(job))
     node, folder = nodes.get(tag), ""
     if node is None:  # pool mode: the machine that runs the row now, if any
         start = job_state.starts(job_state.list_markers(job_state.job_bucket(job, nodes.values()))).get(tag)

@@ -15,8 +15,6 @@ helpers the Makefile uses. Runs on the user's machine.
 from __future__ import annotations
 
 import argparse
-import functools
-import os
 import shutil
 import sys
 
@@ -31,7 +29,7 @@ from cloud_setup import UserError, log
 
 def down(job, timeout=600):
     """Terminate every instance of the job, wait until they have terminated, list them."""
-    nodes = [n for n in cs.find_nodes(job) if n["state"] != "terminated"]
+    nodes = [n for n in job_state.find_nodes(job) if n["state"] != "terminated"]
     ids = [n["id"] for n in nodes]
     if ids:
         cs.terminate(ids)
@@ -48,51 +46,19 @@ def down(job, timeout=600):
 def clean(job, delete_bucket=False, timeout=600):
     """down(), then delete the job's security group, key pair (and ~/.ssh/JOB.pem), role and
     instance profile, queues (pool mode), and awsrun's state for it; the bucket too only if asked."""
-    bucket = job_state.job_bucket(job, cs.find_nodes(job))
+    bucket = job_state.job_bucket(job, job_state.find_nodes(job))
     down(job, timeout)
-    ec2, iam, name = cs.client("ec2"), cs.client("iam"), cs.role_name(job)
-    groups = ec2.describe_security_groups(Filters=cs.group_filters(job))
-    for group in groups["SecurityGroups"]:  # a just-terminated instance holds its group for a while
-        cs.retrying(functools.partial(ec2.delete_security_group, GroupId=group["GroupId"]),
-                    cs.error_code_in("DependencyViolation"), timeout, first=1.0, cap=10.0)
-    # Only a key pair that exists: IAM checks the job tag of the key pair named, so deleting
-    # one that is gone already is refused, not ignored.
-    for pair in ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [job]}])["KeyPairs"]:
-        ec2.delete_key_pair(KeyName=pair["KeyName"])
-    if os.path.exists(cs.key_path(job)):
-        os.remove(cs.key_path(job))
-    try:
-        for role in iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]:
-            iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=role["RoleName"])
-        iam.delete_instance_profile(InstanceProfileName=name)
-    except iam.exceptions.NoSuchEntityException:
-        pass
-    try:
-        for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
-            iam.delete_role_policy(RoleName=name, PolicyName=policy)
-        iam.delete_role(RoleName=name)
-    except iam.exceptions.NoSuchEntityException:
-        pass
+    cs.delete_security_group(job, timeout)
+    cs.delete_key_pair(job)
+    cs.delete_instance_profile(job)
     queues = pool.delete_queues(job)
     shutil.rmtree(cs.state_dir(job), ignore_errors=True)
     made = "security group, key pair, role, instance profile" + (", %d queues" % queues if queues else "")
     if delete_bucket:
-        delete_whole_bucket(bucket)
+        cs.delete_bucket(bucket)
         log("job %s: %s and bucket %s deleted" % (job, made, bucket))
     else:
         log("job %s: %s deleted; bucket %s kept (DELETE_BUCKET=yes deletes it)" % (job, made, bucket))
-
-
-def delete_whole_bucket(bucket):
-    s3 = cs.client("s3")
-    try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
-        s3.delete_bucket(Bucket=bucket)
-    except s3.exceptions.NoSuchBucket:
-        pass
 
 
 def main(argv=None):
@@ -112,7 +78,7 @@ def main(argv=None):
     clean_cmd.add_argument("job")
     clean_cmd.add_argument("--delete-bucket", action="store_true", help="delete the results bucket too")
     ami_cmd = sub.add_parser("default-ami", help="print the current Ubuntu LTS AMI of the region")
-    ami_cmd.add_argument("--arch", choices=sorted(cs.UBUNTU_ARCH.values()), default="amd64")
+    ami_cmd.add_argument("--arch", choices=sorted(launch.UBUNTU_ARCH.values()), default="amd64")
     name = sub.add_parser("job-name", help="print the default job name for a job file")
     name.add_argument("jobfile")
     args = parser.parse_args(argv)

@@ -37,13 +37,13 @@ MAX_RUNTIME = 11 * 3600
 def lease():
     """Seconds a pool row's message stays invisible without a heartbeat: a lost machine's row
     is back in the queue this long after the loss."""
-    return int(cs.setting("POOL_LEASE", 120))
+    return int(cs.awsrun_env("POOL_LEASE", 120))
 
 
 def idle():
     """Seconds a pool machine waits on an empty queue before it ends itself: longer than the
     lease, so that a row lost near the end still finds a machine."""
-    return int(cs.setting("POOL_IDLE", lease() + 60))
+    return int(cs.awsrun_env("POOL_IDLE", lease() + 60))
 
 
 def queue_name(job, instance_type):
@@ -169,7 +169,7 @@ def enqueue(job, bucket, wanted, urls, attempts):
     for tag, (line, itype, command) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
         by_type.setdefault(itype, []).append((cs.number_of(job, tag), tag, line, command))
     for itype, rows in sorted(by_type.items()):
-        for numbers in cs.launch_batches([n for n, _, _, _ in rows], limit=700):
+        for numbers in job_state.launch_batches([n for n, _, _, _ in rows], limit=700):
             s3.put_object(Bucket=bucket, Key=job_state.queued_key(itype, attempts, numbers), Body=b"")
     calls = []
     for itype, rows in sorted(by_type.items()):
@@ -247,7 +247,7 @@ class Pool:
     def to_start(self, found, wanted, requeue):
         """Queue the rows never queued before (with requeue, every one given); then the prepared
         pool machines that run no worker yet, each to start one."""
-        machines = {t: n for t, n in cs.newest_per_tag(found).items() if n["pool"]}
+        machines = {t: n for t, n in job_state.newest_per_tag(found).items() if n["pool"]}
         bucket = job_state.job_bucket(self.job, found)
         if not requeue:
             queued = job_state.queued(job_state.list_markers(bucket), self.job)

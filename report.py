@@ -33,7 +33,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 import cloud_setup as cs
@@ -260,8 +259,7 @@ def price_list(used, prices_file=None, pricing=None, ec2=None):
         if any(not spot for _, spot in used):
             if pricing is None:
                 with cs.SESSION_LOCK:
-                    pricing = cs.session().client("pricing", region_name=PRICE_REGION, config=Config(
-                        retries={"mode": "standard", "max_attempts": 3}))
+                    pricing = cs.session().client("pricing", region_name=PRICE_REGION, config=cs.retries(3))
             for itype, spot in used:
                 if not spot:
                     found[(itype, spot)] = on_demand_price(pricing, itype, cs.region())
@@ -522,7 +520,7 @@ def report(job, out, prices_file=None):
     if prices_file:
         prices_from_file(prices_file)  # a mistake in it is said before anything is read
     s3, bucket, objects, dispatches, manifests = load(job)
-    live = {n["id"] for n in cs.find_nodes(job) if n["state"] in cs.LIVE}
+    live = {n["id"] for n in job_state.find_nodes(job) if n["state"] in job_state.LIVE}
     rows, machines = build(job, objects, dispatches, manifests, live, now)
     used = usage(machines)
     prices, source = price_list(used, prices_file) if used else ({}, "no machine times are known")

@@ -52,6 +52,7 @@ import time
 import urllib.parse
 
 import cloud_setup as cs
+import launch
 from testbed import sandbox_ec2, sandbox_iam
 from testbed.sandbox_ec2 import (ACCOUNT, REGION, MotoWorld, instance_role, kill_processes_under, play_ec2, power_off,
                          processes_under)
@@ -157,11 +158,11 @@ class Sandbox:
         ec2 = boto3.client("ec2", endpoint_url=self.endpoint, region_name=REGION,
                            aws_access_key_id=ADMIN_KEY, aws_secret_access_key=ADMIN_KEY)
         params = ssm_backends[ACCOUNT][REGION]._parameters
-        for arch, ubuntu in sorted(cs.UBUNTU_ARCH.items()):
+        for arch, ubuntu in sorted(launch.UBUNTU_ARCH.items()):
             ami = ec2.register_image(Name=UBUNTU_NAME % ubuntu, Architecture=arch,
                                      RootDeviceName="/dev/sda1")["ImageId"]
             sandbox_ec2.ec2_backend().amis[ami].architecture = arch  # moto's RegisterImage drops it
-            name = cs.ubuntu_parameter(ubuntu)
+            name = launch.ubuntu_parameter(ubuntu)
             params[name].append(Parameter(
                 account_id=ACCOUNT, name=name, value=ami, parameter_type="String",
                 description=None, allowed_pattern=None, keyid=None, last_modified_date=time.time(),

@@ -19,7 +19,7 @@ with awsrun:until, and run.sh keeps it up until then so that nothing is lost; an
 crash) and run.sh shuts it down.
 
 Reads .awsrun/ in the work directory: node.json (written by the dispatcher) and started,
-ended and exit_code (written by run.sh, or by pool_worker.py for a pool row); needs only the
+ended and exit_code (written by node/row.sh, the one row runner); needs only the
 standard library and boto3, on Python 3.8 or later.
 """
 from __future__ import annotations
@@ -174,7 +174,7 @@ def clients(node):
 def mark(ec2, node, status, extra=None):
     """Tag this node's status; a failure to tag is reported, never fatal."""
     try:
-        cs.set_status([node["instance_id"]], status, extra, ec2=ec2)
+        job_state.set_status([node["instance_id"]], status, extra, ec2=ec2)
     except (BotoCoreError, ClientError) as e:
         print("could not tag this node %s: %s" % (status, e), file=sys.stderr)
 

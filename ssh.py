@@ -1,5 +1,5 @@
 """SSH to the nodes, with paramiko: host keys trusted on first use and remembered per instance
-id, one job's sessions (its key, its known hosts, connections kept between steps), commands run
+id, one job's connections (its key, its known hosts, connections kept between steps), commands run
 with a deadline, and work run on many nodes at once with each node's result or error collected.
 Ctrl-C (STOP) makes every node's work give up at once. Runs on the user's machine; dispatcher.py
 and logs.py use it.
@@ -62,7 +62,7 @@ class HostKeyMemory:
             self.keys.save(self.path)
 
 
-class Session:
+class Connections:
     """What every SSH connection of one job shares: its key and its known host keys."""
 
     def __init__(self, job, timeout):
@@ -95,8 +95,8 @@ class Session:
 
 
 def ssh_target(node):
-    return (cs.setting("SSH_HOST", node["address"]), int(cs.setting("SSH_PORT", 22)),
-            cs.setting("SSH_USER", "ubuntu"))
+    return (cs.awsrun_env("SSH_HOST", node["address"]), int(cs.awsrun_env("SSH_PORT", 22)),
+            cs.awsrun_env("SSH_USER", "ubuntu"))
 
 
 def connect(node, pkey, policy, deadline):
@@ -189,13 +189,13 @@ def run(ssh, command, stdin=None, timeout=60):
         chan.close()
 
 
-def run_on(session, node, command, stdin=None, timeout=60):
+def run_on(connections, node, command, stdin=None, timeout=60):
     """Run a command on a node, over the connection kept from an earlier step or a new one.
     A node that takes the login but cannot open a session yet is retried until the SSH
     deadline. Returns (connection, exit code, output); close the connection or keep it."""
-    deadline = time.monotonic() + session.timeout
+    deadline = time.monotonic() + connections.timeout
     for delay in cs.backoff(deadline, first=0.5):
-        ssh = session.kept(node)
+        ssh = connections.kept(node)
         try:
             return (ssh,) + run(ssh, command, stdin() if callable(stdin) else stdin, timeout)
         except NotReady as e:
@@ -209,7 +209,7 @@ def run_on(session, node, command, stdin=None, timeout=60):
 
 def remote_dir(tag):
     """The node's work directory, quoted for the remote shell: REMOTE_ROOT/TAG."""
-    root = cs.setting("REMOTE_ROOT", "~/awsrun")
+    root = cs.awsrun_env("REMOTE_ROOT", "~/awsrun")
     if root == "~" or root.startswith("~/"):
         return '"$HOME"/' + shlex.quote((root[2:] + "/" + tag).lstrip("/"))
     return shlex.quote(os.path.join(root, tag))

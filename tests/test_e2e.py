@@ -7,7 +7,7 @@ import subprocess
 import time
 
 
-import cloud_setup as cs
+import launch
 from conftest import ROOT, write
 
 
@@ -228,7 +228,7 @@ def test_auto_ami_gives_each_type_the_image_of_its_architecture(box, tmp_path):
     assert run.returncode == 0, run.stderr
     wait_finished(box, job)
     ssm = box.client("ssm")
-    image = {arch: ssm.get_parameter(Name=cs.ubuntu_parameter(arch))["Parameter"]["Value"]
+    image = {arch: ssm.get_parameter(Name=launch.ubuntu_parameter(arch))["Parameter"]["Value"]
              for arch in ("amd64", "arm64")}
     assert image["amd64"] != image["arm64"]
     assert {i["InstanceType"]: i["ImageId"] for i in box.instances(job)} == {

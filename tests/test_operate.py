@@ -10,6 +10,7 @@ import time
 import pytest
 
 import cloud_setup as cs
+import job_state
 import launch
 from conftest import ROOT, write
 
@@ -112,14 +113,14 @@ def test_launching_uploading_and_install_failed_states(box, tmp_path, monkeypatc
     import cloud_setup as cs
     cs.client.cache_clear()
     cs.session.cache_clear()
-    node = cs.find_nodes(job)[0]
+    node = job_state.find_nodes(job)[0]
     launch.launch(job, node and box.ec2.describe_images(Owners=["self"])["Images"][0]["ImageId"], "t3.micro", [1],
               job, box.ec2.describe_security_groups(GroupNames=["awsrun-" + job])["SecurityGroups"][0]["GroupId"],
               "awsrun-%s-node" % job, job, launch.launch_subnets())
     assert states(box, job)["op-more1"] == "launching"
     # The node's own uploader marks the time between the command's end and its results' arrival:
-    one = cs.newest_per_tag(cs.find_nodes(job, cs.LIVE))["op-more1"]
-    cs.set_status([one["id"]], "uploading")
+    one = job_state.newest_per_tag(job_state.find_nodes(job, job_state.LIVE))["op-more1"]
+    job_state.set_status([one["id"]], "uploading")
     assert states(box, job)["op-more1"] == "uploading"
     cs.client.cache_clear()
     cs.session.cache_clear()

@@ -102,20 +102,20 @@ def test_default_job_name_is_bucket_safe(monkeypatch):
 
 
 def test_rows_tag_round_trips_and_fits_a_tag_value():
-    assert cs.encode_rows([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
-    assert cs.decode_rows("0-2,5,7-8") == [0, 1, 2, 5, 7, 8]
+    assert job_state.encode_rows([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert job_state.decode_rows("0-2,5,7-8") == [0, 1, 2, 5, 7, 8]
     numbers = list(range(0, 2000, 2))
-    batches = cs.launch_batches(numbers)
+    batches = job_state.launch_batches(numbers)
     assert sum(batches, []) == numbers
-    assert all(len(cs.encode_rows(b)) <= 255 for b in batches)
-    assert cs.launch_batches(list(range(500))) == [list(range(500))]
-    assert cs.encode_rows(list(range(1, 512, 2))) == "1-511:2"  # rows alternating between two types
-    assert cs.decode_rows("1-511:2,600,700-702") == list(range(1, 512, 2)) + [600, 700, 701, 702]
+    assert all(len(job_state.encode_rows(b)) <= 255 for b in batches)
+    assert job_state.launch_batches(list(range(500))) == [list(range(500))]
+    assert job_state.encode_rows(list(range(1, 512, 2))) == "1-511:2"  # rows alternating between two types
+    assert job_state.decode_rows("1-511:2,600,700-702") == list(range(1, 512, 2)) + [600, 700, 701, 702]
     import random
     scattered = sorted(random.Random(3).sample(range(5000), 400))
-    batches = cs.launch_batches(scattered)
-    assert sum(batches, []) == scattered and all(len(cs.encode_rows(b)) <= 255 for b in batches)
-    assert all(cs.decode_rows(cs.encode_rows(b)) == b for b in batches)
+    batches = job_state.launch_batches(scattered)
+    assert sum(batches, []) == scattered and all(len(job_state.encode_rows(b)) <= 255 for b in batches)
+    assert all(job_state.decode_rows(job_state.encode_rows(b)) == b for b in batches)
 
 
 # ---------------------------------------------------------------------------- images and types
@@ -265,7 +265,7 @@ def test_one_run_instances_call_per_type_and_every_instance_tagged(aws):
     launch, calls = launch_setup(aws, "job-a", ROWS)
     assert len(launch()[0]) == 5
     assert len(calls) == 2
-    nodes = cs.find_nodes("job-a")
+    nodes = job_state.find_nodes("job-a")
     assert sorted((n["tag"], n["type"]) for n in nodes) == [
         ("job-a0", "t3.micro"), ("job-a1", "t3.small"), ("job-a2", "t3.micro"),
         ("job-a3", "t3.micro"), ("job-a4", "t3.small")]
@@ -277,10 +277,10 @@ def test_create_again_launches_only_missing_tags(aws):
     first, _ = launch()
     assert launch() == ([], {}) and len(calls) == 2  # nothing missing: nothing launched
     assert len(instance_states(aws)) == 5
-    gone = [n for n in cs.find_nodes("job-a") if n["tag"] == "job-a3"][0]
+    gone = [n for n in job_state.find_nodes("job-a") if n["tag"] == "job-a3"][0]
     aws.terminate_instances(InstanceIds=[gone["id"]])
     assert len(set(launch()[0]) - set(first)) == 1 and len(calls) == 3
-    live = cs.newest_per_tag(cs.find_nodes("job-a", cs.LIVE))
+    live = job_state.newest_per_tag(job_state.find_nodes("job-a", job_state.LIVE))
     assert sorted(live) == ["job-a0", "job-a1", "job-a2", "job-a3", "job-a4"]
     assert live["job-a3"]["id"] != gone["id"]
 
@@ -288,7 +288,7 @@ def test_create_again_launches_only_missing_tags(aws):
 def test_status_counts_instances_by_state(aws, capsys):
     launch, _ = launch_setup(aws, "job-a", ROWS)
     launch()
-    aws.terminate_instances(InstanceIds=[cs.find_nodes("job-a")[0]["id"]])
+    aws.terminate_instances(InstanceIds=[job_state.find_nodes("job-a")[0]["id"]])
     job_state.print_num_running()
     assert capsys.readouterr().out == ("pending or running:  4\nshutting down:       0\n"
                                       "stopping or stopped: 0\nterminated:          1\n")
@@ -515,9 +515,9 @@ def test_host_keys_are_remembered_per_instance_not_per_address(tmp_path):
 def test_nodes_reached_by_private_address_when_asked(aws, monkeypatch):
     instance = {"InstanceId": "i-1", "InstanceType": "t3.micro", "State": {"Name": "running"}, "LaunchTime": 0,
                 "PublicIpAddress": "203.0.113.5", "PrivateIpAddress": "10.0.0.5", "Tags": []}
-    assert cs.node_from_instance(instance)["address"] == "203.0.113.5"
+    assert job_state.node_from_instance(instance)["address"] == "203.0.113.5"
     monkeypatch.setenv("AWSRUN_SSH_ADDRESS", "private")
-    assert cs.node_from_instance(instance)["address"] == "10.0.0.5"
+    assert job_state.node_from_instance(instance)["address"] == "10.0.0.5"
 
 
 @pytest.mark.parametrize("itype, family", [("t3.micro", "standard"), ("c7i.large", "standard"), ("g5.xlarge", "g"),
@@ -582,7 +582,8 @@ def test_state_of_a_pool_row_from_its_queued_start_and_outcome_markers():
 
 def test_queued_markers_name_hundreds_of_rows_in_one_key_and_round_trip():
     import datetime
-    keys = [job_state.queued_key("t3.micro", 3, numbers) for numbers in cs.launch_batches(list(range(0, 1000, 3)), 700)]
+    batches = job_state.launch_batches(list(range(0, 1000, 3)), 700)
+    keys = [job_state.queued_key("t3.micro", 3, numbers) for numbers in batches]
     assert len(keys) == 1 and len(keys[0]) < 1024
     when = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
     found = job_state.queued([{"Key": k, "LastModified": when} for k in keys], "j")
