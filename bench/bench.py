@@ -505,7 +505,7 @@ def main(argv=None):
         raise SystemExit("the fetch benchmark needs rclone: sudo apt-get install rclone")
     if set(parts) & {"fetch", "upload"} and not os.path.exists(AWS_CLI):
         raise SystemExit("the benchmark needs the AWS CLI in .venv-bench: run `make bench`")
-    import sandbox
+    from testbed import sandbox_server as sandbox
     work = tempfile.mkdtemp(prefix="awsrun-bench-")
     box = sandbox.Sandbox(os.path.join(work, "sandbox")).start()
     started = time.perf_counter()

@@ -1,2 +1,2 @@
-"""The sandbox's modules: its IAM (sandbox_iam) and its account (sandbox_ec2). sandbox.py, at the
-top, is its entry point."""
+"""The sandbox's modules: the sandbox itself (sandbox_server), its IAM (sandbox_iam) and its
+account (sandbox_ec2). sandbox.py, at the top, is its entry point."""

@@ -2,7 +2,7 @@
 a launch gets its instance profile; a launch places MinCount to MaxCount instances, as many as
 the account's quotas allow; cloud-init runs an instance's user data; Service Quotas answers for
 EC2; an OS shutdown ends the instance; an account can have no default VPC, or default subnets
-that map no public IP. Used by sandbox.py on the user's machine only.
+that map no public IP. Used by sandbox_server.py on the user's machine only.
 
 The account's settings come from AWSRUN_SANDBOX_ACCOUNT (JSON) when the sandbox starts, or from
 DIR/account.json at any time:
@@ -153,7 +153,7 @@ def kill_processes_under(folder):
 
 def launch_up_to_max_count():
     """As on EC2, a launch gets MaxCount instances when there is room for them; moto launches
-    MinCount. (sandbox.py first lowers MaxCount to what the account's quotas allow.)"""
+    MinCount. (sandbox_server.py first lowers MaxCount to what the account's quotas allow.)"""
     from moto.ec2.responses.instances import InstanceResponse
     original = getattr(InstanceResponse.run_instances, "awsrun_original", InstanceResponse.run_instances)
 
@@ -167,7 +167,7 @@ def launch_up_to_max_count():
 
 def leave_bucket_policies_to_the_gate():
     """moto judges a bucket's policy itself, and wrongly: a statement with any condition counts
-    as a Deny (so a Deny of plain HTTP refuses every request). sandbox.py's gate weighs bucket
+    as a Deny (so a Deny of plain HTTP refuses every request). sandbox_server.py's gate weighs bucket
     policies as S3 does (sandbox_iam.combine), so moto's own verdict is left out."""
     from moto.iam.access_control import PermissionResult
     from moto.s3.models import FakeBucket

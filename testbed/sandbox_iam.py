@@ -1,5 +1,5 @@
 """The sandbox's IAM: which IAM actions on which resources an AWS request needs, and whether a
-policy allows them, decided the way IAM decides. Used by sandbox.py on every request its AWS
+policy allows them, decided the way IAM decides. Used by sandbox_server.py on every request its AWS
 receives; runs on the user's machine only (the sandbox), never on a node.
 
 moto's own enforcement cannot judge our policies: for EC2, IAM and SSM it matches every
@@ -230,7 +230,7 @@ SPOT_ROLE = "aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot"
 
 class World:
     """What the authorizer needs to know of AWS's state: account, region and resource tags.
-    sandbox.py fills it from moto's backends; tests give a plain one."""
+    sandbox_server.py fills it from moto's backends; tests give a plain one."""
 
     account = "123456789012"
 

@@ -5,7 +5,7 @@ change this machine. Every call is logged. The power commands (also through sudo
 calling node's instance as on EC2: shutdown ends it (now, +M minutes, or -c to cancel).
 Everything else is refused. Standard library only, no site packages: it starts in a few
 milliseconds, as the real commands do. Its settings (the log, the sandbox's port, the power
-commands: sandbox.py's POWER) are in standin.json beside the link."""
+commands: sandbox_server.py's POWER) are in standin.json beside the link."""
 import json
 import os
 import socket

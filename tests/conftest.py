@@ -137,7 +137,7 @@ def deliberate(entry):
 
 
 def iam_decisions(env):
-    """Every IAM decision the sandbox has recorded so far (sandbox.py: DIR/iam.jsonl)."""
+    """Every IAM decision the sandbox has recorded so far (testbed/sandbox_server.py: DIR/iam.jsonl)."""
     try:
         with open(os.path.join(env["AWSRUN_SANDBOX"], "iam.jsonl")) as f:
             return [json.loads(line) for line in f]
@@ -212,13 +212,13 @@ class Sandbox:
         return sum(1 for e in self.decisions()[self.fault_mark:] if e.get("fault") == code)
 
     def interrupt(self, instance_id):
-        """Show a spot instance EC2's interruption notice (sandbox.py: interruptions.json)."""
+        """Show a spot instance EC2's interruption notice (testbed/sandbox_server.py: interruptions.json)."""
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))
         with open(os.path.join(self.env["AWSRUN_SANDBOX"], "interruptions.json"), "w") as f:
             json.dump({instance_id: when}, f)
 
     def faults(self, rules):
-        """Make the sandbox's AWS answer with these errors (sandbox.py: faults on demand).
+        """Make the sandbox's AWS answer with these errors (testbed/sandbox_server.py: faults on demand).
         fault_hits() counts only those answered from here on, not an earlier test's."""
         self.fault_mark = len(self.decisions())
         with open(os.path.join(self.env["AWSRUN_SANDBOX"], "faults.json"), "w") as f:

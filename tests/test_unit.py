@@ -528,7 +528,7 @@ def test_instance_types_map_to_their_vcpu_quota(itype, family):
 
 
 def test_the_sandbox_says_what_it_needs_off_linux(monkeypatch, capsys, tmp_path):
-    import sandbox
+    from testbed import sandbox_server as sandbox
     monkeypatch.setattr(sandbox.sys, "platform", "darwin")
     monkeypatch.setattr(sandbox.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "box"))
     assert sandbox.main(["run", "--", "true"]) == 1
@@ -643,7 +643,7 @@ def test_the_pool_worker_sees_a_spot_interruption_notice(monkeypatch):
 
 
 def test_the_sandbox_finds_a_metadata_caller_past_an_old_connection_from_the_same_port():
-    import sandbox
+    from testbed import sandbox_server as sandbox
     header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
     old = "   0: 0100007F:A1B2 0100007F:1F90 06 00000000:00000000 03:00000A2B 00000000     0        0 0 3 0\n"
     new = "   1: 0100007F:A1B2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 98765 1 0\n"

@@ -1,0 +1,730 @@
+"""The sandbox itself: the local stand-in for AWS, a moto server and a real OpenSSH sshd, both on
+127.0.0.1. Linux only; sandbox.py at the top is its entry point (make demo and the tests start
+it through that), and the rest of testbed/ its IAM, its account and the nodes' stand-ins.
+
+    python sandbox.py run -- make _demo     # start it, run a command inside it, stop it
+    python sandbox.py run -- bash           # a shell whose awsrun commands all go to the sandbox
+    python sandbox.py serve DIR             # run until stopped; DIR/env.json says how to reach it
+
+boto3 talks to the moto server over HTTP (AWS_ENDPOINT_URL). One sshd stands in for every
+node: each node gets its own work directory under DIR/nodes. The sandbox is as strict as a
+real account (README, "What the sandbox checks"):
+
+- IAM checked: every request is authorized as IAM would (testbed/sandbox_iam.py), for the user against
+  awsrun-user-policy.json and for a node against its role's policy in moto, and denied with
+  AWS's error if a permission is missing. Every decision is appended to DIR/iam.jsonl.
+- Node credentials the EC2 way: a metadata service on 127.0.0.1 hands each node temporary keys
+  for its own instance profile's role (botocore finds it through
+  AWS_EC2_METADATA_SERVICE_ENDPOINT); the node is told apart by the process that asks.
+- Node image: node sessions run the Python of .venv-node, pinned to Ubuntu 24.04's boto3.
+- Like EC2: a launched key pair may log in (as cloud-init would); a terminated instance's
+  processes end; `shutdown` on a node terminates its instance (InstanceInitiatedShutdownBehavior).
+- Spot interruptions on demand: DIR/interruptions.json names the instances whose metadata
+  shows EC2's two-minute interruption notice.
+- Faults on demand: DIR/faults.json (or AWSRUN_SANDBOX_FAULTS at start) lists AWS errors to
+  answer instead, e.g. [{"action": "s3:PutObject", "principal": "node*", "code": "SlowDown",
+  "status": 503, "times": 2}].
+
+Nothing here touches the machine outside DIR, except the empty privilege separation folder
+/run/sshd that a root sshd requires (its service would make it). `shutdown`, `apt-get` and
+`sudo` are stand-ins on the nodes' PATH.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import getpass
+import http.server
+import io
+import json
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+
+import cloud_setup as cs
+import launch
+from testbed import sandbox_ec2, sandbox_iam
+from testbed.sandbox_ec2 import (ACCOUNT, REGION, MotoWorld, instance_role, kill_processes_under, play_ec2, power_off,
+                         processes_under)
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
+
+USER_KEY, ADMIN_KEY = "sandbox", "sandbox-admin"  # the user's access key; the tests' own, unchecked
+USER_ARN = "arn:aws:iam::%s:user/awsrun-user" % ACCOUNT
+NODE_VENV = os.path.join(HERE, ".venv-node")
+UBUNTU_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-%s-server-sandbox"
+POWER = ("shutdown", "poweroff", "reboot", "halt")
+STANDINS = POWER + ("apt-get", "apt", "sudo")
+STANDIN = os.path.join(HERE, "testbed", "standin.py")        # each stand-in is a link to it
+NODE_SHELL = os.path.join(HERE, "testbed", "node-shell.sh")  # sshd's ForceCommand
+
+
+class SandboxError(Exception):
+    pass
+
+
+def find_sshd():
+    for path in (shutil.which("sshd"), "/usr/sbin/sshd"):
+        if path and os.path.exists(path):
+            return path
+    raise SandboxError("sshd is missing: install it with `sudo apt-get install openssh-server` "
+                       "(Debian/Ubuntu) or `sudo dnf install openssh-server`")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sandbox:
+    """A moto server behind the IAM gate, a metadata service, and an sshd, under `folder`."""
+
+    def __init__(self, folder):
+        self.dir = os.path.abspath(folder)
+        self.moto = self.plain = self.sshd = self.imds = None
+        self.lock = threading.Lock()
+        self.node_keys = {}     # access key -> (instance id, role name)
+        self.credentials = {}   # instance id -> the metadata service's answer
+        self.power = {}         # instance id -> the timer of its scheduled shutdown
+        self.fault_hits = {}
+        self.queues_born = {}   # queue name -> when the sandbox saw it created
+        self.imds_tokens = {}   # IMDSv2 session token -> when it expires (monotonic)
+        self.world = MotoWorld()
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def start(self):
+        if not sys.platform.startswith("linux"):
+            raise SandboxError("the sandbox runs its nodes on this machine with Linux's tools (setsid, GNU "
+                               "timeout, /proc): use Linux, or WSL on Windows; awsrun itself, on AWS, needs "
+                               "only Python and SSH")
+        sshd = find_sshd()
+        node_python = os.path.join(setting_node_venv(), "bin", "python3")
+        if not os.path.exists(node_python):
+            raise SandboxError("the node image's Python is missing: run `make node-venv` (it installs "
+                               "requirements-node.txt into %s)" % setting_node_venv())
+        if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
+            os.makedirs("/run/sshd", mode=0o755)  # what the openssh-server service would make
+        for sub in ("ssh", "bin", "nodes", "keys", "state", "aws"):
+            os.makedirs(self.path(sub), mode=0o700, exist_ok=True)
+        for name, variable in (("faults.json", "AWSRUN_SANDBOX_FAULTS"), ("account.json", "AWSRUN_SANDBOX_ACCOUNT")):
+            if os.environ.get(variable):
+                with open(self.path(name), "w") as f:
+                    f.write(os.environ[variable])
+        self.node_path = ":".join([self.path("bin"), os.path.dirname(node_python),
+                                   "/usr/local/bin", "/usr/bin", "/bin"])
+        self.start_moto()
+        sandbox_ec2.shape_network(self.account())
+        self.start_imds()
+        self.start_sshd(sshd)
+        return self
+
+    # -- AWS, behind the IAM gate
+
+    def start_moto(self):
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        app = DomainDispatcherApplication(create_backend_app)
+        self.moto = make_server("127.0.0.1", 0, lambda env, start: self.gate(app, env, start), threaded=True)
+        # The same AWS as it answers a request sent without TLS (aws:SecureTransport false): the
+        # main endpoint stands for AWS's HTTPS endpoints, which botocore uses.
+        self.plain = make_server("127.0.0.1", 0, lambda env, start: self.gate(app, dict(env, plain=True), start),
+                                 threaded=True)
+        for server in (self.moto, self.plain):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.endpoint = "http://127.0.0.1:%d" % self.moto.server_port
+        play_ec2(self.path("ssh", "authorized_keys"), self.path("nodes"), self.node_path, self.account)
+        sandbox_ec2.leave_bucket_policies_to_the_gate()
+        self.seed_ubuntu()
+
+    def seed_ubuntu(self):
+        """Ubuntu images for amd64 and arm64, and the public parameters that name them, as in a
+        real region. self.ami is the amd64 one."""
+        import boto3
+        from moto.ssm.models import Parameter, ssm_backends
+        ec2 = boto3.client("ec2", endpoint_url=self.endpoint, region_name=REGION,
+                           aws_access_key_id=ADMIN_KEY, aws_secret_access_key=ADMIN_KEY)
+        params = ssm_backends[ACCOUNT][REGION]._parameters
+        for arch, ubuntu in sorted(launch.UBUNTU_ARCH.items()):
+            ami = ec2.register_image(Name=UBUNTU_NAME % ubuntu, Architecture=arch,
+                                     RootDeviceName="/dev/sda1")["ImageId"]
+            sandbox_ec2.ec2_backend().amis[ami].architecture = arch  # moto's RegisterImage drops it
+            name = launch.ubuntu_parameter(ubuntu)
+            params[name].append(Parameter(
+                account_id=ACCOUNT, name=name, value=ami, parameter_type="String",
+                description=None, allowed_pattern=None, keyid=None, last_modified_date=time.time(),
+                version=1, data_type="aws:ec2:image"))
+            if ubuntu == "amd64":
+                self.ami = ami
+
+    def gate(self, app, environ, start_response):
+        """Authorize one request as IAM would, or answer a fault; else pass it to moto."""
+        from werkzeug.wrappers import Request
+        headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
+        headers["content-type"] = environ.get("CONTENT_TYPE", "")
+        method, query = environ["REQUEST_METHOD"], environ.get("QUERY_STRING", "")
+        body = b""
+        if sandbox_iam.needs_body(sandbox_iam.scope(headers, query)[2], method):  # not S3's uploads: they pass
+            body = Request(environ).get_data()
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+        request = sandbox_iam.parse(method, environ.get("PATH_INFO", ""), query, headers, body)
+        request["secure"] = not environ.get("plain")
+        answer = self.authorize(request) or self.play_account(request, environ)
+        if answer is None:
+            return app(environ, start_response)
+        if not body:  # an upload refused here: read it first, as S3 does, or the closing socket
+            Request(environ).get_data()  # resets the connection and the caller retries in vain
+        status, response_headers, payload = answer
+        start_response("%d %s" % (status, http.server.BaseHTTPRequestHandler.responses.get(status, ("",))[0]),
+                       response_headers + [("Content-Length", str(len(payload)))])
+        return [payload]
+
+    def principal(self, key):
+        """(name, ARN, policies) of the signer of a request; None for the tests' own key, and for
+        the keys of another account (OTHER_ACCOUNT's, made by assuming a role there): that
+        account's own administrator, whose policies are not awsrun's."""
+        if key == ADMIN_KEY:
+            return None
+        if key == USER_KEY:
+            return "user", USER_ARN, [user_policy(os.path.getmtime(USER_POLICY))]
+        if key in self.node_keys:
+            instance, role = self.node_keys[key]
+            found = sandbox_ec2.iam_backend().roles.values()
+            policies = [json.loads(p) for r in found if r.name == role for p in r.policies.values()]
+            return "node:" + instance, "arn:aws:sts::%s:assumed-role/%s/%s" % (ACCOUNT, role, instance), policies
+        if key and sandbox_ec2.key_account(key) != ACCOUNT:
+            return None
+        return "unknown", "unknown", []
+
+    def authorize(self, request):
+        """None to let the request through, or the error answer (status, headers, body)."""
+        who = self.principal(request["key"])
+        if who is None:
+            return None
+        name, arn, policies = who
+        try:
+            checks = sandbox_iam.needs(request, self.world)
+        except (sandbox_iam.Unmapped, KeyError, ValueError) as e:
+            self.record({"principal": name, "action": str(e), "decision": "unmapped",
+                         "request": "%s %s" % (request["method"], request["path"])})
+            return sandbox_iam.denial(request, arn, str(e), "*")
+        denied = None
+        bucket = sandbox_iam.s3_target(request)[0] if request["service"] == "s3" else ""
+        owner = self.world.bucket_owner(bucket) if bucket else None
+        bucket_policy = [self.world.bucket_policy(bucket) or {}] if owner else []
+        given = {"aws:PrincipalAccount": ACCOUNT, "aws:SecureTransport": str(request["secure"]).lower()}
+        for action, resource, context in checks:
+            context = dict(context, **given)
+            decision = sandbox_iam.decide(policies, action, resource, context)
+            if owner:  # S3 weighs the bucket's policy too: another account's must allow this caller itself
+                decision = sandbox_iam.combine(decision, sandbox_iam.decide(bucket_policy, action, resource, context,
+                                                                            principal=arn), owner == ACCOUNT)
+            entry = {"principal": name, "action": action, "resource": resource, "decision": decision}
+            if bucket:  # the account the request expects to own the bucket (ExpectedBucketOwner)
+                entry["owner"] = request["headers"].get("x-amz-expected-bucket-owner")
+            self.record(entry)
+            if decision != "allowed" and denied is None:
+                denied = sandbox_iam.denial(request, arn, action, resource)
+        if denied is None and request["service"] == "ec2" and request.get("params", {}).get("DryRun") == "true":
+            # EC2's DryRun: the permissions only (no capacity or quota), nothing made. Only a fault
+            # rule that says "dry_run": true answers one.
+            return self.fault(request["service"], name, checks, request, dry_run=True) or \
+                sandbox_iam.error_response("ec2", "DryRunOperation",
+                                           "Request would have succeeded, but DryRun flag is set.", 412)
+        if denied is None and any(a == "iam:CreateServiceLinkedRole" for a, _, _ in checks):
+            self.world.make_spot_role()  # as EC2 does on the first spot launch
+        return denied or self.fault(request["service"], name, checks, request)
+
+    def account(self):
+        """The account's settings (testbed/sandbox_ec2.py): DIR/account.json, read on every call."""
+        try:
+            with open(self.path("account.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def play_account(self, request, environ):
+        """What a real account answers where moto differs: Service Quotas for EC2, how many
+        instances a launch gets (the body moto sees is rewritten to that count), a new SQS
+        queue that cannot be used for its first second, the Price List API (moto has none), and
+        IAM's size limits on policies (moto has none), for every caller."""
+        if request["service"] == "s3":
+            return self.bucket_owner_answer(request)
+        if request["service"] == "iam" and request.get("operation"):
+            refused = sandbox_ec2.policy_size_answer(request.get("params", {}), request["operation"])
+            if refused:
+                return refused
+        if request["service"] == "servicequotas" and request.get("operation") == "GetServiceQuota":
+            return sandbox_ec2.quota_answer(request["params"], self.account())
+        if request["service"] == "sqs":
+            return self.young_queue(request)
+        if request["service"] == "pricing" and request.get("operation") == "GetProducts":
+            return sandbox_ec2.price_answer(request["params"], self.account())
+        if request["service"] != "ec2" or request.get("operation") != "RunInstances":
+            return None
+        count, error = sandbox_ec2.launch_count(request["params"], self.account())
+        if error:
+            return sandbox_iam.error_response("ec2", error[0], error[1], 400)
+        params = dict(request["params"], MaxCount=str(count))  # moto then launches MaxCount
+        body = urllib.parse.urlencode(params).encode()
+        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+        environ["QUERY_STRING"] = ""
+        return None
+
+    def bucket_owner_answer(self, request):
+        """S3's bucket owner condition: a request that names an expected owner (ExpectedBucketOwner)
+        of a bucket that another account owns is refused with 403 Access Denied, whoever signs it."""
+        expected = request["headers"].get("x-amz-expected-bucket-owner")
+        bucket = sandbox_iam.s3_target(request)[0]
+        owner = self.world.bucket_owner(bucket) if expected and bucket else None
+        if owner and owner != expected:
+            self.record({"principal": "*", "action": "ExpectedBucketOwner", "resource": "arn:aws:s3:::" + bucket,
+                         "owner": expected, "refused": "the bucket belongs to " + owner})
+            return sandbox_iam.error_response("s3", "AccessDenied", "Access Denied", 403)
+        return None
+
+    def young_queue(self, request):
+        """SQS: "After you create a queue, you must wait at least one second after the queue is
+        created to be able to use the queue" (CreateQueue, SQS API Reference). Until then its
+        URL answers as a queue that does not exist."""
+        name = sandbox_iam.queue_name(request.get("params", {}))
+        with self.lock:
+            if request.get("operation") == "CreateQueue":
+                if name not in sandbox_ec2.sqs_backend().queues:
+                    self.queues_born[name] = time.monotonic()
+                return None
+            born = self.queues_born.get(name)
+        if born is None or time.monotonic() - born >= 1.0 or request.get("operation") == "ListQueues":
+            return None
+        json_protocol = sandbox_iam.speaks_json(request)
+        return sandbox_iam.error_response("sqs", "QueueDoesNotExist" if json_protocol else
+                                          "AWS.SimpleQueueService.NonExistentQueue",
+                                          "The specified queue does not exist.", 400, json_protocol)
+
+    def fault_matches(self, rule, principal, checks, params):
+        """Whether a fault rule applies to a request: its principal, one of its checks' action
+        and resource (IAM wildcards), its parameters and its availability zone."""
+        return (sandbox_iam.like(rule.get("principal", "*"), principal)
+                and all(str(params.get(k)) == str(v) for k, v in rule.get("params", {}).items())
+                and ("zone" not in rule or self.world.zone_of(params) == rule["zone"])
+                and any(sandbox_iam.like(rule.get("action", "*"), a, case=False)
+                        and sandbox_iam.like(rule.get("resource", "*"), r) for a, r, _ in checks))
+
+    def fault(self, service, name, checks, request, dry_run=False):
+        """The first fault rule of DIR/faults.json that matches, while it has times left (for an
+        EC2 DryRun request, only the rules marked "dry_run": true)."""
+        try:
+            with open(self.path("faults.json")) as f:
+                rules = json.load(f)
+        except (OSError, ValueError):
+            return None
+        for rule in rules:
+            if bool(rule.get("dry_run")) == dry_run and self.fault_matches(rule, name, checks,
+                                                                             request.get("params", {})):
+                with self.lock:
+                    key = json.dumps(rule, sort_keys=True)
+                    hits = self.fault_hits.get(key, 0)
+                    if "times" in rule and hits >= rule["times"]:
+                        continue
+                    self.fault_hits[key] = hits + 1
+                self.record({"principal": name, "action": checks[0][0], "resource": checks[0][1],
+                             "fault": rule["code"]})
+                return sandbox_iam.error_response(service, rule["code"], rule.get("message", "sandbox fault"),
+                                                  int(rule.get("status", 400)), sandbox_iam.speaks_json(request))
+        return None
+
+    def refused_calls(self):
+        """Every recorded IAM decision that was not `allowed` (faults on demand are not refusals)."""
+        try:
+            with open(self.path("iam.jsonl")) as f:
+                entries = [json.loads(line) for line in f]
+        except OSError:
+            return []
+        return [e for e in entries if e.get("decision", "allowed") != "allowed"]
+
+    def record(self, entry):
+        with self.lock, open(self.path("iam.jsonl"), "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    # -- the instance metadata service, and the nodes' power button
+
+    def start_imds(self):
+        box = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self, code, text, kind="text/plain"):
+                data = text.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_PUT(self):  # IMDSv2: a session token first, for 1 to 21600 seconds
+                if self.path != "/latest/api/token":
+                    return self.answer(404, "")
+                ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+                if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+                    return self.answer(400, "")
+                token = secrets.token_urlsafe(32)
+                with box.lock:
+                    box.imds_tokens[token] = time.monotonic() + int(ttl)
+                self.answer(200, token)
+
+            def do_GET(self):
+                # IMDSv2 only, as on an image registered for v2.0 or an account whose default it
+                # is (and as awsrun launches with HttpTokens=required): no valid token, no answer.
+                token = self.headers.get("X-aws-ec2-metadata-token", "")
+                with box.lock:
+                    valid = box.imds_tokens.get(token, 0) > time.monotonic()
+                if not valid:
+                    box.record({"metadata": self.path, "refused": "no valid IMDSv2 token"})
+                    return self.answer(401, "")
+                why = []
+                instance = box.caller_instance(self.client_address[1], why)
+                role = instance and instance_role(instance)
+                base = "/latest/meta-data/iam/security-credentials/"
+                if self.path == "/latest/meta-data/instance-id" and instance:
+                    return self.answer(200, instance)
+                if self.path == "/latest/meta-data/spot/instance-action" and instance in box.interruptions():
+                    return self.answer(200, json.dumps({"action": "terminate", "time": box.interruptions()[instance]}),
+                                       "application/json")
+                if not role or not self.path.startswith(base):
+                    box.record({"metadata": self.path, "caller": instance, "role": role, "why": why[-1:]})
+                    return self.answer(404, "")
+                if self.path == base:
+                    return self.answer(200, role)
+                if self.path == base + role:
+                    return self.answer(200, json.dumps(box.node_credentials(instance, role)), "application/json")
+                self.answer(404, "")
+
+            def do_POST(self):  # from the power stand-ins: now, +M (minutes) or cancel
+                instance = box.caller_instance(self.client_address[1])
+                when = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                if instance:
+                    box.schedule_power(instance, when)
+                self.answer(200 if instance else 404, "")
+
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                if not isinstance(sys.exc_info()[1], ConnectionError):  # a caller ended with its node
+                    super().handle_error(request, client_address)
+
+        self.imds = Server(("127.0.0.1", 0), Handler)
+        self.imds.daemon_threads = True
+        threading.Thread(target=self.imds.serve_forever, daemon=True).start()
+        self.imds_url = "http://127.0.0.1:%d" % self.imds.server_port
+
+    def interruptions(self):
+        """DIR/interruptions.json: {instance id: time} of the spot instances that EC2 will
+        interrupt then; their metadata shows the notice (the test ends them itself)."""
+        try:
+            with open(self.path("interruptions.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def caller_instance(self, port, why=None):
+        """The instance whose node folder holds the process that connected from `port`. If
+        none, `why` (a list) gets the reason."""
+        why = [] if why is None else why
+        pid = socket_owner(port, self.imds.server_port, processes_under(self.path("nodes")), why)  # only nodes ask
+        if pid is None:  # the caller has gone already
+            return None
+        try:
+            cwd = os.readlink("/proc/%d/cwd" % pid)
+        except OSError:
+            why.append("process %d ended" % pid)
+            return None
+        relative = os.path.relpath(cwd, self.path("nodes"))
+        if relative.startswith(".."):
+            why.append("process %d is not a node's: %s" % (pid, cwd))
+            return None
+        try:
+            with open(os.path.join(self.path("nodes"), relative.split(os.sep)[0], ".awsrun", "instance")) as f:
+                return f.read().strip() or None
+        except OSError as e:
+            why.append(str(e))
+            return None
+
+    def node_credentials(self, instance, role):
+        """Temporary keys for the instance's role, as EC2's metadata service gives them."""
+        with self.lock:
+            if instance not in self.credentials:
+                key = "ASIA" + secrets.token_hex(8).upper()
+                expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=6)
+                self.node_keys[key] = (instance, role)
+                self.credentials[instance] = {
+                    "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": key,
+                    "SecretAccessKey": secrets.token_hex(20), "Token": secrets.token_hex(64),
+                    "Expiration": expires.strftime(cs.TIME_FORMAT),
+                    "LastUpdated": cs.now_text()}
+            return self.credentials[instance]
+
+    def schedule_power(self, instance, when):
+        """An OS shutdown on the node: terminates (or stops) the instance, as its
+        InstanceInitiatedShutdownBehavior says; `cancel` undoes a scheduled one."""
+        with self.lock:
+            timer = self.power.pop(instance, None)
+            if timer:
+                timer.cancel()
+            if when == "cancel":
+                return
+            minutes = 0 if when == "now" else int(when.lstrip("+") or 0)
+            timer = threading.Timer(max(0.2, minutes * 60.0), power_off, [instance])
+            timer.daemon = True
+            self.power[instance] = timer
+            timer.start()
+        self.record({"power": instance, "when": when})
+
+    def unguarded(self):
+        """Live instances that nothing will end: no OS shutdown is scheduled on them."""
+        with self.lock:
+            armed = {i for i, timer in self.power.items() if timer.is_alive()}
+        return sorted(i.id for i in sandbox_ec2.live_instances() if i.id not in armed)
+
+    # -- the nodes' SSH server
+
+    def start_sshd(self, sshd):
+        ssh = self.path("ssh")
+        host_key = os.path.join(ssh, "host_ed25519_key")
+        if not os.path.exists(host_key):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host_key], check=True)
+        open(os.path.join(ssh, "authorized_keys"), "a").close()
+        with open(self.path("bin", "standin.json"), "w") as f:
+            json.dump({"log": self.path("standins.log"), "port": self.imds.server_port, "power": POWER}, f)
+        for name in STANDINS:
+            if not os.path.lexists(self.path("bin", name)):
+                os.symlink(STANDIN, self.path("bin", name))
+        node_path = self.node_path
+        # EC2's metadata service answers in a millisecond; this one looks the caller up in /proc,
+        # which with hundreds of node processes on a laptop's cores can take longer than
+        # botocore's default of 1 s and one attempt.
+        node_env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds_url,
+                    "AWS_METADATA_SERVICE_TIMEOUT": "10", "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "3",
+                    "AWS_CONFIG_FILE": self.path("aws", "config"),
+                    "AWS_SHARED_CREDENTIALS_FILE": self.path("aws", "credentials"), "PATH": node_path}
+        self.sshd_log = open(self.path("sshd.log"), "ab")
+        for _ in range(5):  # a port picked free may be taken before sshd binds it (another sandbox)
+            self.ssh_port = free_port()
+            config = "\n".join([
+                "Port %d" % self.ssh_port, "ListenAddress 127.0.0.1", "HostKey " + host_key,
+                "PidFile none", "AuthorizedKeysFile " + os.path.join(ssh, "authorized_keys"),
+                "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+                "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "AllowUsers " + getpass.getuser(),
+                "MaxStartups 1024:30:2048", "MaxSessions 64", "LoginGraceTime 60", "UseDNS no",
+                "ForceCommand %s %s" % (shlex.quote(NODE_SHELL), shlex.quote(node_path)),
+                "SetEnv " + " ".join('%s="%s"' % kv for kv in sorted(node_env.items())), ""])
+            with open(os.path.join(ssh, "sshd_config"), "w") as f:
+                f.write(config)
+            self.sshd = subprocess.Popen([sshd, "-D", "-e", "-f", os.path.join(ssh, "sshd_config")],
+                                         stdin=subprocess.DEVNULL, stdout=self.sshd_log, stderr=self.sshd_log)
+            if self.wait_for_banner():
+                return
+        raise SandboxError("sshd could bind none of 5 free ports: " + self.sshd_tail())
+
+    def sshd_tail(self):
+        with open(self.path("sshd.log"), errors="replace") as f:
+            return f.read()[-500:].strip()
+
+    def wait_for_banner(self, timeout=15):
+        """True once this sandbox's own sshd listens on its port and answers with a banner;
+        False if it exited (its port was taken). Another program on the port is not taken for it."""
+        deadline = time.monotonic() + timeout
+        for delay in cs.backoff(deadline, first=0.05, cap=0.5):
+            if self.sshd.poll() is not None:
+                return False
+            if delay is None:
+                raise SandboxError("sshd did not start: " + self.sshd_tail())
+            if not listens(self.sshd.pid, self.ssh_port):
+                continue
+            try:
+                with socket.create_connection(("127.0.0.1", self.ssh_port), timeout=2) as s:
+                    if s.recv(8).startswith(b"SSH-"):
+                        return True
+            except OSError:
+                pass
+
+    # -- what the caller's processes see
+
+    def environment(self):
+        """Variables that point awsrun (and boto3) at the sandbox, with the user's credentials."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION,
+                "AWS_ACCESS_KEY_ID": USER_KEY, "AWS_SECRET_ACCESS_KEY": USER_KEY,
+                "AWS_CONFIG_FILE": self.path("aws", "config"),
+                "AWS_SHARED_CREDENTIALS_FILE": self.path("aws", "credentials"),
+                "AWSRUN_SSH_HOST": "127.0.0.1", "AWSRUN_SSH_PORT": str(self.ssh_port),
+                "AWSRUN_SSH_USER": getpass.getuser(), "AWSRUN_REMOTE_ROOT": self.path("nodes"),
+                "AWSRUN_SSH_CIDR": "127.0.0.1/32",
+                "AWSRUN_KEY_DIR": self.path("keys"), "AWSRUN_STATE_DIR": self.path("state"),
+                "AWSRUN_SANDBOX": self.dir,
+                "AWSRUN_SANDBOX_PLAIN_HTTP": "http://127.0.0.1:%d" % self.plain.server_port}
+
+    def child_environment(self):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")}
+        env.update(self.environment())
+        return env
+
+    def stop(self):
+        """Stop sshd, every job process still running in a node folder, and the servers.
+        Writes DIR/unguarded.json: the instances left running with nothing to end them."""
+        if self.moto:
+            with open(self.path("unguarded.json"), "w") as f:
+                json.dump(self.unguarded(), f)
+        if self.sshd and self.sshd.poll() is None:
+            self.sshd.terminate()
+            try:
+                self.sshd.wait(5)
+            except subprocess.TimeoutExpired:
+                self.sshd.kill()
+                self.sshd.wait()
+        for timer in self.power.values():
+            timer.cancel()
+        kill_processes_under(self.path("nodes"))
+        for server in (self.moto, self.plain, self.imds):
+            if server:
+                server.shutdown()
+        self.moto = self.plain = self.imds = None
+
+
+USER_POLICY = os.path.join(HERE, "awsrun-user-policy.json")
+
+
+@functools.lru_cache(maxsize=4)
+def user_policy(mtime):
+    """The user's policy, read again when the file changes."""
+    with open(USER_POLICY) as f:
+        return json.load(f)
+
+
+def setting_node_venv():
+    return os.environ.get("AWSRUN_SANDBOX_NODE_VENV") or NODE_VENV
+
+
+def listens(pid, port):
+    """Whether process `pid` holds the socket listening on 127.0.0.1:`port` (/proc/net/tcp)."""
+    with open("/proc/net/tcp") as f:
+        inodes = {fields[9] for fields in (line.split() for line in f.read().splitlines()[1:])
+                  if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port}
+    try:
+        return any(os.readlink("/proc/%d/fd/%s" % (pid, fd)) in {"socket:[%s]" % i for i in inodes}
+                   for fd in os.listdir("/proc/%d/fd" % pid))
+    except OSError:
+        return False
+
+
+def connection_inode(table, port, server_port):
+    """The socket inode of the TCP connection from `port` to `server_port` in a /proc/net/tcp
+    table, or None."""
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1].split(":"), fields[2].split(":")
+        # An earlier connection from the same (reused) port may linger in TIME_WAIT: inode 0.
+        if int(local[1], 16) == port and int(remote[1], 16) == server_port and fields[9] != "0":
+            return fields[9]
+    return None
+
+
+def socket_owner(port, server_port, among, why):
+    """The process id, among the given ones, that holds the loopback TCP connection from
+    `port` to `server_port`; else None, with the reason appended to `why`."""
+    with open("/proc/net/tcp") as f:
+        inode = connection_inode(f.read(), port, server_port)
+    if inode is None:
+        why.append("no connection from port %d" % port)
+        return None
+    target = "socket:[%s]" % inode
+    for pid in map(str, among):
+        try:
+            for fd in os.listdir("/proc/%s/fd" % pid):
+                if os.readlink("/proc/%s/fd/%s" % (pid, fd)) == target:
+                    return int(pid)
+        except OSError:
+            continue
+    why.append("no node process holds socket %s (of %d processes)" % (inode, len(among)))
+    return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start the sandbox, run COMMAND in it, stop it")
+    run.add_argument("--keep", action="store_true", help="keep the sandbox folder afterwards")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    serve = sub.add_parser("serve", help="run until stopped; write DIR/env.json when ready")
+    serve.add_argument("dir")
+    args = p.parse_args(argv)
+
+    if args.command == "serve":
+        box = Sandbox(args.dir)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *a: stop.set())
+        try:
+            box.start()
+            with open(os.path.join(box.dir, "env.json.tmp"), "w") as f:
+                json.dump(box.environment(), f, indent=1)
+            os.rename(os.path.join(box.dir, "env.json.tmp"), os.path.join(box.dir, "env.json"))
+            stop.wait()
+        except SandboxError as e:
+            print("error: %s" % e, file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            pass
+        finally:
+            box.stop()
+        return 0
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        p.error("give a command after --")
+    folder = tempfile.mkdtemp(prefix="awsrun-sandbox-")
+    box = Sandbox(folder)
+    try:
+        box.start()
+        cs.log("sandbox: AWS at %s, nodes' sshd at 127.0.0.1:%d, files in %s"
+               % (box.endpoint, box.ssh_port, folder))
+        code = subprocess.call(command, env=box.child_environment())
+        unguarded = box.unguarded()
+        if unguarded:
+            cs.log("sandbox: %d instances were left running with nothing to end them: %s"
+                   % (len(unguarded), " ".join(unguarded)))
+            code = code or 1
+        refused = box.refused_calls()
+        for entry in refused:
+            cs.log("sandbox: IAM would refuse %s" % json.dumps(entry))
+        if refused:
+            cs.log("sandbox: %d calls would fail on AWS: grant them in the policy that governs them"
+                   % len(refused))
+        return code or (1 if refused else 0)
+    except SandboxError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        box.stop()
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
