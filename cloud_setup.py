@@ -25,6 +25,7 @@ import time
 import urllib.request
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
@@ -126,6 +127,17 @@ def name_owner(s3, owner):
             params.setdefault("ExpectedBucketOwner", owner() if callable(owner) else owner)
     s3.meta.events.register("provide-client-params.s3", add)
     return s3
+
+
+def node_session(region_name):
+    """A boto3 session for code on a node, whose credentials come from its instance profile by
+    the metadata service: asked up to 5 times, 3 s each, where botocore asks once, for 1 s (the
+    AWS SDKs' metadata_service_num_attempts and metadata_service_timeout), so that a metadata
+    service slow to answer cannot fail an upload and hold its node up for --upload-hold."""
+    core = botocore.session.get_session()
+    core.set_config_variable("metadata_service_num_attempts", 5)
+    core.set_config_variable("metadata_service_timeout", 3)
+    return boto3.session.Session(botocore_session=core, region_name=region_name)
 
 
 def client_with(service, attempts=None, **config):

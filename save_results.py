@@ -31,7 +31,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -164,7 +163,7 @@ def clients(node):
     bucket's owner, so a bucket of another account refuses it. Uploads carry no per-request checksum: each
     file's SHA-256 is in the manifest and checked end to end by get_s3_files.py, and HTTPS
     protects every byte on the way. EC2 calls retry little: an OS shutdown backs them."""
-    session = boto3.session.Session(region_name=node["region"])
+    session = cs.node_session(node["region"])
     s3 = cs.name_owner(session.client("s3", config=cs.retries(10, max_pool_connections=32, **NO_CHECKSUMS)),
                        node["account"])
     ec2 = session.client("ec2", config=cs.retries(4))

@@ -33,7 +33,6 @@ import threading
 import time
 import urllib.request
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 import cloud_setup as cs
@@ -51,7 +50,7 @@ class Worker:
         self.node = node
         self.slots = int(node.get("slots") or 0) or os.cpu_count() or 1
         self.lease, self.idle = int(node.get("lease") or 120), int(node.get("idle") or 180)
-        session = boto3.session.Session(region_name=node["region"])
+        session = cs.node_session(node["region"])
         self.sqs = session.client("sqs", config=cs.retries(10, max_pool_connections=max(10, self.slots + 4)))
         self.s3, self.ec2 = save_results.clients(node)
         self.lock = threading.Condition()

@@ -16,7 +16,6 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".awsrun"))
 
-import boto3  # noqa: E402
 from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
 
 import cloud_setup as cs  # noqa: E402
@@ -38,7 +37,7 @@ def main(argv=None):
         print("error: no .awsrun/node.json beside update_tags.py: run it in a job started by awsrun",
               file=sys.stderr)
         return 2
-    ec2 = boto3.session.Session(region_name=node["region"]).client("ec2")
+    ec2 = cs.node_session(node["region"]).client("ec2")
     try:
         ec2.create_tags(Resources=[node["instance_id"]], Tags=[
             {"Key": args.key, "Value": args.value},

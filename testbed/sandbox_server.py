@@ -326,16 +326,21 @@ class Sandbox:
                         and sandbox_iam.like(rule.get("resource", "*"), r) for a, r, _ in checks))
 
     def fault(self, service, name, checks, request, dry_run=False):
+        """The AWS error of the first fault rule that matches the request, or None."""
+        rule = self.take_fault(name, checks, request.get("params", {}), dry_run)
+        return rule and sandbox_iam.error_response(service, rule["code"], rule.get("message", "sandbox fault"),
+                                                   int(rule.get("status", 400)), sandbox_iam.speaks_json(request))
+
+    def take_fault(self, name, checks, params, dry_run=False):
         """The first fault rule of DIR/faults.json that matches, while it has times left (for an
-        EC2 DryRun request, only the rules marked "dry_run": true)."""
+        EC2 DryRun request, only the rules marked "dry_run": true); its hit is recorded."""
         try:
             with open(self.path("faults.json")) as f:
                 rules = json.load(f)
         except (OSError, ValueError):
             return None
         for rule in rules:
-            if bool(rule.get("dry_run")) == dry_run and self.fault_matches(rule, name, checks,
-                                                                             request.get("params", {})):
+            if bool(rule.get("dry_run")) == dry_run and self.fault_matches(rule, name, checks, params):
                 with self.lock:
                     key = json.dumps(rule, sort_keys=True)
                     hits = self.fault_hits.get(key, 0)
@@ -343,9 +348,8 @@ class Sandbox:
                         continue
                     self.fault_hits[key] = hits + 1
                 self.record({"principal": name, "action": checks[0][0], "resource": checks[0][1],
-                             "fault": rule["code"]})
-                return sandbox_iam.error_response(service, rule["code"], rule.get("message", "sandbox fault"),
-                                                  int(rule.get("status", 400)), sandbox_iam.speaks_json(request))
+                             "fault": rule.get("code", rule.get("status"))})
+                return rule
         return None
 
     def refused_calls(self):
@@ -413,6 +417,12 @@ class Sandbox:
                 if self.path == base:
                     return self.answer(200, role)
                 if self.path == base + role:
+                    # A fault rule for the pseudo-action imds:GetCredentials answers with its
+                    # status instead, as a busy metadata service may answer a moment after boot.
+                    arn = "arn:aws:ec2:%s:%s:instance/%s" % (REGION, ACCOUNT, instance)
+                    fault = box.take_fault("node:" + instance, [("imds:GetCredentials", arn, None)], {})
+                    if fault:
+                        return self.answer(int(fault.get("status", 500)), "")
                     return self.answer(200, json.dumps(box.node_credentials(instance, role)), "application/json")
                 self.answer(404, "")
 

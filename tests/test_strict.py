@@ -100,6 +100,19 @@ def test_uploads_go_on_through_409_and_503_answers(box):
     assert box.states(job) == ["terminated"]
 
 
+def test_a_node_asks_the_metadata_service_again_when_its_credentials_do_not_come_at_once(box):
+    job = "strict-imds"
+    # The metadata service answers the first four requests for the node's credentials with 500,
+    # as a busy one may; botocore asks once by default, and the upload would fail for want of
+    # credentials, holding the node up for a day.
+    box.faults([{"action": "imds:GetCredentials", "principal": "node*", "status": 500, "times": 4}])
+    create_dispatch(box, job, ["echo x > output/a.txt"])
+    until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the upload", timeout=90)
+    assert box.read(job, job + "0/output/a.txt") == "x\n"
+    assert [e["fault"] for e in box.decisions() if e.get("action") == "imds:GetCredentials"] == [500] * 4
+    until(lambda: box.states(job) == ["terminated"], what="the machine to end")
+
+
 def test_a_crashing_uploader_still_ends_its_machine(box):
     job = "strict-crash"
     # The row leaves a boto3 that cannot be imported where the uploader looks first, as an
