@@ -20,6 +20,9 @@ BUCKET ?= $(JOB)
 OUT    ?= results/$(BUCKET)
 CODE   ?=
 POOL   ?=
+HOURS  ?=
+LIKE   ?=
+PRICES ?=
 SLOTS  ?=
 ARGS   ?=
 TIMEOUT ?= 86400
@@ -33,7 +36,7 @@ DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)
 STATUS_JOB = $(if $(filter command line environment,$(origin JOB)),$(JOB))
 SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-server
 
-.PHONY: help dry-run create dispatch status watch wait logs retry down clean report picture collect fetch demo _demo test lint bench venv node-venv
+.PHONY: help dry-run plan create dispatch status watch wait logs retry down clean report picture collect fetch demo _demo test lint bench venv node-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -65,6 +68,9 @@ $(NODE_PY): requirements-node.txt
 
 dry-run: $(PY)  ## check everything create needs (permissions, image, quota, network, bucket) and make nothing
 	$(DISPATCH) --dry-run
+
+plan: $(PY)  ## what the run would cost (HOURS=H a row, or LIKE=OLDJOB; PRICES=FILE), and make nothing
+	$(DISPATCH) --plan $(if $(HOURS),--hours $(HOURS)) $(if $(LIKE),--like $(LIKE)) $(if $(PRICES),--prices $(PRICES))
 
 create: $(PY)  ## launch and prepare one machine per row of JOBS (POOL=N: N per instance type)
 	$(DISPATCH) -c

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 
 import cloud_setup as cs
+import cost
 import launch
 import job_state
 import pool
@@ -102,9 +103,8 @@ def parse_inputs(specs):
 
 def check_arguments(args, placement):
     """Every check that needs no AWS. Returns the job file's rows."""
-    cs.check_job_name(args.job)
-    if args.bucket:
-        cs.check_job_name(args.bucket)
+    for name in filter(None, (args.job, args.bucket, getattr(args, "like", None))):
+        cs.check_job_name(name)
     if args.tag_offset < 0:
         raise UserError("--tag_offset must be 0 or more", code=2)
     rows = read_jobs(args.jobfile)
@@ -406,6 +406,8 @@ class OnePerRow:
     runtime_limit(asked)          the --max-runtime that holds (None: the default)
     machines(wanted, vcpus, spot) tag -> (line, type, command) of the machines the rows need
     machine_tag(type, number)     the tag of machine `number` of a type
+    slots(vcpus), idle            rows at once on a machine of that many vCPUs; the seconds a
+                                  machine waits for work once it has none, before it ends
     resources(types)              what else create makes, at once with the rest, and its names
     checks(types)                 what else the preflight asks of AWS, as (what, check)
     to_start(found, wanted, requeue)  the machines to start now and each one's row, the rows
@@ -431,6 +433,11 @@ class OnePerRow:
 
     def machine_tag(self, itype, number):
         return cs.tag_name(self.args.job, number)
+
+    def slots(self, vcpus):
+        return 1
+
+    idle = 0
 
     def resources(self, types):
         return [], ""
@@ -535,6 +542,13 @@ def parse_args(argv):
     p.add_argument("-d", "--dispatch", action="store_true", help="start each row's command")
     p.add_argument("--dry-run", action="store_true",
                    help="check everything create needs, asking AWS, and make nothing (exit 0: create would start)")
+    p.add_argument("--plan", action="store_true",
+                   help="print what the run would cost (machines, machine-hours, dollars) and make nothing")
+    p.add_argument("--hours", type=float, metavar="H", help="with --plan: the hours a row takes")
+    p.add_argument("--like", metavar="OLDJOB", help="with --plan: the row times of an earlier job, from its manifests")
+    p.add_argument("--prices", metavar="CSV", help="USD per hour per instance type (columns instance_type,"
+                   "price_per_hour), instead of the AWS Price List API and the spot price history")
+    p.add_argument("--json", action="store_true", help="with --plan: print the plan as JSON")
     p.add_argument("--retry", action="store_true",
                    help="create and dispatch again every row with no succeeded result that is not running")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail; pause between stages at a terminal")
@@ -570,10 +584,19 @@ def parse_args(argv):
     p.add_argument("--parallel", type=int, default=32, help="nodes prepared at once")
     p.add_argument("--keep-failed", action="store_true", help="leave nodes whose install failed running")
     args = p.parse_args(argv)
-    if not (args.create or args.dispatch or args.retry or args.dry_run):
-        p.error("nothing to do: give -c (create), -d (dispatch), both, --retry or --dry-run")
-    if args.dry_run and (args.create or args.dispatch or args.retry):
-        p.error("--dry-run makes nothing: give it without -c, -d and --retry")
+    if not (args.create or args.dispatch or args.retry or args.dry_run or args.plan):
+        p.error("nothing to do: give -c (create), -d (dispatch), both, --retry, --dry-run or --plan")
+    for flag, given in (("--dry-run", args.dry_run), ("--plan", args.plan)):
+        if given and (args.create or args.dispatch or args.retry):
+            p.error("%s makes nothing: give it without -c, -d and --retry" % flag)
+    if args.dry_run and args.plan:
+        p.error("--dry-run and --plan each make nothing: give one")
+    if args.hours is not None and args.like:
+        p.error("--hours and --like both say how long a row takes: give one")
+    if (args.hours is not None or args.like or args.json) and not args.plan:
+        p.error("--hours, --like and --json go with --plan")
+    if args.hours is not None and not args.hours > 0:
+        p.error("--hours must be more than 0")
     if not 1 <= args.max_attempts <= 1000:
         p.error("--max-attempts must be 1 to 1000 (SQS's maxReceiveCount)")
     args.inputs = []
@@ -592,6 +615,8 @@ def main(argv=None):
         wanted = rows_wanted(args, rows)
         if args.dry_run:
             return launch.dry_run_command(args, placement, wanted)
+        if args.plan:
+            return cost.plan_command(args, placement, wanted)
         waiting = {}  # pool mode: queued rows that need machines, but are not queued again
         if args.retry:
             wanted, waiting = retry_plan(placement, wanted)

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 from botocore.exceptions import ClientError
 
@@ -221,6 +222,23 @@ def queued(objects, job):
                 found[cs.tag_name(job, n)] = {"type": itype, "attempts": int(fields_of(attempts)["attempts"]),
                                               "when": o["LastModified"]}
     return found
+
+
+def read_json(s3, bucket, key):
+    """An object's JSON, or None if it is not there."""
+    try:
+        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as e:
+        if cs.error_code(e) in ("NoSuchKey", "404"):
+            return None
+        raise
+
+
+def read_manifests(s3, bucket, tags):
+    """{tag: its manifest} of these tags, those whose manifest is in the bucket; 32 GETs at a time."""
+    with ThreadPoolExecutor(32) as reading:
+        found = dict(zip(tags, reading.map(lambda t: read_json(s3, bucket, t + "/manifest.json"), tags)))
+    return {t: m for t, m in found.items() if m}
 
 
 def read_markers(bucket):

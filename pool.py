@@ -223,6 +223,13 @@ class Pool:
     def machine_tag(self, itype, number):
         return cs.pool_tag(self.job, itype, number)
 
+    def slots(self, vcpus):
+        return vcpus if self.args.slots == "auto" else int(self.args.slots)
+
+    @property
+    def idle(self):
+        return idle()
+
     def resources(self, types):
         return ([functools.partial(ensure_queues, self.job, types, self.args.max_attempts)],
                 ", queues " + " ".join(queue_name(self.job, t) for t in sorted(types)))

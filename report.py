@@ -24,18 +24,16 @@ DescribeInstances says which rows are still running; without it, a row with no r
 from __future__ import annotations
 
 import argparse
-import csv
 import html
-import json
 import os
 import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from botocore.exceptions import BotoCoreError, ClientError
 
 import cloud_setup as cs
+import cost
 import get_s3_files
 import job_state
 from cloud_setup import UserError, log
@@ -46,20 +44,9 @@ STRAGGLER = 3.0    # a row that ran this many times the median run time is named
 LOG_BYTES = 4096   # the end of a failed row's log that the report shows
 LOG_LINES = 12
 MAX_LOGS = 100     # failed rows whose logs are read; the others are named only
-PRICE_REGION = "us-east-1"  # the Price List API answers in us-east-1 (and ap-south-1, eu-central-1)
 
 
 # ---------------------------------------------------------------------------- the data
-
-def read_json(s3, bucket, key):
-    """An object's JSON, or None if it is not there."""
-    try:
-        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    except ClientError as e:
-        if cs.error_code(e) in ("NoSuchKey", "404"):
-            return None
-        raise
-
 
 def load(job):
     """Everything the report needs from the bucket: (markers, dispatch records, manifests)."""
@@ -71,14 +58,13 @@ def load(job):
     finished = job_state.outcomes(objects)
     records = [o["Key"] for o in objects if o["Key"].startswith(job_state.DISPATCHED)]
     with ThreadPoolExecutor(32) as pool:
-        dispatches = [r for r in pool.map(lambda k: read_json(s3, bucket, k), records) if r]
-        tags = sorted(finished)
-        manifests = dict(zip(tags, pool.map(lambda t: read_json(s3, bucket, t + "/manifest.json"), tags)))
-    for tag in tags:
-        if manifests[tag] is None:
+        dispatches = [r for r in pool.map(lambda k: job_state.read_json(s3, bucket, k), records) if r]
+    manifests = job_state.read_manifests(s3, bucket, sorted(finished))
+    for tag in sorted(finished):
+        if tag not in manifests:
             log("%s: its outcome marker is in the bucket but not its manifest (its upload did not finish): "
                 "shown without its times" % tag)
-    return s3, bucket, objects, dispatches, {t: m for t, m in manifests.items() if m}
+    return s3, bucket, objects, dispatches, manifests
 
 
 def seconds(text):
@@ -209,90 +195,7 @@ def usage(machines):
     return found
 
 
-def prices_from_file(path):
-    """{type: USD per hour} from a CSV with columns instance_type and price_per_hour."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            return {r["instance_type"].strip(): float(r["price_per_hour"]) for r in csv.DictReader(f)}
-    except OSError as e:
-        raise UserError("--prices %s cannot be read: %s" % (path, e.strerror), code=2) from None
-    except (KeyError, ValueError, TypeError, AttributeError):
-        raise UserError("--prices %s must be a CSV with the columns instance_type,price_per_hour "
-                        "(US dollars per hour)" % path, code=2) from None
-
-
-def on_demand_price(pricing, instance_type, region):
-    """USD per hour of a Linux, shared-tenancy instance type in a region, from the Price List API."""
-    terms = [("instanceType", instance_type), ("regionCode", region), ("operatingSystem", "Linux"),
-             ("tenancy", "Shared"), ("preInstalledSw", "NA"), ("capacitystatus", "Used"),
-             ("licenseModel", "No License required")]
-    answer = pricing.get_products(ServiceCode="AmazonEC2", MaxResults=10,
-                                  Filters=[{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in terms])
-    for item in answer.get("PriceList", []):
-        product = json.loads(item) if isinstance(item, str) else item
-        for term in product.get("terms", {}).get("OnDemand", {}).values():
-            for dimension in term.get("priceDimensions", {}).values():
-                usd = dimension.get("pricePerUnit", {}).get("USD")
-                if usd is not None and dimension.get("unit", "Hrs") == "Hrs":
-                    return float(usd)
-    return None
-
-
-def spot_price(ec2, instance_type, start, end):
-    """The mean spot price (USD per hour) of a type over the run's hours, across the region's
-    zones: EC2 returns the prices in effect in that window, back to 90 days."""
-    pages = ec2.get_paginator("describe_spot_price_history").paginate(
-        InstanceTypes=[instance_type], StartTime=start, EndTime=max(end, start + 1))
-    found = [float(p["SpotPrice"]) for page in pages for p in page["SpotPriceHistory"]
-             if p.get("ProductDescription", "").startswith("Linux/UNIX")]
-    return statistics.mean(found) if found else None
-
-
-def price_list(used, prices_file=None, pricing=None, ec2=None):
-    """({(type, spot): USD per hour}, the source in words): from the user's file if given,
-    else from AWS."""
-    if prices_file:
-        table = prices_from_file(prices_file)
-        return {k: table[k[0]] for k in used if k[0] in table}, "prices from %s" % prices_file
-    found, sources, why = {}, [], []
-    try:
-        if any(not spot for _, spot in used):
-            if pricing is None:
-                with cs.SESSION_LOCK:
-                    pricing = cs.session().client("pricing", region_name=PRICE_REGION, config=cs.retries(3))
-            for itype, spot in used:
-                if not spot:
-                    found[(itype, spot)] = on_demand_price(pricing, itype, cs.region())
-            sources.append("on-demand prices from the AWS Price List API (%s)" % cs.region())
-    except (ClientError, BotoCoreError) as e:
-        why.append("the AWS Price List API could not be read (%s)" % (cs.error_code(e) if isinstance(e, ClientError)
-                                                                       else type(e).__name__))
-    try:
-        if any(spot for _, spot in used):
-            ec2 = ec2 or cs.client("ec2")
-            for (itype, spot), u in used.items():
-                if spot:
-                    found[(itype, spot)] = spot_price(ec2, itype, u["start"], u["end"])
-            sources.append("spot prices of the run's hours from DescribeSpotPriceHistory")
-    except (ClientError, BotoCoreError) as e:
-        why.append("the spot price history could not be read (%s)" % (cs.error_code(e) if isinstance(e, ClientError)
-                                                                       else type(e).__name__))
-    found = {k: v for k, v in found.items() if v is not None}
-    if not found:
-        return {}, "no prices: %s; pass --prices FILE (instance_type,price_per_hour) for dollars" % (
-            "; ".join(why) or "none found for these instance types")
-    return found, "; ".join(sources + why)
-
-
 # ---------------------------------------------------------------------------- the page
-
-def money(usd):
-    return "$%.2f" % usd if usd >= 10 else "$%.4f" % usd if usd >= 0.01 else "$%.6f" % usd
-
-
-def plural(n, word):
-    return "%d %s%s" % (n, word, "" if n == 1 else "s")
-
 
 def clock(t):
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "?"
@@ -447,11 +350,6 @@ def counted(counts):
     return ", ".join("%d %s" % (n, o.replace("-", " ")) for o, n in counts.items() if n)
 
 
-def dollars(used, price):
-    """The billed cost of one type's machines, or None without a price."""
-    return None if price is None else used["billed"] / 3600 * price
-
-
 def page(job, bucket, rows, told, machines, used, prices, source, logs, now):
     """The HTML page; `told` is summary(rows)."""
     counts, times, median, slow = told
@@ -487,16 +385,16 @@ def page(job, bucket, rows, told, machines, used, prices, source, logs, now):
     total = 0.0
     for (itype, spot), u in sorted(used.items()):
         price = prices.get((itype, spot))
-        total += dollars(u, price) or 0
+        total += cost.dollars(u, price) or 0
         out.append("<tr><td>%s%s</td><td class=n>%d</td><td class=n>%s</td><td class=n>%s</td><td class=n>%.3f</td>"
                    "<td class=n>%s</td><td class=n>%s</td></tr>" % (
                        itype, " (spot)" if spot else "", u["machines"], job_state.elapsed(u["running"]),
                        job_state.elapsed(u["idle"]), u["billed"] / 3600, "-" if price is None else "%.4f" % price,
-                       "-" if price is None else money(dollars(u, price))))
+                       "-" if price is None else cost.money(cost.dollars(u, price))))
     out.append("</table><p>Prices: %s. Machines are counted from launch to their last upload (a pool machine: "
                "plus the idle wait after which it ends itself), and billed as EC2 bills Linux: by the second, at "
                "least 60 s per machine.%s</p>" % (html.escape(source),
-                                                  " Estimated total: %s." % money(total) if prices else ""))
+                                                  " Estimated total: %s." % cost.money(total) if prices else ""))
     out.append("</body></html>\n")
     return "".join(out)
 
@@ -518,12 +416,12 @@ def log_tails(s3, bucket, rows, manifests):
 def report(job, out, prices_file=None):
     now = time.time()
     if prices_file:
-        prices_from_file(prices_file)  # a mistake in it is said before anything is read
+        cost.prices_from_file(prices_file)  # a mistake in it is said before anything is read
     s3, bucket, objects, dispatches, manifests = load(job)
     live = {n["id"] for n in job_state.find_nodes(job) if n["state"] in job_state.LIVE}
     rows, machines = build(job, objects, dispatches, manifests, live, now)
     used = usage(machines)
-    prices, source = price_list(used, prices_file) if used else ({}, "no machine times are known")
+    prices, source = cost.price_list(used, prices_file) if used else ({}, "no machine times are known")
     told = summary(rows)
     text = page(job, bucket, rows, told, machines, used, prices, source, log_tails(s3, bucket, rows, manifests), now)
     counts, _, median, slow = told
@@ -531,15 +429,16 @@ def report(job, out, prices_file=None):
     with open(out + ".part", "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(out + ".part", out)
-    print("job %s: %s: %s; %s" % (job, plural(len(rows), "row"), counted(counts), plural(len(machines), "machine")))
+    print("job %s: %s: %s; %s" % (job, cost.plural(len(rows), "row"), counted(counts),
+                                  cost.plural(len(machines), "machine")))
     if median:
         print("run times: median %s; %s" % (job_state.elapsed(median), "stragglers (over %gx the median): %s" % (
             STRAGGLER, " ".join(r["tag"] for _, r in slow)) if slow else "no stragglers"))
     for (itype, spot), u in sorted(used.items()):
         price = prices.get((itype, spot))
         print("cost: %s%s: %s, %.3f h running a row, %.3f h idle%s" % (
-            itype, " (spot)" if spot else "", plural(u["machines"], "machine"), u["running"] / 3600, u["idle"] / 3600,
-            "" if price is None else ", %s" % money(dollars(u, price))))
+            itype, " (spot)" if spot else "", cost.plural(u["machines"], "machine"), u["running"] / 3600,
+            u["idle"] / 3600, "" if price is None else ", %s" % cost.money(cost.dollars(u, price))))
     print("prices: %s" % source)
     print("report: %s" % out)
     return 0

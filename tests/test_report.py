@@ -11,7 +11,7 @@ import pytest
 from botocore.stub import Stubber
 
 import cloud_setup as cs
-import report
+import cost
 from testbed import sandbox_ec2
 from conftest import write
 from test_collect import no_bucket_then_no_results
@@ -158,7 +158,7 @@ def test_prices_come_from_the_price_list_api_and_the_spot_history(region):
             {"AvailabilityZone": region + "a", "InstanceType": "c5.large", "ProductDescription": "Windows",
              "SpotPrice": "9.0", "Timestamp": "2026-05-28T20:00:00Z"}]},
             {"InstanceTypes": ["c5.large"], "StartTime": 1_780_000_000, "EndTime": 1_780_003_600})
-        found, source = report.price_list(USED, pricing=pricing, ec2=ec2)
+        found, source = cost.price_list(USED, pricing=pricing, ec2=ec2)
     assert found == {("t3.micro", False): 0.0114, ("c5.large", True): pytest.approx(0.04)}
     assert source == ("on-demand prices from the AWS Price List API (eu-west-1); spot prices of the run's hours "
                       "from DescribeSpotPriceHistory")
@@ -169,11 +169,11 @@ def test_without_the_price_list_api_a_prices_file_or_hours_only(region, tmp_path
     with Stubber(pricing) as p:
         p.add_client_error("get_products", "AccessDeniedException", "not authorized to perform: pricing:GetProducts",
                            400)
-        found, source = report.price_list({("t3.micro", False): USED[("t3.micro", False)]}, pricing=pricing)
+        found, source = cost.price_list({("t3.micro", False): USED[("t3.micro", False)]}, pricing=pricing)
     assert (found, source) == ({}, "no prices: the AWS Price List API could not be read (AccessDeniedException); "
                                    "pass --prices FILE (instance_type,price_per_hour) for dollars")
     table = write(tmp_path / "prices.csv", "\ufeffinstance_type,price_per_hour\nt3.micro,0.02\nc5.large,0.1\n")
-    assert report.price_list(USED, table) == ({("t3.micro", False): 0.02, ("c5.large", True): 0.1},
+    assert cost.price_list(USED, table) == ({("t3.micro", False): 0.02, ("c5.large", True): 0.1},
                                               "prices from %s" % table)
 
 
