@@ -1,7 +1,7 @@
 """awsrun's ground floor and the job's AWS resources. The ground floor: settings, clients,
 errors, names and tags, times, retries, the node's exit codes and the one-line error of every
-command (run_cli). The resources: the key pair, security group, instance profile and bucket,
-each made (ensure_*) and deleted (delete_*) here; the pool's queues are pool.py's. It imports
+command (run_cli). The resources: the security group, instance profile and bucket, each made
+(ensure_*) and deleted (delete_*) here; the key pair is ssh.py's and the queues pool.py's. It imports
 nothing of awsrun's: the modules above it do (job_state.py finds and tags the job's instances,
 launch.py launches them, operate.py holds the command line of status, wait, down and clean,
 which `python cloud_setup.py ...` still runs).
@@ -80,11 +80,6 @@ def state_dir(job):
     return path
 
 
-def key_path(job):
-    """Where the job's private key lives: ~/.ssh/JOB.pem, as in the original."""
-    return os.path.join(awsrun_env("KEY_DIR", os.path.expanduser("~/.ssh")), job + ".pem")
-
-
 SESSION_LOCK = threading.RLock()  # client() asks region() while holding it
 
 
@@ -130,10 +125,8 @@ def name_owner(s3, owner):
 
 
 def node_session(region_name):
-    """A boto3 session for code on a node, whose credentials come from its instance profile by
-    the metadata service: asked up to 5 times, 3 s each, where botocore asks once, for 1 s (the
-    AWS SDKs' metadata_service_num_attempts and metadata_service_timeout), so that a metadata
-    service slow to answer cannot fail an upload and hold its node up for --upload-hold."""
+    """A boto3 session for code on a node: it asks the metadata service for its credentials up to
+    5 times, 3 s each (botocore: once, 1 s), so that a slow answer cannot fail an upload."""
     core = botocore.session.get_session()
     core.set_config_variable("metadata_service_num_attempts", 5)
     core.set_config_variable("metadata_service_timeout", 3)
@@ -207,70 +200,9 @@ def number_of(job, tag):
     return int(tag[len(job):].rsplit("-", 1)[-1])
 
 
-# ---------------------------------------------------------------------------- key pair
-
-def write_private_key(path, material):
-    """Write a private key with mode 0600 from the first byte; never overwrite."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(material)
-
-
-def ensure_key_pair(job):
-    """The job's key pair, named JOB, with its private key in ~/.ssh/JOB.pem.
-
-    An existing key file is reused (its public half is imported if AWS lacks it).
-    If AWS has the key but the file is gone, the key cannot be recovered: UserError."""
-    ec2, path = client("ec2"), key_path(job)
-    try:
-        ec2.describe_key_pairs(KeyNames=[job])
-        in_aws = True
-    except ClientError as e:
-        if error_code(e) != "InvalidKeyPair.NotFound":
-            raise
-        in_aws = False
-    if os.path.exists(path):
-        if not in_aws:
-            ec2.import_key_pair(KeyName=job, PublicKeyMaterial=public_key_of(path).encode(),
-                                TagSpecifications=job_tags("key-pair", job))
-        return path
-    if in_aws:
-        raise UserError("key pair %r exists in AWS but its private key %s is gone: restore the file, "
-                        "or delete the key pair with `aws ec2 delete-key-pair --key-name %s` and run "
-                        "create again" % (job, path, job))
-    material = ec2.create_key_pair(KeyName=job, KeyType="rsa",
-                                   TagSpecifications=job_tags("key-pair", job))["KeyMaterial"]
-    write_private_key(path, material)
-    return path
-
-
-def delete_key_pair(job):
-    """Delete the job's key pair and ~/.ssh/JOB.pem. Only a key pair that exists: IAM checks the
-    job tag of the key pair named, so deleting one that is gone already is refused, not ignored."""
-    ec2 = client("ec2")
-    for pair in ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [job]}])["KeyPairs"]:
-        ec2.delete_key_pair(KeyName=pair["KeyName"])
-    if os.path.exists(key_path(job)):
-        os.remove(key_path(job))
-
-
 def job_tags(kind, job):
     """TagSpecifications that mark a new resource as the job's (the policies rely on it)."""
     return [{"ResourceType": kind, "Tags": [{"Key": JOB_TAG, "Value": job}]}]
-
-
-def public_key_of(path):
-    """The OpenSSH public line of a PEM private key file."""
-    from cryptography.hazmat.primitives import serialization
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except ValueError:
-        key = serialization.load_ssh_private_key(data, password=None)
-    return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                         serialization.PublicFormat.OpenSSH).decode()
 
 
 # ---------------------------------------------------------------------------- security group
@@ -518,7 +450,7 @@ def delete_bucket(bucket):
         pass
 
 
-# ---------------------------------------------------------------------------- waiting and instances
+# ---------------------------------------------------------------------------- retries, times, exit codes
 
 def retrying(call, retry_if, seconds, first=0.5, cap=5.0, what=None):
     """call(), again with backoff while it raises a ClientError that retry_if(error) accepts,

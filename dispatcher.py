@@ -35,7 +35,8 @@ import launch
 import job_state
 import pool
 from cloud_setup import UserError, log
-from ssh import Connections, NodeError, close, for_each_node, remote_dir, run_on
+from ssh import (Connections, NodeError, SharedReader, close, ensure_key_pair, for_each_node, remote_dir, run_on,
+                 say_results)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = ["instance_type", "command"]
@@ -209,7 +210,7 @@ def prepare(node, args, bundle, connections, progress):
     budget = args.install_tries * (args.install_timeout + 15) + 120
     script = install_command(node, node_info(args, node, node["type"]), node_env(args, node), args.install_tries,
                              args.install_timeout, args.idle_timeout)
-    ssh, code, output = run_on(connections, node, script, stdin=lambda: BundleReader(bundle), timeout=budget)
+    ssh, code, output = run_on(connections, node, script, stdin=lambda: SharedReader(bundle), timeout=budget)
     if args.dispatch and code == 0:
         connections.keep(node, ssh)
     else:
@@ -222,18 +223,6 @@ def prepare(node, args, bundle, connections, progress):
             f.write(output)
         raise NodeError("install failed (kept in %s):\n%s" % (keep, output.rstrip()))
     progress()
-
-
-class BundleReader:
-    """A reader of the shared bundle file with its own offset, so threads can stream it at once."""
-
-    def __init__(self, bundle):
-        self.fd, self.offset = bundle.fileno(), 0
-
-    def read(self, n):
-        data = os.pread(self.fd, n, self.offset)
-        self.offset += len(data)
-        return data
 
 
 def rows_wanted(args, rows):
@@ -260,7 +249,7 @@ def create(args, placement, wanted):
     extra, extra_names = placement.resources(types)
     with ThreadPoolExecutor(5) as making:  # independent resources, made at once
         made = [making.submit(cs.ensure_bucket, cs.client("s3"), bucket, cs.region()),
-                making.submit(cs.ensure_key_pair, args.job),
+                making.submit(ensure_key_pair, args.job),
                 making.submit(cs.ensure_security_group, args.job, cidr, subnets[0]["vpc"]),
                 making.submit(cs.ensure_instance_profile, args.job, bucket)] + [making.submit(m) for m in extra]
         _, key, group_id, profile = [m.result() for m in made][:4]
@@ -305,27 +294,7 @@ def prepare_all(args, nodes, connections):
         results = for_each_node(nodes, lambda n: prepare(n, args, bundle, connections, progress), args.parallel)
     job_state.set_status([n["id"] for n in nodes if not isinstance(results[n["tag"]], NodeError)], "ready")
     job_state.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "install-failed")
-    return say_results(args, nodes, results, "ready", terminate_failed=not args.keep_failed)
-
-
-def say_results(args, nodes, results, word, terminate_failed=False):
-    """Print one line per node on stdout; failures on stderr. UserError if any failed."""
-    failed = []
-    for node in nodes:
-        result = results[node["tag"]]
-        if isinstance(result, NodeError):
-            failed.append(node)
-            log("%s (%s) FAILED: %s" % (node["tag"], node["id"], result))
-        else:
-            print("%s\t%s\t%s" % (node["tag"], node["id"], result or word), flush=True)
-    if failed and terminate_failed:
-        cs.terminate([n["id"] for n in failed])
-        log("terminated the %d failed machines (keep them with --keep-failed); "
-            "run create again to retry them" % len(failed))
-    if failed:
-        raise UserError("%d of %d machines failed: %s" % (len(failed), len(nodes),
-                                                          " ".join(n["tag"] for n in failed)))
-    return 0
+    return say_results(nodes, results, "ready", terminate_failed=not args.keep_failed)
 
 
 # ---------------------------------------------------------------------------- dispatch
@@ -393,7 +362,7 @@ def dispatch(args, placement, wanted, connections=None, requeue=False):
     job_state.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
     started = {tag: row for tag, row in rows.items() if results[tag] == "started" and row[2] is not None}
     record_dispatch(args, placement, job_state.job_bucket(args.job, found), nodes, results, dict(queued, **started))
-    code = say_results(args, nodes, results, placement.started)
+    code = say_results(nodes, results, placement.started)
     if unstarted:
         raise UserError("no running machine for %s: run create for them first" % " ".join(sorted(unstarted)))
     return code

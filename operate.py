@@ -24,6 +24,7 @@ import cloud_setup as cs
 import launch
 import job_state
 import pool
+import ssh
 from cloud_setup import UserError, log
 
 
@@ -49,7 +50,7 @@ def clean(job, delete_bucket=False, timeout=600):
     bucket = job_state.job_bucket(job, job_state.find_nodes(job))
     down(job, timeout)
     cs.delete_security_group(job, timeout)
-    cs.delete_key_pair(job)
+    ssh.delete_key_pair(job)
     cs.delete_instance_profile(job)
     queues = pool.delete_queues(job)
     shutil.rmtree(cs.state_dir(job), ignore_errors=True)

@@ -1,8 +1,9 @@
-"""SSH to the nodes, with paramiko: host keys trusted on first use and remembered per instance
-id, one job's connections (its key, its known hosts, connections kept between steps), commands run
-with a deadline, and work run on many nodes at once with each node's result or error collected.
-Ctrl-C (STOP) makes every node's work give up at once. Runs on the user's machine; dispatcher.py
-and logs.py use it.
+"""SSH to the nodes, with paramiko: the job's key pair (made and deleted here, its private key
+in ~/.ssh/JOB.pem), host keys trusted on first use and remembered per instance id, one job's
+connections (its key, its known hosts, connections kept between steps), commands run with a
+deadline, and work run on many nodes at once with each node's result or error collected (and
+said, a line per node). Ctrl-C (STOP) makes every node's work give up at once. Runs on the
+user's machine; dispatcher.py, logs.py and operate.py's clean use it.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import paramiko
+from botocore.exceptions import ClientError
 
 import cloud_setup as cs
-from cloud_setup import UserError
+from cloud_setup import UserError, log
 
 
 class NodeError(Exception):
@@ -62,11 +64,79 @@ class HostKeyMemory:
             self.keys.save(self.path)
 
 
+# ---------------------------------------------------------------------------- the job's key pair
+
+def key_path(job):
+    """Where the job's private key lives: ~/.ssh/JOB.pem, as in the original."""
+    return os.path.join(cs.awsrun_env("KEY_DIR", os.path.expanduser("~/.ssh")), job + ".pem")
+
+
+def write_private_key(path, material):
+    """Write a private key with mode 0600 from the first byte; never overwrite."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(material)
+
+
+def ensure_key_pair(job):
+    """The job's key pair, named JOB, with its private key in ~/.ssh/JOB.pem.
+
+    An existing key file is reused (its public half is imported if AWS lacks it).
+    If AWS has the key but the file is gone, the key cannot be recovered: UserError."""
+    ec2, path = cs.client("ec2"), key_path(job)
+    try:
+        ec2.describe_key_pairs(KeyNames=[job])
+        in_aws = True
+    except ClientError as e:
+        if cs.error_code(e) != "InvalidKeyPair.NotFound":
+            raise
+        in_aws = False
+    if os.path.exists(path):
+        if not in_aws:
+            ec2.import_key_pair(KeyName=job, PublicKeyMaterial=public_key_of(path).encode(),
+                                TagSpecifications=cs.job_tags("key-pair", job))
+        return path
+    if in_aws:
+        raise UserError("key pair %r exists in AWS but its private key %s is gone: restore the file, "
+                        "or delete the key pair with `aws ec2 delete-key-pair --key-name %s` and run "
+                        "create again" % (job, path, job))
+    material = ec2.create_key_pair(KeyName=job, KeyType="rsa",
+                                   TagSpecifications=cs.job_tags("key-pair", job))["KeyMaterial"]
+    write_private_key(path, material)
+    return path
+
+
+def delete_key_pair(job):
+    """Delete the job's key pair and ~/.ssh/JOB.pem. Only a key pair that exists: IAM checks the
+    job tag of the key pair named, so deleting one that is gone already is refused, not ignored."""
+    ec2 = cs.client("ec2")
+    for pair in ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [job]}])["KeyPairs"]:
+        ec2.delete_key_pair(KeyName=pair["KeyName"])
+    if os.path.exists(key_path(job)):
+        os.remove(key_path(job))
+
+
+def public_key_of(path):
+    """The OpenSSH public line of a PEM private key file."""
+    from cryptography.hazmat.primitives import serialization
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except ValueError:
+        key = serialization.load_ssh_private_key(data, password=None)
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                         serialization.PublicFormat.OpenSSH).decode()
+
+
+# ---------------------------------------------------------------------------- connections
+
 class Connections:
     """What every SSH connection of one job shares: its key and its known host keys."""
 
     def __init__(self, job, timeout):
-        key = cs.key_path(job)
+        key = key_path(job)
         if not os.path.exists(key):
             raise UserError("the key %s is missing: run create first (make create JOBS=...)" % key)
         self.pkey = paramiko.PKey.from_path(key)
@@ -237,3 +307,36 @@ def for_each_node(nodes, work, parallel):
         raise
     finally:
         workers.shutdown(wait=True, cancel_futures=True)
+
+
+def say_results(nodes, results, word, terminate_failed=False):
+    """Print one line per node on stdout; failures on stderr. UserError if any failed."""
+    failed = []
+    for node in nodes:
+        result = results[node["tag"]]
+        if isinstance(result, NodeError):
+            failed.append(node)
+            log("%s (%s) FAILED: %s" % (node["tag"], node["id"], result))
+        else:
+            print("%s\t%s\t%s" % (node["tag"], node["id"], result or word), flush=True)
+    if failed and terminate_failed:
+        cs.terminate([n["id"] for n in failed])
+        log("terminated the %d failed machines (keep them with --keep-failed); "
+            "run create again to retry them" % len(failed))
+    if failed:
+        raise UserError("%d of %d machines failed: %s" % (len(failed), len(nodes),
+                                                          " ".join(n["tag"] for n in failed)))
+    return 0
+
+
+class SharedReader:
+    """A reader of a shared file (the bundle) with its own offset, so that threads can stream it
+    to many nodes at once."""
+
+    def __init__(self, bundle):
+        self.fd, self.offset = bundle.fileno(), 0
+
+    def read(self, n):
+        data = os.pread(self.fd, n, self.offset)
+        self.offset += len(data)
+        return data

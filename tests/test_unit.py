@@ -161,29 +161,29 @@ def test_key_file_is_0600_from_the_first_byte_and_reused(aws, monkeypatch):
     real_open = os.open
     monkeypatch.setattr(os, "open",
                         lambda p, flags, mode=0o777: opened.append((p, flags, mode)) or real_open(p, flags, mode))
-    path = cs.ensure_key_pair("job-a")
+    path = ssh.ensure_key_pair("job-a")
     assert opened == [(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert path == os.path.join(os.environ["AWSRUN_KEY_DIR"], "job-a.pem")
     before = open(path).read()
-    assert cs.ensure_key_pair("job-a") == path and open(path).read() == before
+    assert ssh.ensure_key_pair("job-a") == path and open(path).read() == before
     assert [k["KeyName"] for k in aws.describe_key_pairs()["KeyPairs"]] == ["job-a"]
 
 
 def test_key_in_aws_but_file_gone_says_what_to_do(aws):
-    path = cs.ensure_key_pair("job-a")
+    path = ssh.ensure_key_pair("job-a")
     os.remove(path)
     with pytest.raises(cs.UserError) as e:
-        cs.ensure_key_pair("job-a")
+        ssh.ensure_key_pair("job-a")
     assert str(e.value) == ("key pair 'job-a' exists in AWS but its private key %s is gone: restore the file, "
                             "or delete the key pair with `aws ec2 delete-key-pair --key-name job-a` and run "
                             "create again" % path)
 
 
 def test_key_file_without_aws_key_is_imported(aws):
-    path = cs.ensure_key_pair("job-a")
+    path = ssh.ensure_key_pair("job-a")
     aws.delete_key_pair(KeyName="job-a")
-    assert cs.ensure_key_pair("job-a") == path
+    assert ssh.ensure_key_pair("job-a") == path
     assert [k["KeyName"] for k in aws.describe_key_pairs()["KeyPairs"]] == ["job-a"]
 
 
@@ -246,7 +246,7 @@ def launch_setup(aws, job, rows):
     ami = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     args = argparse.Namespace(job=job, tag_offset=0, pool=None)
     wanted = dispatcher.rows_wanted(args, rows)
-    key = cs.ensure_key_pair(job)
+    key = ssh.ensure_key_pair(job)
     group = cs.ensure_security_group(job, "198.51.100.7/32")
     profile = cs.ensure_instance_profile(job, job)
     calls = []
