@@ -101,7 +101,7 @@ def test_uploads_go_on_through_409_and_503_answers(box):
 
 
 def test_a_node_asks_the_metadata_service_again_when_its_credentials_do_not_come_at_once(box):
-    job = "strict-imds"
+    job = "strict-creds"
     # The metadata service answers the first four requests for the node's credentials with 500,
     # as a busy one may; botocore asks once by default, and the upload would fail for want of
     # credentials, holding the node up for a day.
@@ -109,7 +109,7 @@ def test_a_node_asks_the_metadata_service_again_when_its_credentials_do_not_come
     create_dispatch(box, job, ["echo x > output/a.txt"])
     until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the upload", timeout=90)
     assert box.read(job, job + "0/output/a.txt") == "x\n"
-    assert [e["fault"] for e in box.decisions() if e.get("action") == "imds:GetCredentials"] == [500] * 4
+    assert box.fault_hits(500) == 4
     until(lambda: box.states(job) == ["terminated"], what="the machine to end")
 
 
