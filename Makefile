@@ -23,6 +23,7 @@ POOL   ?=
 HOURS  ?=
 LIKE   ?=
 PRICES ?=
+BUDGET ?=
 SLOTS  ?=
 ARGS   ?=
 TIMEOUT ?= 86400
@@ -31,7 +32,8 @@ DELETE_BUCKET ?= no
 TEST_WORKERS ?= 4
 
 DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)) \
-	$(if $(POOL),--pool $(POOL)) $(if $(SLOTS),--slots $(SLOTS)) $(ARGS)
+	$(if $(POOL),--pool $(POOL)) $(if $(SLOTS),--slots $(SLOTS)) $(if $(BUDGET),--budget $(BUDGET)) \
+	$(if $(PRICES),--prices $(PRICES)) $(if $(HOURS),--hours $(HOURS)) $(if $(LIKE),--like $(LIKE)) $(ARGS)
 # `make status` alone counts every instance; with JOB= given, one line per tag of that job.
 STATUS_JOB = $(if $(filter command line environment,$(origin JOB)),$(JOB))
 SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-server
@@ -70,9 +72,9 @@ dry-run: $(PY)  ## check everything create needs (permissions, image, quota, net
 	$(DISPATCH) --dry-run
 
 plan: $(PY)  ## what the run would cost (HOURS=H a row, or LIKE=OLDJOB; PRICES=FILE), and make nothing
-	$(DISPATCH) --plan $(if $(HOURS),--hours $(HOURS)) $(if $(LIKE),--like $(LIKE)) $(if $(PRICES),--prices $(PRICES))
+	$(DISPATCH) --plan
 
-create: $(PY)  ## launch and prepare one machine per row of JOBS (POOL=N: N per instance type)
+create: $(PY)  ## launch and prepare one machine per row of JOBS (POOL=N: N per instance type; BUDGET=USD: a hard cap)
 	$(DISPATCH) -c
 
 dispatch: $(PY)  ## start every row's command on its machine (POOL=N: queue the rows, start the workers)

@@ -40,7 +40,8 @@ PROGRESS_TAG = "awsrun:progress"  # the latest value set with update_tags.py
 UNTIL_TAG = "awsrun:until"        # an upload-failed node is kept up until then
 DEADLINE_TAG = "awsrun:deadline"  # a row's command is stopped then (its --max-runtime)
 POOL_TAG = "awsrun:pool"          # on a pool machine: the instance type whose queue it serves
-PROTECTED_TAGS = (JOB_TAG, ROWS_TAG, BUCKET_TAG, POOL_TAG)  # what a node may never change
+BUDGET_TAG = "awsrun:budget-end"  # under --budget: the machine is shut down by then at the latest
+PROTECTED_TAGS = (JOB_TAG, ROWS_TAG, BUCKET_TAG, POOL_TAG, BUDGET_TAG)  # what a node may never change
 
 
 def retries(attempts, **config):

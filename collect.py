@@ -111,6 +111,10 @@ def collect(source, job, pattern, out):
                         % (len(results), job, pattern))
     with ThreadPoolExecutor(16) as pool:
         manifests = dict(zip(results, pool.map(source.manifest, results)))
+        cut = sorted((t for t, m in manifests.items() if m.get("stopped_by") == "budget"), key=cs.tag_order)
+        if cut:
+            log("stopped by the budget, left out: %s" % " ".join(cut))
+            files = [k for k in files if k.split("/", 1)[0] not in cut]
         heads = list(pool.map(lambda k: attempt(read_header, source.head, k), files))
     columns, readable = [], []
     for key, header in zip(files, heads):

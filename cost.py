@@ -301,3 +301,124 @@ def plan_command(args, placement, wanted):
     else:
         print("\n".join(plan_lines(planned)))
     return 0
+
+
+# ---------------------------------------------------------------------------- the budget
+
+UPLOAD_MARGIN = 300  # seconds before a budget's end that a row is stopped at the latest, for its upload
+
+
+def upload_margin():
+    return int(cs.awsrun_env("UPLOAD_MARGIN", UPLOAD_MARGIN))
+
+
+class Budget:
+    """A job's budget (--budget USD): the most its instances may bill, at the prices it counts
+    (the on-demand price, which is also a spot machine's cap and MaxPrice; or --prices). Every
+    machine launched under it gets a deadline, by which its OS shutdown is armed from its boot
+    on; the deadline of machines launched together is the time at which, with what the job's
+    other machines ran or are armed to run, the budget is spent. Its record is in the bucket."""
+
+    def __init__(self, job, bucket, record):
+        self.job, self.bucket, self.record = job, bucket, record
+
+    @classmethod
+    def of(cls, args, bucket):
+        """The job's budget: --budget, or the one recorded by an earlier command; None if neither."""
+        try:
+            record = job_state.read_json(cs.client("s3"), bucket, job_state.BUDGET)
+        except ClientError as e:  # a bucket that is not made yet has no budget
+            if cs.error_code(e) != "NoSuchBucket":
+                raise
+            record = None
+        if not getattr(args, "budget", None) and not record:
+            return None
+        if args.prices:
+            prices_from_file(args.prices)
+        record = dict(record or {"machines": {}, "prices": {}}, usd=args.budget or record["usd"])
+        return cls(args.job, bucket, record)
+
+    def prices_for(self, types, prices_file=None):
+        """{type: USD per hour} the budget counts, those recorded first; UserError if one has none."""
+        wanted = sorted(set(types) - set(self.record["prices"]))
+        if wanted:
+            now = time.time()
+            found, source = price_list({(t, False): {"start": now, "end": now} for t in wanted}, prices_file)
+            lacking = [t for t in wanted if (t, False) not in found]
+            if lacking:
+                raise UserError("--budget: no price for %s (%s): pass --prices FILE (instance_type,price_per_hour)"
+                                % (" ".join(lacking), source), code=2)
+            self.record["prices"].update({t: found[(t, False)] for t in wanted})
+        return {t: self.record["prices"][t] for t in types}
+
+    def committed(self, ended, leave_out=()):
+        """USD the job's recorded machines ran, or are armed to run: from launch to their end
+        if they have ended (`ended`: {id: when}), else to their deadline; 60 s at least."""
+        return sum(m["price"] * max(60.0, min(ended.get(i) or m["deadline"], m["deadline"]) - m["launched"]) / 3600
+                   for i, m in self.record["machines"].items() if i not in leave_out)
+
+    def deadline(self, machines, launched, ended, setup, prices_file=None):
+        """The deadline of machines to be launched (machines: [type], launched: [when, or None
+        for now]) such that the job's instances bill at most the budget; UserError, before
+        anything is made, if that does not pay for launching and preparing them (`setup` s)."""
+        prices = self.prices_for(set(machines), prices_file)
+        now = time.time()
+        rate = sum(prices[t] for t in machines)
+        left = self.record["usd"] - self.committed(ended)
+        start = sum(prices[t] * (when or now) for t, when in zip(machines, launched)) / rate
+        deadline = start + left / rate * 3600
+        need = rate * max(60.0, setup) / 3600
+        if deadline < max(now, start) + max(60.0, setup):
+            spent = self.record["usd"] - left
+            raise UserError("--budget %s does not pay for launching and preparing %s (about %s at %s/h, %s):%s "
+                            "give at least --budget %.2f" % (
+                                money(self.record["usd"]), plural(len(machines), "machine"), money(need), money(rate),
+                                job_state.elapsed(max(60.0, setup)),
+                                " %s of it is spent or armed already;" % money(spent) if spent > 0 else "",
+                                spent + need + 0.005), code=2)
+        return int(deadline)
+
+    def add(self, nodes, deadline):
+        """Record machines launched under the budget, and write the record to the bucket."""
+        for n in nodes:
+            self.record["machines"][n["id"]] = {"type": n["type"], "price": self.record["prices"][n["type"]],
+                                                "launched": n["launched"].timestamp(), "deadline": deadline}
+        cs.client("s3").put_object(Bucket=self.bucket, Key=job_state.BUDGET, ContentType="application/json",
+                                   Body=json.dumps(self.record, indent=1).encode())
+
+
+def ended_times(job):
+    """{instance id: when it was told to end} of the job's instances that have ended."""
+    return {n["id"]: n["ended"] for n in job_state.find_nodes(job) if n.get("ended")}
+
+
+def launch_budget(args, bucket, by_type):
+    """Under a budget, before anything is made: (the Budget, the deadline of the machines about
+    to be launched, {type: USD per hour}); UserError if it cannot pay for launching and preparing
+    them. Without one: (None, None, None)."""
+    budget = Budget.of(args, bucket)
+    if budget is None or not by_type:
+        return budget, None, None
+    machines = [t for t, numbers in sorted(by_type.items()) for _ in numbers]
+    setup = max([e["setup"] for e in args.estimates.values() if e] or [SETUP_GUESS])
+    deadline = budget.deadline(machines, [None] * len(machines), ended_times(args.job), setup, args.prices)
+    log("budget %s: these %s end by %s at the latest" % (money(budget.record["usd"]), plural(len(machines), "machine"),
+                                                       time.strftime(cs.TIME_FORMAT, time.gmtime(deadline))))
+    return budget, deadline, budget.prices_for(set(machines))
+
+
+def cover(budget, nodes, prices_file=None):
+    """Give the machines about to start that have no deadline yet (launched without a budget) the
+    one the budget leaves them, from their launch times: tagged on them and recorded."""
+    bare = [n for n in nodes if not n.get("budget_end")]
+    if budget is None or not bare:
+        return
+    deadline = budget.deadline([n["type"] for n in bare], [n["launched"].timestamp() for n in bare],
+                               ended_times(bare[0]["job"]), 0, prices_file)
+    cs.client("ec2").create_tags(Resources=[n["id"] for n in bare], Tags=[
+        {"Key": cs.BUDGET_TAG, "Value": time.strftime(cs.TIME_FORMAT, time.gmtime(deadline))}])
+    budget.add(bare, deadline)
+    for n in bare:
+        n["budget_end"] = deadline
+    log("budget %s: %s end by %s at the latest" % (money(budget.record["usd"]), plural(len(bare), "machine"),
+                                                   time.strftime(cs.TIME_FORMAT, time.gmtime(deadline))))

@@ -168,7 +168,8 @@ def node_env(args, node):
     """The node scripts' settings, in .awsrun/node.env (sourced by node/*.sh)."""
     values = [("AWSRUN_PYTHON", cs.awsrun_env("NODE_PYTHON", "python3")), ("TAG", node["tag"]),
               ("INSTANCE_ID", node["id"]), ("MAX_RUNTIME", int(args.max_runtime or 0)),
-              ("UPLOAD_HOLD", int(getattr(args, "upload_hold", 0) or 0))]
+              ("UPLOAD_HOLD", int(getattr(args, "upload_hold", 0) or 0)), ("BUDGET_END", node.get("budget_end") or ""),
+              ("UPLOAD_MARGIN", cost.upload_margin())]
     if node.get("pool"):
         values.append(("POOL_IDLE", pool.idle()))
     return "".join("%s=%s\n" % (k, shlex.quote(str(v))) for k, v in values)
@@ -180,10 +181,12 @@ def node_info(args, node, itype, command=None):
             "bucket": node["bucket"], "account": cs.account(), "region": cs.region(), "command": command,
             "outputs": args.output, "max_runtime": args.max_runtime or None,
             "upload_hold": getattr(args, "upload_hold", None), "spot": node.get("spot", False),
-            "launched": launch_time(node)}
+            "launched": launch_time(node), "upload_margin": cost.upload_margin(),
+            "budget_end": node.get("budget_end") and time.strftime(cs.TIME_FORMAT, time.gmtime(node["budget_end"]))}
     if node.get("pool"):  # what node/pool_worker.py reads
         info.update(queue_url=node.get("queue_url"), slots=0 if args.slots == "auto" else int(args.slots),
-                    lease=pool.lease(), idle=pool.idle())
+                    lease=pool.lease(), idle=pool.idle(),
+                    row_expected=(getattr(args, "estimates", {}).get(itype) or {}).get("p90"))
     return info
 
 
@@ -244,6 +247,7 @@ def create(args, placement, wanted):
     by_type = launch.to_launch(args.job, machines)
     launch.check_quotas({t: (len(n), vcpus[t]) for t, n in by_type.items()}, spot, pooled=placement.pooled)
     bucket, cidr = args.bucket or args.job, cs.caller_cidr()
+    budget, deadline, prices = cost.launch_budget(args, bucket, by_type)
     with open(os.path.join(cs.state_dir(args.job), "bucket"), "w") as f:
         f.write(bucket)
     extra, extra_names = placement.resources(types)
@@ -259,9 +263,12 @@ def create(args, placement, wanted):
     pause(args, "launch up to %d machines with %s" % (len(machines), ", ".join(
         "%s on %s" % kv for kv in sorted(amis.items()))))
     try:
-        ids, missing = launch.launch_all(args, placement, by_type, amis, args.job, group_id, profile, bucket, subnets)
+        ids, missing = launch.launch_all(args, placement, by_type, amis, args.job, group_id, profile, bucket, subnets,
+                                         budget=deadline and (deadline, prices))
         running, failed = launch.wait_running(ids, timeout=args.ssh_timeout)
         found = job_state.find_nodes(args.job)  # one DescribeInstances: the live ones, and those that failed
+        if deadline:
+            budget.add([n for n in found if n["id"] in ids], deadline)
         live = job_state.newest_per_tag([n for n in found if n["state"] in job_state.LIVE])
         nodes = [n for t, n in sorted(live.items()) if t in machines and n["status"] not in job_state.STARTED]
         for node in found:
@@ -357,6 +364,7 @@ def dispatch(args, placement, wanted, connections=None, requeue=False):
     connections = connections or Connections(args.job, args.ssh_timeout)
     found = job_state.find_nodes(args.job, ("running",))
     nodes, rows, queued, tags, unstarted = placement.to_start(found, wanted, requeue)
+    cost.cover(cost.Budget.of(args, job_state.job_bucket(args.job, found)), nodes, args.prices)
     job_state.set_status([n["id"] for n in nodes], "running", tags)  # before they start, so their own later tags win
     results = for_each_node(nodes, lambda n: start(n, args, rows[n["tag"]], connections), args.parallel)
     job_state.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
@@ -513,8 +521,10 @@ def parse_args(argv):
                    help="check everything create needs, asking AWS, and make nothing (exit 0: create would start)")
     p.add_argument("--plan", action="store_true",
                    help="print what the run would cost (machines, machine-hours, dollars) and make nothing")
-    p.add_argument("--hours", type=float, metavar="H", help="with --plan: the hours a row takes")
-    p.add_argument("--like", metavar="OLDJOB", help="with --plan: the row times of an earlier job, from its manifests")
+    p.add_argument("--budget", type=float, metavar="USD", help="the job's instances bill at most this, at the prices "
+                   "it counts: every machine is shut down in time")
+    p.add_argument("--hours", type=float, metavar="H", help="with --plan or --budget: the hours a row takes")
+    p.add_argument("--like", metavar="OLDJOB", help="with --plan or --budget: the row times of an earlier job")
     p.add_argument("--prices", metavar="CSV", help="USD per hour per instance type (columns instance_type,"
                    "price_per_hour), instead of the AWS Price List API and the spot price history")
     p.add_argument("--json", action="store_true", help="with --plan: print the plan as JSON")
@@ -562,8 +572,12 @@ def parse_args(argv):
         p.error("--dry-run and --plan each make nothing: give one")
     if args.hours is not None and args.like:
         p.error("--hours and --like both say how long a row takes: give one")
-    if (args.hours is not None or args.like or args.json) and not args.plan:
-        p.error("--hours, --like and --json go with --plan")
+    if (args.hours is not None or args.like) and not (args.plan or args.budget):
+        p.error("--hours and --like go with --plan or --budget")
+    if args.json and not args.plan:
+        p.error("--json goes with --plan")
+    if args.budget is not None and not args.budget > 0:
+        p.error("--budget must be more than 0 (US dollars)")
     if args.hours is not None and not args.hours > 0:
         p.error("--hours must be more than 0")
     if not 1 <= args.max_attempts <= 1000:
@@ -586,6 +600,8 @@ def main(argv=None):
             return launch.dry_run_command(args, placement, wanted)
         if args.plan:
             return cost.plan_command(args, placement, wanted)
+        args.estimates = cost.row_estimates({t for _, t, _ in rows}, args.hours, args.like)[0] \
+            if args.hours is not None or args.like else {}
         waiting = {}  # pool mode: queued rows that need machines, but are not queued again
         if args.retry:
             wanted, waiting = retry_plan(placement, wanted)

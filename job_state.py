@@ -9,8 +9,10 @@ node/pool_worker.py).
 """
 from __future__ import annotations
 
+import calendar
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -86,8 +88,18 @@ def node_from_instance(instance):
             "spot": instance.get("InstanceLifecycle") == "spot",
             "since": cs.parse_time(tags.get(cs.SINCE_TAG, "")), "progress": tags.get(cs.PROGRESS_TAG, ""),
             "until": tags.get(cs.UNTIL_TAG, ""), "deadline": tags.get(cs.DEADLINE_TAG, ""),
+            "budget_end": cs.parse_time(tags.get(cs.BUDGET_TAG, "")), "ended": ended_at(instance),
             "address": instance.get("PrivateIpAddress", "") if cs.awsrun_env("SSH_ADDRESS", "public") == "private"
             else instance.get("PublicIpAddress") or instance.get("PublicDnsName") or ""}
+
+
+def ended_at(instance):
+    """When an instance that has ended (or is ending) was told to, from the time EC2 writes in its
+    StateTransitionReason ("User initiated (2026-12-01 14:00:00 GMT)"), or None."""
+    if instance["State"]["Name"] not in ("shutting-down", "terminated", "stopping", "stopped"):
+        return None
+    found = re.search(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)", instance.get("StateTransitionReason", ""))
+    return calendar.timegm(time.strptime(found.group(1), "%Y-%m-%d %H:%M:%S")) if found else None
 
 
 def set_status(ids, status, extra=None, ec2=None):
@@ -145,11 +157,13 @@ QUEUED = MARKERS + "queued/"
 # Each dispatch also writes what it started, _awsrun/dispatch/TIME.json (record_dispatch in
 # dispatcher.py): the machines' launch and install times and the rows' commands, for report.py.
 DISPATCHED = MARKERS + "dispatch/"
-FINISHED = ("succeeded", "failed", "lost", "install-failed", "upload-failed", "ended")
+BUDGET = MARKERS + "budget/budget.json"  # the job's budget and the machines launched under it (cost.Budget)
+FINISHED = ("succeeded", "failed", "lost", "install-failed", "upload-failed", "ended", "stopped by budget")
 
 
-def marker_key(tag, exit_code, runtime):
-    return "%s%s/exit=%s,runtime=%d" % (MARKERS, tag, exit_code, runtime)
+def marker_key(tag, exit_code, runtime, stopped=None):
+    """The outcome marker of a row; `stopped`: what stopped it (budget) if not itself."""
+    return "%s%s/exit=%s,runtime=%d%s" % (MARKERS, tag, exit_code, runtime, ",stopped=" + stopped if stopped else "")
 
 
 def start_key(tag, instance_id, attempt):
@@ -200,7 +214,7 @@ def outcomes(objects):
     for tag, values, when in tag_markers(objects):
         if "exit" in values:
             exit_code = values["exit"]
-            found[tag] = {"exit": cs.exit_code_of(exit_code),
+            found[tag] = {"exit": cs.exit_code_of(exit_code), "stopped": values.get("stopped"),
                           "runtime": int(values.get("runtime", "0") or 0), "when": when}
     return found
 
@@ -265,7 +279,7 @@ def node_state(node, marker):
     if marker is not None and not (live and node["launched"] > marker["when"]):
         done = outcome_state(marker)
         if live:
-            return done + " (ending)" if done == "succeeded" else done[:-1] + ", ending)"
+            return done[:-1] + ", ending)" if done.endswith(")") else done + " (ending)"
         return done
     if node is None:
         return "lost"
@@ -286,6 +300,8 @@ def elapsed(seconds):
 
 
 def outcome_state(marker):
+    if marker.get("stopped") == "budget":
+        return "stopped by budget"
     return "succeeded" if marker["exit"] == 0 else "failed (exit %s)" % marker["exit"]
 
 

@@ -24,9 +24,9 @@ import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloud_setup import (BUCKET_TAG, JOB_TAG, POOL_TAG, ROWS_TAG, UserError, backoff, bucket_is_ours, caller_cidr,
-                         client, client_with, error_code, error_code_in, group_filters, group_name, job_tags, log,
-                         number_of, region, retrying, role_name, awsrun_env, terminate)
+from cloud_setup import (BUCKET_TAG, BUDGET_TAG, JOB_TAG, POOL_TAG, ROWS_TAG, TIME_FORMAT, UserError, awsrun_env,
+                         backoff, bucket_is_ours, caller_cidr, client, client_with, error_code, error_code_in,
+                         group_filters, group_name, job_tags, log, number_of, region, retrying, role_name, terminate)
 from job_state import LIVE, encode_rows, find_nodes, launch_batches, newest_per_tag
 
 UBUNTU_ARCH = {"x86_64": "amd64", "arm64": "arm64"}  # EC2's architecture -> Ubuntu's name for it
@@ -142,7 +142,7 @@ def launch_subnets(subnet_ids=()):
 
 
 def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket, subnets, spot=False,
-           boot_guard=0, pool=False):
+           boot_guard=0, pool=False, budget=None):
     """Launch one instance type's nodes: calls of at most MAX_PER_LAUNCH instances with
     MinCount=1, each in one subnet, every instance tagged in its call. What a zone has no
     capacity for is tried in the next subnet, until every one was tried. Returns (instance ids,
@@ -151,7 +151,7 @@ def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket
     while pending and zones:
         batch = launch_batches(pending[:MAX_PER_LAUNCH])[0]
         params = launch_params(job, ami, instance_type, batch, key_name, group_id, profile, bucket, zones[0],
-                               spot, boot_guard, pool)
+                               spot, boot_guard, pool, budget)
         try:
             got = run_instances(params)
         except ClientError as e:
@@ -177,14 +177,21 @@ def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket
 
 
 def launch_params(job, ami, instance_type, numbers, key_name, group_id, profile, bucket, subnet, spot, boot_guard,
-                  pool=False):
+                  pool=False, budget=None):
     """The RunInstances arguments for one launch: tagged in the call, ended by an OS shutdown,
     with a boot-time guard, in one subnet (given a public address if it maps none). Pool
-    machines carry POOL_TAG, and `numbers` are their machine numbers."""
+    machines carry POOL_TAG, and `numbers` are their machine numbers. Under a budget
+    (`budget`: the deadline, and the USD per hour it counts), the machines carry their deadline
+    in BUDGET_TAG, the boot-time guard ends them by then, and a spot machine's MaxPrice is that
+    price."""
     tags = [{"Key": "Name", "Value": job}, {"Key": JOB_TAG, "Value": job},
             {"Key": ROWS_TAG, "Value": encode_rows(numbers)}, {"Key": BUCKET_TAG, "Value": bucket}]
     if pool:
         tags.append({"Key": POOL_TAG, "Value": instance_type})
+    minutes = max(1, (boot_guard + 59) // 60)
+    if budget:
+        tags.append({"Key": BUDGET_TAG, "Value": time.strftime(TIME_FORMAT, time.gmtime(budget[0]))})
+        minutes = min(minutes, int(budget[0] - time.time()) // 60)  # rounded down: never after the deadline
     params = dict(ImageId=ami, InstanceType=instance_type, MinCount=1, MaxCount=len(numbers),
                   KeyName=key_name, IamInstanceProfile={"Name": profile},
                   InstanceInitiatedShutdownBehavior="terminate",
@@ -194,7 +201,7 @@ def launch_params(job, ami, instance_type, numbers, key_name, group_id, profile,
                   TagSpecifications=[{"ResourceType": "instance", "Tags": tags},
                                      {"ResourceType": "volume", "Tags": tags[:2]}])
     if boot_guard:
-        params["UserData"] = BOOT_GUARD % max(1, (boot_guard + 59) // 60)
+        params["UserData"] = BOOT_GUARD % max(0, minutes)
     if subnet["public"] or awsrun_env("SSH_ADDRESS", "public") == "private":
         params.update(SubnetId=subnet["id"], SecurityGroupIds=[group_id])
     else:  # a subnet that maps no public IP: ask for one, or the node cannot be reached
@@ -205,6 +212,8 @@ def launch_params(job, ami, instance_type, numbers, key_name, group_id, profile,
         # caller's iam:CreateServiceLinkedRole (the policy grants it for spot.amazonaws.com).
         params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
             "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+        if budget:  # a rise of the spot price cannot break the budget: the machine is interrupted
+            params["InstanceMarketOptions"]["SpotOptions"]["MaxPrice"] = "%.6f" % budget[1]
     return params
 
 
@@ -301,6 +310,8 @@ def launch_error(e, instance_type, ami):
         "OptInRequired": "accept the terms of AMI %s in the AWS Marketplace first" % ami,
         "UnauthorizedOperation": "your credentials may not launch instances: see awsrun-user-policy.json",
         "Unsupported": "%s is not offered here: try another type or region" % instance_type,
+        "SpotMaxPriceTooLow": "the spot price of %s is above the price the budget counts: give a higher one in "
+                              "--prices, or launch on demand" % instance_type,
     }
     if code in hints:
         return UserError("launching %s failed: %s (%s)" % (instance_type, hints[code], code))
@@ -352,14 +363,16 @@ def to_launch(job, wanted):
     return by_type
 
 
-def launch_all(args, placement, by_type, amis, key_name, group_id, profile, bucket, subnets):
+def launch_all(args, placement, by_type, amis, key_name, group_id, profile, bucket, subnets, budget=None):
     """Launch every missing node, per instance type (each with its image, `amis`), failing over
-    between zones. Returns (the new instance ids, {tag: why it could not be launched})."""
+    between zones; under a budget (`budget`: the deadline, {type: USD per hour}), ended by the
+    deadline. Returns (the new instance ids, {tag: why it could not be launched})."""
     ids, missing, spot = [], {}, getattr(args, "spot", False)
     guard = args.ssh_timeout + args.install_tries * (args.install_timeout + 15) + 600
     for itype, numbers in sorted(by_type.items()):
-        got, lacking = launch(args.job, amis[itype], itype, numbers, key_name, group_id, profile, bucket,
-                                     subnets, spot=spot, boot_guard=guard, pool=placement.pooled)
+        got, lacking = launch(args.job, amis[itype], itype, numbers, key_name, group_id, profile, bucket, subnets,
+                              spot=spot, boot_guard=guard, pool=placement.pooled,
+                              budget=budget and (budget[0], budget[1][itype]))
         ids += got
         missing.update({placement.machine_tag(itype, n): why for n, why in lacking.items()})
         log("launched %d x %s%s%s" % (len(got), itype, " (spot)" if spot else "", " (pool)" if placement.pooled

@@ -39,7 +39,7 @@ import job_state
 from cloud_setup import UserError, log
 
 PHASES = [("launch", "waiting for launch"), ("install", "install"), ("run", "run"), ("upload", "upload")]
-OUTCOMES = ["succeeded", "failed", "timed-out", "lost", "running", "queued"]
+OUTCOMES = ["succeeded", "failed", "timed-out", "stopped-by-budget", "lost", "running", "queued"]
 STRAGGLER = 3.0    # a row that ran this many times the median run time is named
 LOG_BYTES = 4096   # the end of a failed row's log that the report shows
 LOG_LINES = 12
@@ -98,7 +98,8 @@ def build(job, objects, dispatches, manifests, live, now):
         row["machine"] = machines.get(instance, {"id": instance, "tag": instance}) if instance else None
         if tag in finished:
             row["exit"] = finished[tag]["exit"]
-            row["outcome"] = ("timed-out" if m and m.get("timed_out") else
+            row["outcome"] = ("stopped-by-budget" if finished[tag].get("stopped") == "budget" else
+                              "timed-out" if m and m.get("timed_out") else
                               "succeeded" if row["exit"] == 0 else "failed")
         elif instance in live:
             row["outcome"] = "running"
@@ -324,6 +325,7 @@ pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}
 .bar.succeeded,.key.succeeded{fill:#2e7d32;background:#2e7d32}
 .bar.failed,.key.failed{fill:#c62828;background:#c62828}
 .bar.timed-out,.key.timed-out{fill:#ef6c00;background:#ef6c00}
+.bar.stopped-by-budget,.key.stopped-by-budget{fill:#f9a825;background:#f9a825}
 .bar.lost,.key.lost{fill:#6a1b9a;background:#6a1b9a}
 .bar.running,.key.running{fill:#1565c0;background:#1565c0}
 .bar.queued,.key.queued{fill:#90a4ae;background:#90a4ae}
@@ -350,7 +352,16 @@ def counted(counts):
     return ", ".join("%d %s" % (n, o.replace("-", " ")) for o, n in counts.items() if n)
 
 
-def page(job, bucket, rows, told, machines, used, prices, source, logs, now):
+def budget_words(budget):
+    """The job's budget in one line: its dollars, and the most its machines could bill by their deadlines."""
+    most = sum(m["price"] * max(60.0, m["deadline"] - m["launched"]) / 3600 for m in budget["machines"].values())
+    ends = [m["deadline"] for m in budget["machines"].values()]
+    return "budget: %s; its %s could bill at most %s, at the prices it counted, ending by %s" % (
+        cost.money(budget["usd"]), cost.plural(len(ends), "machine"), cost.money(most),
+        clock(max(ends)) if ends else "-")
+
+
+def page(job, bucket, rows, told, machines, used, prices, source, logs, now, budget=None):
     """The HTML page; `told` is summary(rows)."""
     counts, times, median, slow = told
     out = ["<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>awsrun report: %s</title><style>%s"
@@ -372,10 +383,11 @@ def page(job, bucket, rows, told, machines, used, prices, source, logs, now):
             "%s (%s)" % (html.escape(r["tag"]), job_state.elapsed(t)) for t, r in slow) or "none"))
     else:
         out.append("<p>No row has finished yet.</p>")
-    failed = [r for r in rows if r["outcome"] in ("failed", "timed-out", "lost")]
+    failed = [r for r in rows if r["outcome"] in ("failed", "timed-out", "stopped-by-budget", "lost")]
     out.append("<h2>Failures</h2>" + ("" if failed else "<p>None.</p>"))
     for r in failed:
         why = {"failed": "exit %s" % r["exit"], "timed-out": "stopped at its time limit (exit %s)" % r["exit"],
+               "stopped-by-budget": "stopped by the budget, before its machine had to end (exit %s)" % r["exit"],
                "lost": "lost: its machine ended before it uploaded a result"}[r["outcome"]]
         out.append("<h3>%s: %s</h3><p><code>%s</code></p>" % (html.escape(r["tag"]), why, html.escape(r["command"])))
         if r["tag"] in logs:
@@ -395,6 +407,8 @@ def page(job, bucket, rows, told, machines, used, prices, source, logs, now):
                "plus the idle wait after which it ends itself), and billed as EC2 bills Linux: by the second, at "
                "least 60 s per machine.%s</p>" % (html.escape(source),
                                                   " Estimated total: %s." % cost.money(total) if prices else ""))
+    if budget:
+        out.append("<p>%s</p>" % html.escape(budget_words(budget)))
     out.append("</body></html>\n")
     return "".join(out)
 
@@ -408,7 +422,8 @@ def log_tails(s3, bucket, rows, manifests):
         data = s3.get_object(Bucket=bucket, Key=tag + "/screen_output.txt",
                              Range="bytes=-%d" % LOG_BYTES)["Body"].read().decode("utf-8", "replace")
         return tag, "\n".join(data.splitlines()[-LOG_LINES:])
-    wanted = [r["tag"] for r in rows if r["outcome"] in ("failed", "timed-out") and r["tag"] in manifests]
+    wanted = [r["tag"] for r in rows if r["outcome"] in ("failed", "timed-out", "stopped-by-budget")
+              and r["tag"] in manifests]
     with ThreadPoolExecutor(16) as pool:
         return dict(pool.map(tail, wanted[:MAX_LOGS]))
 
@@ -423,7 +438,9 @@ def report(job, out, prices_file=None):
     used = usage(machines)
     prices, source = cost.price_list(used, prices_file) if used else ({}, "no machine times are known")
     told = summary(rows)
-    text = page(job, bucket, rows, told, machines, used, prices, source, log_tails(s3, bucket, rows, manifests), now)
+    budget = job_state.read_json(s3, bucket, job_state.BUDGET)
+    text = page(job, bucket, rows, told, machines, used, prices, source, log_tails(s3, bucket, rows, manifests), now,
+                budget)
     counts, _, median, slow = told
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out + ".part", "w", encoding="utf-8") as f:
@@ -440,6 +457,8 @@ def report(job, out, prices_file=None):
             itype, " (spot)" if spot else "", cost.plural(u["machines"], "machine"), u["running"] / 3600,
             u["idle"] / 3600, "" if price is None else ", %s" % cost.money(cost.dollars(u, price))))
     print("prices: %s" % source)
+    if budget:
+        print(budget_words(budget))
     print("report: %s" % out)
     return 0
 

@@ -105,7 +105,8 @@ def make_manifest(node, root, files, missing):
                 "uploaded": cs.now_text(),
                 "files": [], "missing_outputs": missing, "max_runtime": limit,
                 "timed_out": bool(limit) and cs.exit_code_of(code) in (
-                    cs.NODE_EXIT["TIMED_OUT"], cs.NODE_EXIT["KILLED"])}
+                    cs.NODE_EXIT["TIMED_OUT"], cs.NODE_EXIT["KILLED"]),
+                "stopped_by": read(os.path.join(root, ".awsrun", "stopped_by")) or None}
     if node.get("attempt"):  # pool mode: which time SQS gave this row out, on which machine
         manifest.update(attempt=node["attempt"], machine=node.get("machine"), idle=node.get("idle"))
     return manifest
@@ -154,8 +155,9 @@ def finish(s3, bucket, tag, manifest):
     started, ended = cs.parse_time(manifest["started"]), cs.parse_time(manifest["ended"])
     runtime = ended - started if started and ended else 0
     marker = ("%s %s\n" % (manifest.get("instance_id"), manifest.get("uploaded"))).encode()
-    cs.retrying(lambda: s3.put_object(Bucket=bucket, Key=job_state.marker_key(tag, manifest["exit_code"], runtime),
-                                      Body=marker), cs.error_code_in(*RETRIED), 300, first=1.0, cap=20.0, what="marker")
+    key = job_state.marker_key(tag, manifest["exit_code"], runtime, manifest.get("stopped_by"))
+    cs.retrying(lambda: s3.put_object(Bucket=bucket, Key=key, Body=marker), cs.error_code_in(*RETRIED), 300,
+                first=1.0, cap=20.0, what="marker")
 
 
 def clients(node):

@@ -11,6 +11,8 @@
 #   guard.sh hold S      the upload failed: shut down in S seconds, keeping the results till then
 #
 # Each call first cancels what an earlier one scheduled, and the launch's boot-time guard.
+# Under a budget (BUDGET_END in node.env, seconds since the epoch), no shutdown is ever
+# scheduled later than BUDGET_END: each is rounded down to the minute before it.
 cd "${0%/*}/.." || exit 1
 # shellcheck source=/dev/null
 . .awsrun/node.env && . .awsrun/names.sh || exit 1
@@ -26,8 +28,17 @@ as_root shutdown -c 2>/dev/null
 hash shutdown 2>/dev/null
 TZ=UTC printf "%($TIME_FORMAT)T guard %s (shutdown is %s)\n" -1 "$*" "${BASH_CMDS[shutdown]}" >> .awsrun/guard.log
 
-later() {  # shut down in $1 seconds, rounded up to minutes
-    as_root shutdown -h +$(( ($1 + 59) / 60 )) >> .awsrun/guard.log 2>&1 && echo "$1" > .awsrun/shutdown
+later() {  # shut down in $1 seconds, rounded up to minutes; never after BUDGET_END
+    local minutes=$(( ($1 + 59) / 60 )) left
+    if [ -n "$BUDGET_END" ]; then
+        left=$(( (BUDGET_END - $(date +%s)) / 60 ))
+        if [ "$left" -lt "$minutes" ]; then minutes=$(( left > 0 ? left : 0 )); fi
+    fi
+    if [ "$minutes" = 0 ]; then
+        as_root shutdown -h now >> .awsrun/guard.log 2>&1
+    else
+        as_root shutdown -h +"$minutes" >> .awsrun/guard.log 2>&1 && echo "$1" > .awsrun/shutdown
+    fi
 }
 case "$1" in
   idle)
@@ -37,7 +48,7 @@ case "$1" in
     echo $! > .awsrun/watchdog.pid
     later $(( $2 + 300 )) ;;
   runtime)
-    if [ "$2" -gt 0 ]; then later $(( $2 + 3600 )); fi ;;
+    if [ "$2" -gt 0 ]; then later $(( $2 + 3600 )); elif [ -n "$BUDGET_END" ]; then later "$BUDGET_END"; fi ;;
   hold)
     later "$2" ;;
   end)

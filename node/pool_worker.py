@@ -61,6 +61,8 @@ class Worker:
         self.interrupted = False  # the rows were handed back: their results are not uploaded
         self.armed = None         # the shutdown that guard.sh last scheduled: busy or idle
         self.armed_at = 0.0
+        self.budget_end = cs.parse_time(node.get("budget_end") or "")  # under --budget: the machine's end
+        self.margin = int(node.get("upload_margin") or 300)
 
     # -- the loop
 
@@ -74,6 +76,9 @@ class Worker:
                     self.lock.wait(1.0)
                 free = self.slots - len(self.running)
             if self.stopping.is_set():
+                break
+            if self.out_of_budget():
+                print("the budget's end is too near for another row: taking no more", flush=True)
                 break
             asked = time.perf_counter()
             messages = self.receive(min(10, free))
@@ -229,7 +234,14 @@ class Worker:
         its exit code and times in .awsrun/."""
         subprocess.call(["bash", os.path.join(HERE, "row.sh")], cwd=root, stdin=subprocess.DEVNULL,
                         env=dict(os.environ, TAG=os.path.basename(root),
-                                 MAX_RUNTIME=str(int(self.node.get("max_runtime") or 0))))
+                                 MAX_RUNTIME=str(int(self.node.get("max_runtime") or 0)),
+                                 BUDGET_END=str(self.budget_end or ""), UPLOAD_MARGIN=str(self.margin)))
+
+    def out_of_budget(self):
+        """Under a budget: whether a row started now could not end, and upload, before the
+        machine must end; such a row is left in the queue."""
+        expected = self.node.get("row_expected") or self.node.get("max_runtime") or 0
+        return bool(self.budget_end) and time.time() + expected + self.margin + 60 > self.budget_end  # as row.sh
 
     def guard(self, what, seconds):
         """node/guard.sh: the machine's OS shutdown, moved as rows start and the worker idles."""

@@ -13,6 +13,6 @@ if [ -n "$POOL_IDLE" ]; then
     if [ $? = "$UPLOAD_FAILED" ]; then bash .awsrun/guard.sh hold "$UPLOAD_HOLD"; else bash .awsrun/guard.sh end; fi
     exit 0
 fi
-TAG="$TAG" MAX_RUNTIME="$MAX_RUNTIME" bash .awsrun/row.sh
+TAG="$TAG" MAX_RUNTIME="$MAX_RUNTIME" BUDGET_END="$BUDGET_END" UPLOAD_MARGIN="$UPLOAD_MARGIN" bash .awsrun/row.sh
 "$AWSRUN_PYTHON" .awsrun/save_results.py
 if [ $? = "$UPLOAD_FAILED" ]; then bash .awsrun/guard.sh hold "$UPLOAD_HOLD"; else bash .awsrun/guard.sh end; fi

@@ -281,6 +281,9 @@ class Sandbox:
         if error:
             return sandbox_iam.error_response("ec2", error[0], error[1], 400)
         params = dict(request["params"], MaxCount=str(count))  # moto then launches MaxCount
+        if "InstanceMarketOptions.SpotOptions.MaxPrice" in params:  # moto keeps no spot price: the tests read it here
+            self.record({"launch": params.get("InstanceType"),
+                         "spot_max_price": params["InstanceMarketOptions.SpotOptions.MaxPrice"]})
         body = urllib.parse.urlencode(params).encode()
         environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
         environ["QUERY_STRING"] = ""
@@ -503,7 +506,7 @@ class Sandbox:
             timer.daemon = True
             self.power[instance] = timer
             timer.start()
-        self.record({"power": instance, "when": when})
+        self.record({"power": instance, "when": when, "at": time.time() + minutes * 60})
 
     def unguarded(self):
         """Live instances that nothing will end: no OS shutdown is scheduled on them."""
