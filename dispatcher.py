@@ -181,18 +181,13 @@ def node_info(args, node, itype, command=None):
             "bucket": node["bucket"], "account": cs.account(), "region": cs.region(), "command": command,
             "outputs": args.output, "max_runtime": args.max_runtime or None,
             "upload_hold": getattr(args, "upload_hold", None), "spot": node.get("spot", False),
-            "launched": launch_time(node), "upload_margin": cost.upload_margin(),
+            "launched": job_state.launch_time(node), "upload_margin": cost.upload_margin(),
             "budget_end": node.get("budget_end") and time.strftime(cs.TIME_FORMAT, time.gmtime(node["budget_end"]))}
     if node.get("pool"):  # what node/pool_worker.py reads
         info.update(queue_url=node.get("queue_url"), slots=0 if args.slots == "auto" else int(args.slots),
                     lease=pool.lease(), idle=pool.idle(),
                     row_expected=(getattr(args, "estimates", {}).get(itype) or {}).get("p90"))
     return info
-
-
-def launch_time(node):
-    """When EC2 launched the node, as the node's own times are written (cloud_setup.parse_time)."""
-    return node["launched"].strftime(cs.TIME_FORMAT) if node.get("launched") else None
 
 
 def install_command(node, info, env, tries, seconds, idle):
@@ -334,28 +329,6 @@ def start(node, args, row, connections):
     return "started"
 
 
-def record_dispatch(args, placement, bucket, nodes, results, rows):
-    """Write what this dispatch started to the bucket (job_state.DISPATCHED): each machine's
-    launch and install times and each row's command, so that a report made after the machines
-    are gone still knows them, even for a row lost before it uploaded anything. `rows`: {tag:
-    (line, type, command)}: the rows queued, and those whose own machine started."""
-    machines = {}
-    for n in nodes:
-        if results.get(n["tag"]) == "started":
-            times = (n.get("install_times") or []) + [None, None]
-            machines[n["id"]] = {"tag": n["tag"], "type": n["type"], "spot": n.get("spot", False),
-                                 "launched": launch_time(n),
-                                 "install_started": times[0], "install_ended": times[1]}
-    ids = {n["tag"]: n["id"] for n in nodes if n["id"] in machines}
-    rows = {tag: {"command": command, "instance_type": itype, "instance_id": ids.get(tag)}
-            for tag, (_, itype, command) in rows.items()}
-    if machines or rows:
-        job_state.write_dispatch(bucket, {"job": args.job, "pool": placement.pooled, "dispatched": cs.now_text(),
-                                          "idle": pool.idle() if placement.pooled else None,
-                                          "max_runtime": args.max_runtime or None,
-                                          "machines": machines, "rows": rows})
-
-
 def dispatch(args, placement, wanted, connections=None, requeue=False):
     """Start the rows as the placement says: each on its prepared machine, or the pool's workers
     on theirs (the rows queued first); detached, in parallel."""
@@ -369,7 +342,9 @@ def dispatch(args, placement, wanted, connections=None, requeue=False):
     results = for_each_node(nodes, lambda n: start(n, args, rows[n["tag"]], connections), args.parallel)
     job_state.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
     started = {tag: row for tag, row in rows.items() if results[tag] == "started" and row[2] is not None}
-    record_dispatch(args, placement, job_state.job_bucket(args.job, found), nodes, results, dict(queued, **started))
+    job_state.record_dispatch(job_state.job_bucket(args.job, found), {
+        "job": args.job, "pool": placement.pooled, "idle": placement.idle or None,
+        "max_runtime": args.max_runtime or None}, nodes, results, dict(queued, **started))
     code = say_results(nodes, results, placement.started)
     if unstarted:
         raise UserError("no running machine for %s: run create for them first" % " ".join(sorted(unstarted)))

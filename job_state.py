@@ -154,8 +154,8 @@ def print_num_running():
 # _awsrun/queued/TYPE/attempts=A,rows=0-99,120 (the row numbers as in awsrun:rows).
 MARKERS = "_awsrun/"
 QUEUED = MARKERS + "queued/"
-# Each dispatch also writes what it started, _awsrun/dispatch/TIME.json (record_dispatch in
-# dispatcher.py): the machines' launch and install times and the rows' commands, for report.py.
+# Each dispatch also writes what it started, _awsrun/dispatch/TIME.json (record_dispatch): the
+# machines' launch and install times and the rows' commands, for report.py.
 DISPATCHED = MARKERS + "dispatch/"
 BUDGET = MARKERS + "budget/budget.json"  # the job's budget and the machines launched under it (cost.Budget)
 FINISHED = ("succeeded", "failed", "lost", "install-failed", "upload-failed", "ended", "stopped by budget")
@@ -172,6 +172,30 @@ def start_key(tag, instance_id, attempt):
 
 def queued_key(instance_type, attempts, numbers):
     return "%s%s/attempts=%d,rows=%s" % (QUEUED, instance_type, attempts, encode_rows(numbers))
+
+
+def launch_time(node):
+    """When EC2 launched the node, as the node's own times are written (cloud_setup.parse_time)."""
+    return node["launched"].strftime(cs.TIME_FORMAT) if node.get("launched") else None
+
+
+def record_dispatch(bucket, about, nodes, results, rows):
+    """Write what a dispatch started to the bucket (DISPATCHED): each machine's launch and
+    install times and each row's command, so that a report made after the machines are gone
+    still knows them, even for a row lost before it uploaded anything. `about`: the job, its
+    placement and limits; `rows`: {tag: (line, type, command)}: the rows queued, and those whose
+    own machine started."""
+    machines = {}
+    for n in nodes:
+        if results.get(n["tag"]) == "started":
+            times = (n.get("install_times") or []) + [None, None]
+            machines[n["id"]] = {"tag": n["tag"], "type": n["type"], "spot": n.get("spot", False),
+                                 "launched": launch_time(n), "install_started": times[0], "install_ended": times[1]}
+    ids = {n["tag"]: n["id"] for n in nodes if n["id"] in machines}
+    rows = {tag: {"command": command, "instance_type": itype, "instance_id": ids.get(tag)}
+            for tag, (_, itype, command) in rows.items()}
+    if machines or rows:
+        write_dispatch(bucket, dict(about, dispatched=cs.now_text(), machines=machines, rows=rows))
 
 
 def write_dispatch(bucket, record):
