@@ -392,13 +392,17 @@ def ended_times(job):
     return {n["id"]: n["ended"] for n in job_state.find_nodes(job) if n.get("ended")}
 
 
-def launch_budget(args, bucket, by_type):
+def launch_budget(args, placement, wanted, bucket, by_type):
     """Under a budget, before anything is made: (the Budget, the deadline of the machines about
     to be launched, {type: USD per hour}); UserError if it cannot pay for launching and preparing
-    them. Without one: (None, None, None)."""
+    them. Without one: (None, None, None). With row times (--hours, --like), the first such
+    command records its plan with the budget, for the report to hold the bill against."""
     budget = Budget.of(args, bucket)
     if budget is None or not by_type:
         return budget, None, None
+    if args.estimates and "plan" not in budget.record:
+        planned = plan(args, placement, wanted)
+        budget.record["plan"] = {k: planned[k] for k in ("times", "prices", "total")}
     machines = [t for t, numbers in sorted(by_type.items()) for _ in numbers]
     setup = max([e["setup"] for e in args.estimates.values() if e] or [SETUP_GUESS])
     deadline = budget.deadline(machines, [None] * len(machines), ended_times(args.job), setup, args.prices)

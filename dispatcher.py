@@ -242,7 +242,7 @@ def create(args, placement, wanted):
     by_type = launch.to_launch(args.job, machines)
     launch.check_quotas({t: (len(n), vcpus[t]) for t, n in by_type.items()}, spot, pooled=placement.pooled)
     bucket, cidr = args.bucket or args.job, cs.caller_cidr()
-    budget, deadline, prices = cost.launch_budget(args, bucket, by_type)
+    budget, deadline, prices = cost.launch_budget(args, placement, wanted, bucket, by_type)
     with open(os.path.join(cs.state_dir(args.job), "bucket"), "w") as f:
         f.write(bucket)
     extra, extra_names = placement.resources(types)

@@ -246,13 +246,15 @@ def bar_title(row, phase, start, end):
         clock(start), clock(end)[11:], job_state.elapsed(end - start))
 
 
-def timeline(rows, machines, now):
-    """The SVG timeline."""
+def timeline(rows, machines, now, deadline=None):
+    """The SVG timeline; with a budget, its earliest deadline as a dashed line."""
     events = [t for r in rows for _, a, b in r["phases"] for t in (a, b)]
     events += [m[k] for m in machines.values() for k in ("launched", "end") if m.get(k)]
     if not events:
         return "<p>No row has started yet.</p>"
     t0, t1 = min(events), max(events)
+    if deadline and t0 <= deadline <= t1 + 2 * max(1.0, t1 - t0):  # drawn unless it squeezes the run to a third
+        t1 = max(t1, deadline)
     span = max(1.0, t1 - t0)
     left, width, bar, gap = 190, 900, 12, 8
     x = lambda t: left + (t - t0) / span * width  # noqa: E731
@@ -285,6 +287,9 @@ def timeline(rows, machines, now):
                                      phase, row["outcome"], html.escape(row["tag"]), phase, x(a), y + i * (bar + 2),
                                      max(1.0, x(b) - x(a)), bar, html.escape(bar_title(row, phase, a, b))))
         y += height
+    if deadline and deadline <= t1:
+        parts.append('<line class="budget" x1="%.1f" x2="%.1f" y1="16" y2="%d"><title>the budget\'s end: %s</title>'
+                     '</line>' % (x(deadline), x(deadline), y, clock(deadline)))
     step = axis_step(span)
     ticks = "".join('<line class="tick" x1="%.1f" x2="%.1f" y1="16" y2="%d"/><text class="tick" x="%.1f" y="12">%s'
                     '</text>' % (x(t0 + s), x(t0 + s), y, x(t0 + s), tick_label(s))
@@ -326,6 +331,7 @@ pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}
 .bar.failed,.key.failed{fill:#c62828;background:#c62828}
 .bar.timed-out,.key.timed-out{fill:#ef6c00;background:#ef6c00}
 .bar.stopped-by-budget,.key.stopped-by-budget{fill:#f9a825;background:#f9a825}
+line.budget{stroke:#f9a825;stroke-width:2;stroke-dasharray:5 3}
 .bar.lost,.key.lost{fill:#6a1b9a;background:#6a1b9a}
 .bar.running,.key.running{fill:#1565c0;background:#1565c0}
 .bar.queued,.key.queued{fill:#90a4ae;background:#90a4ae}
@@ -352,6 +358,17 @@ def counted(counts):
     return ", ".join("%d %s" % (n, o.replace("-", " ")) for o, n in counts.items() if n)
 
 
+def plan_and_bill(planned, used, prices, machines):
+    """[(what, USD, machine-hours, makespan)] of the plan (its median case) and of the bill."""
+    total = planned["total"]
+    billed = sum(u["billed"] for u in used.values())
+    usd = [cost.dollars(u, prices.get(k)) for k, u in used.items()]
+    starts = [m["launched"] for m in machines.values() if m.get("launched")]
+    span = max([m["end"] for m in machines.values() if m.get("end")] or [0]) - min(starts or [0])
+    return [("planned", total["usd"].get("p50"), total["hours"].get("p50", 0), total["makespan"].get("p50", 0)),
+            ("billed", None if None in usd else sum(usd), billed / 3600, span)]
+
+
 def budget_words(budget):
     """The job's budget in one line: its dollars, and the most its machines could bill by their deadlines."""
     most = sum(m["price"] * max(60.0, m["deadline"] - m["launched"]) / 3600 for m in budget["machines"].values())
@@ -373,7 +390,8 @@ def page(job, bucket, rows, told, machines, used, prices, source, logs, now, bud
                "Colour: the row's outcome:%s. Hover a bar for its tag, command, exit code and times.</p>" % (
                    "".join('<span class="key phase %s"></span>%s' % (p, words) for p, words in PHASES),
                    "".join('<span class="key %s"></span>%s' % (o, o.replace("-", " ")) for o in OUTCOMES if counts[o])))
-    out.append(timeline(rows, machines, now))
+    ends = [m["deadline"] for m in (budget or {}).get("machines", {}).values()]
+    out.append(timeline(rows, machines, now, min(ends) if ends else None))
     out.append("<h2>Run times</h2>")
     if times:
         out.append("<p>%d rows ran; median %s, longest %s.</p>%s" % (
@@ -409,6 +427,14 @@ def page(job, bucket, rows, told, machines, used, prices, source, logs, now, bud
                                                   " Estimated total: %s." % cost.money(total) if prices else ""))
     if budget:
         out.append("<p>%s</p>" % html.escape(budget_words(budget)))
+    if budget and budget.get("plan"):
+        out.append("<h2>Plan and bill</h2><table><tr><th></th><th>USD</th><th>machine-hours</th><th>done after</th>"
+                   "</tr>%s</table><p>The plan is what create expected at the median row time (%s); the bill, "
+                   "the cost above.</p>" % ("".join(
+                       "<tr><td>%s</td><td class=n>%s</td><td class=n>%.2f</td><td class=n>%s</td></tr>" % (
+                           what, "-" if usd is None else cost.money(usd), hours, job_state.elapsed(span))
+                       for what, usd, hours, span in plan_and_bill(budget["plan"], used, prices, machines)),
+                       html.escape(budget["plan"]["times"])))
     out.append("</body></html>\n")
     return "".join(out)
 
@@ -459,6 +485,10 @@ def report(job, out, prices_file=None):
     print("prices: %s" % source)
     if budget:
         print(budget_words(budget))
+    if budget and budget.get("plan"):
+        print("plan and bill: " + "; ".join("%s %s, %.2f machine-hours, done after %s" % (
+            what, "no price" if usd is None else cost.money(usd), hours, job_state.elapsed(span))
+            for what, usd, hours, span in plan_and_bill(budget["plan"], used, prices, machines)))
     print("report: %s" % out)
     return 0
 

@@ -145,6 +145,9 @@ def test_a_row_the_budget_stops_is_uploaded_and_named_so(box, tmp_path):
     assert report.returncode == 0, report.stderr
     assert report.stdout.startswith("job budget-cut: 1 row: 1 stopped by budget; 1 machine\n")
     assert "budget: $0.0250; its 1 machine could bill at most $0.02" in report.stdout  # from its launch
-    assert "stopped by the budget, before its machine had to end (exit 124)" in (tmp_path / "r.html").read_text()
+    page = (tmp_path / "r.html").read_text()
+    assert "stopped by the budget, before its machine had to end (exit 124)" in page
+    assert '<line class="budget"' in page and "<h2>Plan and bill</h2>" in page
+    assert "plan and bill: planned $" in report.stdout and "; billed $" in report.stdout
     collected = box.run("collect.py", job, "--out", str(tmp_path / "c.csv"))
     assert "stopped by the budget, left out: budget-cut0" in collected.stderr
