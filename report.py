@@ -18,7 +18,8 @@ The report has four parts:
 
 Everything comes from the bucket, so a report can be made long after the machines are gone:
 one listing of _awsrun/ (outcome, start and queued markers, and the dispatch records), one
-GET per manifest (in parallel), and the last 4 KB of each failed row's log. One
+GET per manifest (in parallel) and one for the budget record, and the last 4 KB of each failed
+row's log. One
 DescribeInstances says which rows are still running; without it, a row with no result is lost.
 """
 from __future__ import annotations

@@ -213,7 +213,8 @@ def test_instance_profile_policy_is_scoped_to_bucket_and_job(aws):
     assert sorted(ec2["Action"]) == ["ec2:CreateTags", "ec2:TerminateInstances"]
     assert ec2["Condition"] == {"StringEquals": {"aws:ResourceTag/awsrun:job": "job-a"},
                                 "ForAllValues:StringNotEquals": {
-                                    "aws:TagKeys": ["awsrun:job", "awsrun:rows", "awsrun:bucket", "awsrun:pool"]}}
+                                    "aws:TagKeys": ["awsrun:job", "awsrun:rows", "awsrun:bucket", "awsrun:pool",
+                                                    "awsrun:budget-end"]}}
     trust = iam.get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"]
     assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
 
