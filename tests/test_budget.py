@@ -9,6 +9,7 @@ import json
 import time
 
 import cloud_setup as cs
+import job_state
 from conftest import write
 from test_dry_run import nothing_made
 from test_operate import states, until
@@ -65,14 +66,15 @@ def test_a_budget_arms_every_shutdown_by_its_deadline_and_nothing_moves_it_later
         assert max(armed) <= deadline, armed
     assert "budget $0.5000: these 2 machines end by" in run.stderr
 
-    # A retry spends what is left: the two machines ran a minute each (EC2's least), so the one
-    # launched now has about $0.47 of the budget, and its own deadline from its launch.
+    # A retry spends what is left: the two machines billed from their launch to their end (a
+    # minute at least), and the one launched now gets the rest, from its launch.
+    ended = {i["InstanceId"]: job_state.ended_at(i) for i in box.instances(job)}
+    ran = sum(m["price"] * max(60, ended[i] - m["launched"]) / 3600 for i, m in book["machines"].items())
     again = box.run("dispatcher.py", "auto", job, jobs, "--retry", "--prices", prices(box, job))
     assert again.returncode == 0, again.stderr
     book = record(box, job)
     assert len(book["machines"]) == 3
     latest = max(book["machines"].values(), key=lambda m: m["launched"])
-    ran = sum(m["price"] * 60 / 3600 for i, m in book["machines"].items() if m is not latest)
     assert abs(latest["deadline"] - (latest["launched"] + (0.5 - ran) * 3600)) < 120
     assert ran + latest["price"] * (latest["deadline"] - latest["launched"]) / 3600 <= 0.5 + 1e-9
     until(lambda: states(box, job)[job + "1"] == "failed (exit 3)" and box.states(job).count("terminated") == 3,
