@@ -153,3 +153,20 @@ def test_a_row_the_budget_stops_is_uploaded_and_named_so(box, tmp_path):
     assert "plan and bill: planned $" in report.stdout and "; billed $" in report.stdout
     collected = box.run("collect.py", job, "--out", str(tmp_path / "c.csv"))
     assert "stopped by the budget, left out: budget-cut0" in collected.stderr
+
+
+def test_a_dispatch_under_a_budget_gives_machines_launched_without_one_their_deadline(box):
+    job = "budget-late"
+    jobs = jobs_file(box, job, "echo a")
+    assert box.run("dispatcher.py", "auto", job, jobs, "-c").returncode == 0
+    instance = box.instances(job)[0]["InstanceId"]
+    launched = box.instances(job)[0]["LaunchTime"].timestamp()
+    before = len(box.decisions())
+    run = box.run("dispatcher.py", "auto", job, jobs, "-d", "--budget", "0.25", "--prices", prices(box, job))
+    assert run.returncode == 0, run.stderr
+    # $0.25 at $1/h: 15 minutes from the machine's launch, not from now.
+    deadline = record(box, job)["machines"][instance]["deadline"]
+    assert abs(deadline - (launched + 900)) <= 1 and deadline_tag(box, instance) == deadline
+    until(lambda: box.states(job) == ["terminated"], what="the machine to end")
+    since = [e["at"] for e in box.decisions()[before:] if e.get("power") == instance]  # the guards of create: later
+    assert since and max(since) <= deadline
