@@ -55,8 +55,7 @@ import urllib.parse
 import cloud_setup as cs
 import launch
 from testbed import sandbox_ec2, sandbox_iam
-from testbed.sandbox_ec2 import (ACCOUNT, REGION, MotoWorld, instance_role, kill_processes_under, play_ec2, power_off,
-                         processes_under)
+from testbed.sandbox_ec2 import (ACCOUNT, REGION, MotoWorld, instance_role, kill_processes_under, play_ec2, power_off)
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 
@@ -441,6 +440,10 @@ class Sandbox:
                 if not isinstance(sys.exc_info()[1], ConnectionError):  # a caller ended with its node
                     super().handle_error(request, client_address)
 
+        # A machine's own metadata service is never slowed by other machines' work; here its
+        # threads share the interpreter with the moto server's, so they take the lock in turn
+        # more often than every 5 ms, or a node's credential request outwaits its timeout.
+        sys.setswitchinterval(0.0005)
         self.imds = Server(("127.0.0.1", 0), Handler)
         self.imds.daemon_threads = True
         threading.Thread(target=self.imds.serve_forever, daemon=True).start()
@@ -459,7 +462,7 @@ class Sandbox:
         """The instance whose node folder holds the process that connected from `port`. If
         none, `why` (a list) gets the reason."""
         why = [] if why is None else why
-        pid = socket_owner(port, self.imds.server_port, processes_under(self.path("nodes")), why)  # only nodes ask
+        pid = socket_owner(port, self.imds.server_port, why)
         if pid is None:  # the caller has gone already
             return None
         try:
@@ -657,23 +660,25 @@ def connection_inode(table, port, server_port):
     return None
 
 
-def socket_owner(port, server_port, among, why):
-    """The process id, among the given ones, that holds the loopback TCP connection from
-    `port` to `server_port`; else None, with the reason appended to `why`."""
+def socket_owner(port, server_port, why):
+    """The process id that holds the loopback TCP connection from `port` to `server_port`; else
+    None, with the reason appended to `why`. The caller is a process that just started (an
+    uploader, a worker), so the newest processes are looked at first: a few dozen system calls
+    where a scan of every process's folder took thousands, which under the moto server's load
+    were slow enough for a node's credentials to time out."""
     with open("/proc/net/tcp") as f:
         inode = connection_inode(f.read(), port, server_port)
     if inode is None:
         why.append("no connection from port %d" % port)
         return None
     target = "socket:[%s]" % inode
-    for pid in map(str, among):
+    for pid in sorted((int(name) for name in os.listdir("/proc") if name.isdigit()), reverse=True):
         try:
-            for fd in os.listdir("/proc/%s/fd" % pid):
-                if os.readlink("/proc/%s/fd/%s" % (pid, fd)) == target:
-                    return int(pid)
+            if any(os.readlink("/proc/%d/fd/%s" % (pid, fd)) == target for fd in os.listdir("/proc/%d/fd" % pid)):
+                return pid
         except OSError:
             continue
-    why.append("no node process holds socket %s (of %d processes)" % (inode, len(among)))
+    why.append("no process holds socket %s" % inode)
     return None
 
 
