@@ -336,13 +336,14 @@ def dispatch(args, placement, wanted, connections=None, requeue=False):
         cs.refresh_ssh_rule(args.job)
     connections = connections or Connections(args.job, args.ssh_timeout)
     found = job_state.find_nodes(args.job, ("running",))
+    bucket = job_state.job_bucket(args.job, found)
     nodes, rows, queued, tags, unstarted = placement.to_start(found, wanted, requeue)
-    cost.cover(cost.Budget.of(args, job_state.job_bucket(args.job, found)), nodes, args.prices)
+    cost.cover(cost.Budget.of(args, bucket), nodes, args.prices)
     job_state.set_status([n["id"] for n in nodes], "running", tags)  # before they start, so their own later tags win
     results = for_each_node(nodes, lambda n: start(n, args, rows[n["tag"]], connections), args.parallel)
     job_state.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "ready")
     started = {tag: row for tag, row in rows.items() if results[tag] == "started" and row[2] is not None}
-    job_state.record_dispatch(job_state.job_bucket(args.job, found), {
+    job_state.record_dispatch(bucket, {
         "job": args.job, "pool": placement.pooled, "idle": placement.idle or None,
         "max_runtime": args.max_runtime or None}, nodes, results, dict(queued, **started))
     code = say_results(nodes, results, placement.started)
