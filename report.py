@@ -372,7 +372,7 @@ def plan_and_bill(planned, used, prices, machines):
 
 def budget_words(budget):
     """The job's budget in one line: its dollars, and the most its machines could bill by their deadlines."""
-    most = sum(m["price"] * max(60.0, m["deadline"] - m["launched"]) / 3600 for m in budget["machines"].values())
+    most = cost.Budget(None, None, budget).committed({})  # every machine to its deadline
     ends = [m["deadline"] for m in budget["machines"].values()]
     return "budget: %s; its %s could bill at most %s, at the prices it counted, ending by %s" % (
         cost.money(budget["usd"]), cost.plural(len(ends), "machine"), cost.money(most),
