@@ -13,7 +13,8 @@ real account (README, "What the sandbox checks"):
 - IAM checked: every request is authorized as IAM would (testbed/sandbox_iam.py), for the user against
   awsrun-user-policy.json and for a node against its role's policy in moto, and denied with
   AWS's error if a permission is missing. Every decision is appended to DIR/iam.jsonl.
-- Node credentials the EC2 way: a metadata service on 127.0.0.1 hands each node temporary keys
+- Node credentials the EC2 way: a metadata service on 127.0.0.1 (a process of its own,
+  testbed/sandbox_imds.py) hands each node temporary keys
   for its own instance profile's role (botocore finds it through
   AWS_EC2_METADATA_SERVICE_ENDPOINT); the node is told apart by the process that asks.
 - Node image: node sessions run the Python of .venv-node, pinned to Ubuntu 24.04's boto3.
@@ -66,6 +67,7 @@ UBUNTU_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-%s-server-sandbox"
 POWER = ("shutdown", "poweroff", "reboot", "halt")
 STANDINS = POWER + ("apt-get", "apt", "sudo")
 STANDIN = os.path.join(HERE, "testbed", "standin.py")        # each stand-in is a link to it
+IMDS = os.path.join(HERE, "testbed", "sandbox_imds.py")      # the metadata service's process
 NODE_SHELL = os.path.join(HERE, "testbed", "node-shell.sh")  # sshd's ForceCommand
 
 
@@ -99,7 +101,6 @@ class Sandbox:
         self.power = {}         # instance id -> the timer of its scheduled shutdown
         self.fault_hits = {}
         self.queues_born = {}   # queue name -> when the sandbox saw it created
-        self.imds_tokens = {}   # IMDSv2 session token -> when it expires (monotonic)
         self.world = MotoWorld()
 
     def path(self, *parts):
@@ -370,116 +371,38 @@ class Sandbox:
     # -- the instance metadata service, and the nodes' power button
 
     def start_imds(self):
-        box = self
+        """The metadata service, in a process of its own (testbed/sandbox_imds.py), and the
+        thread that answers its questions."""
+        ours, theirs = socket.socketpair()
+        self.imds = subprocess.Popen([sys.executable, IMDS, str(theirs.fileno()), self.dir], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, pass_fds=[theirs.fileno()], text=True)
+        theirs.close()
+        port = self.imds.stdout.readline().strip()
+        if not port.isdigit():
+            raise SandboxError("the metadata service did not start (exit %s)" % self.imds.wait())
+        self.imds_port, self.imds_url = int(port), "http://127.0.0.1:%s" % port
+        threading.Thread(target=self.answer_metadata, args=[ours], daemon=True).start()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def answer(self, code, text, kind="text/plain"):
-                data = text.encode()
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_PUT(self):  # IMDSv2: a session token first, for 1 to 21600 seconds
-                if self.path != "/latest/api/token":
-                    return self.answer(404, "")
-                ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
-                if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
-                    return self.answer(400, "")
-                token = secrets.token_urlsafe(32)
-                with box.lock:
-                    box.imds_tokens[token] = time.monotonic() + int(ttl)
-                self.answer(200, token)
-
-            def do_GET(self):
-                # IMDSv2 only, as on an image registered for v2.0 or an account whose default it
-                # is (and as awsrun launches with HttpTokens=required): no valid token, no answer.
-                token = self.headers.get("X-aws-ec2-metadata-token", "")
-                with box.lock:
-                    valid = box.imds_tokens.get(token, 0) > time.monotonic()
-                if not valid:
-                    box.record({"metadata": self.path, "refused": "no valid IMDSv2 token"})
-                    return self.answer(401, "")
-                why = []
-                instance = box.caller_instance(self.client_address[1], why)
-                role = instance and instance_role(instance)
-                base = "/latest/meta-data/iam/security-credentials/"
-                if self.path == "/latest/meta-data/instance-id" and instance:
-                    return self.answer(200, instance)
-                if self.path == "/latest/meta-data/spot/instance-action" and instance in box.interruptions():
-                    return self.answer(200, json.dumps({"action": "terminate", "time": box.interruptions()[instance]}),
-                                       "application/json")
-                if not role or not self.path.startswith(base):
-                    box.record({"metadata": self.path, "caller": instance, "role": role, "why": why[-1:]})
-                    return self.answer(404, "")
-                if self.path == base:
-                    return self.answer(200, role)
-                if self.path == base + role:
-                    # A fault rule for the pseudo-action imds:GetCredentials answers with its
-                    # status instead, as a busy metadata service may answer a moment after boot.
+    def answer_metadata(self, channel):
+        """Answer the metadata service's questions, a JSON line each: what it may tell an
+        instance (its role and keys), a fault rule's status, a shutdown on a node."""
+        reader = channel.makefile("r", encoding="utf-8")
+        for line in reader:
+            kind, instance, *rest = json.loads(line)
+            try:
+                if kind == "instance":
+                    role = instance_role(instance)
+                    answer = {"role": role, "credentials": role and self.node_credentials(instance, role)}
+                elif kind == "fault":
                     arn = "arn:aws:ec2:%s:%s:instance/%s" % (REGION, ACCOUNT, instance)
-                    fault = box.take_fault("node:" + instance, [("imds:GetCredentials", arn, None)], {})
-                    if fault:
-                        return self.answer(int(fault.get("status", 500)), "")
-                    return self.answer(200, json.dumps(box.node_credentials(instance, role)), "application/json")
-                self.answer(404, "")
-
-            def do_POST(self):  # from the power stand-ins: now, +M (minutes) or cancel
-                instance = box.caller_instance(self.client_address[1])
-                when = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-                if instance:
-                    box.schedule_power(instance, when)
-                self.answer(200 if instance else 404, "")
-
-        class Server(http.server.ThreadingHTTPServer):
-            def handle_error(self, request, client_address):
-                if not isinstance(sys.exc_info()[1], ConnectionError):  # a caller ended with its node
-                    super().handle_error(request, client_address)
-
-        # A machine's own metadata service is never slowed by other machines' work; here its
-        # threads share the interpreter with the moto server's, so they take the lock in turn
-        # more often than every 5 ms, or a node's credential request outwaits its timeout.
-        sys.setswitchinterval(0.0005)
-        self.imds = Server(("127.0.0.1", 0), Handler)
-        self.imds.daemon_threads = True
-        threading.Thread(target=self.imds.serve_forever, daemon=True).start()
-        self.imds_url = "http://127.0.0.1:%d" % self.imds.server_port
-
-    def interruptions(self):
-        """DIR/interruptions.json: {instance id: time} of the spot instances that EC2 will
-        interrupt then; their metadata shows the notice (the test ends them itself)."""
-        try:
-            with open(self.path("interruptions.json")) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
-
-    def caller_instance(self, port, why=None):
-        """The instance whose node folder holds the process that connected from `port`. If
-        none, `why` (a list) gets the reason."""
-        why = [] if why is None else why
-        pid = socket_owner(port, self.imds.server_port, why)
-        if pid is None:  # the caller has gone already
-            return None
-        try:
-            cwd = os.readlink("/proc/%d/cwd" % pid)
-        except OSError:
-            why.append("process %d ended" % pid)
-            return None
-        relative = os.path.relpath(cwd, self.path("nodes"))
-        if relative.startswith(".."):
-            why.append("process %d is not a node's: %s" % (pid, cwd))
-            return None
-        try:
-            with open(os.path.join(self.path("nodes"), relative.split(os.sep)[0], ".awsrun", "instance")) as f:
-                return f.read().strip() or None
-        except OSError as e:
-            why.append(str(e))
-            return None
+                    rule = self.take_fault("node:" + instance, [("imds:GetCredentials", arn, None)], {})
+                    answer = rule and int(rule.get("status", 500))
+                else:
+                    answer = self.schedule_power(instance, *rest)
+            except Exception as e:  # the service must get its answer; the sandbox's log says why
+                cs.log("sandbox: the metadata service's question %s failed: %r" % (line.strip(), e))
+                answer = {"role": None, "credentials": None} if kind == "instance" else None
+            channel.sendall((json.dumps(answer) + "\n").encode())
 
     def node_credentials(self, instance, role):
         """Temporary keys for the instance's role, as EC2's metadata service gives them."""
@@ -495,7 +418,7 @@ class Sandbox:
                     "LastUpdated": cs.now_text()}
             return self.credentials[instance]
 
-    def schedule_power(self, instance, when):
+    def schedule_power(self, instance, when, asked):
         """An OS shutdown on the node: terminates (or stops) the instance, as its
         InstanceInitiatedShutdownBehavior says; `cancel` undoes a scheduled one."""
         with self.lock:
@@ -509,7 +432,7 @@ class Sandbox:
             timer.daemon = True
             self.power[instance] = timer
             timer.start()
-        self.record({"power": instance, "when": when, "at": time.time() + minutes * 60})
+        self.record({"power": instance, "when": when, "at": asked + minutes * 60})
 
     def unguarded(self):
         """Live instances that nothing will end: no OS shutdown is scheduled on them."""
@@ -526,7 +449,7 @@ class Sandbox:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host_key], check=True)
         open(os.path.join(ssh, "authorized_keys"), "a").close()
         with open(self.path("bin", "standin.json"), "w") as f:
-            json.dump({"log": self.path("standins.log"), "port": self.imds.server_port, "power": POWER}, f)
+            json.dump({"log": self.path("standins.log"), "port": self.imds_port, "power": POWER}, f)
         for name in STANDINS:
             if not os.path.lexists(self.path("bin", name)):
                 os.symlink(STANDIN, self.path("bin", name))
@@ -616,9 +539,16 @@ class Sandbox:
         for timer in self.power.values():
             timer.cancel()
         kill_processes_under(self.path("nodes"))
-        for server in (self.moto, self.plain, self.imds):
+        for server in (self.moto, self.plain):
             if server:
                 server.shutdown()
+        if self.imds:
+            self.imds.stdin.close()  # its end
+            try:
+                self.imds.wait(5)
+            except subprocess.TimeoutExpired:
+                self.imds.kill()
+                self.imds.wait()
         self.moto = self.plain = self.imds = None
 
 
@@ -646,40 +576,6 @@ def listens(pid, port):
                    for fd in os.listdir("/proc/%d/fd" % pid))
     except OSError:
         return False
-
-
-def connection_inode(table, port, server_port):
-    """The socket inode of the TCP connection from `port` to `server_port` in a /proc/net/tcp
-    table, or None."""
-    for line in table.splitlines()[1:]:
-        fields = line.split()
-        local, remote = fields[1].split(":"), fields[2].split(":")
-        # An earlier connection from the same (reused) port may linger in TIME_WAIT: inode 0.
-        if int(local[1], 16) == port and int(remote[1], 16) == server_port and fields[9] != "0":
-            return fields[9]
-    return None
-
-
-def socket_owner(port, server_port, why):
-    """The process id that holds the loopback TCP connection from `port` to `server_port`; else
-    None, with the reason appended to `why`. The caller is a process that just started (an
-    uploader, a worker), so the newest processes are looked at first: a few dozen system calls
-    where a scan of every process's folder took thousands, which under the moto server's load
-    were slow enough for a node's credentials to time out."""
-    with open("/proc/net/tcp") as f:
-        inode = connection_inode(f.read(), port, server_port)
-    if inode is None:
-        why.append("no connection from port %d" % port)
-        return None
-    target = "socket:[%s]" % inode
-    for pid in sorted((int(name) for name in os.listdir("/proc") if name.isdigit()), reverse=True):
-        try:
-            if any(os.readlink("/proc/%d/fd/%s" % (pid, fd)) == target for fd in os.listdir("/proc/%d/fd" % pid)):
-                return pid
-        except OSError:
-            continue
-    why.append("no process holds socket %s" % inode)
-    return None
 
 
 def main(argv=None):

@@ -644,7 +644,7 @@ def test_the_pool_worker_sees_a_spot_interruption_notice(monkeypatch):
 
 
 def test_the_sandbox_finds_a_metadata_caller_past_an_old_connection_from_the_same_port():
-    from testbed import sandbox_server as sandbox
+    from testbed import sandbox_imds as sandbox
     header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
     old = "   0: 0100007F:A1B2 0100007F:1F90 06 00000000:00000000 03:00000A2B 00000000     0        0 0 3 0\n"
     new = "   1: 0100007F:A1B2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 98765 1 0\n"
