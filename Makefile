@@ -28,6 +28,9 @@ SLOTS  ?=
 ARGS   ?=
 TIMEOUT ?= 86400
 TAG    ?=
+TEMPLATE ?=
+GRID   ?=
+TYPE   ?= t3.micro
 DELETE_BUCKET ?= no
 TEST_WORKERS ?= 4
 
@@ -38,7 +41,10 @@ DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)
 STATUS_JOB = $(if $(filter command line environment,$(origin JOB)),$(JOB))
 SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-server
 
-.PHONY: help dry-run plan create dispatch status watch wait logs retry down clean report picture collect fetch demo _demo test lint bench venv node-venv
+# A variable as one shell word, as typed: make expands nothing in it ($TAG stays $TAG).
+quote = '$(subst ','\'',$(value $(1)))'
+
+.PHONY: help sweep dry-run plan create dispatch status watch wait logs retry down clean report picture collect fetch demo _demo test lint bench venv node-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -67,6 +73,11 @@ $(NODE_PY): requirements-node.txt
 	$(NODE_VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-node.txt
 	$(NODE_VENV)/bin/python -m pip uninstall -q -y pip  # the image has no pip
 	touch $@
+
+sweep: $(PY)  ## write JOBS from a grid: TEMPLATE='cmd {seed}' GRID='seed=1..5 solver=a,b' TYPE=c5.large [CODE=dir]
+	@test -n "$(filter command line environment,$(origin JOBS))" || { echo "make sweep writes JOBS=FILE: name the job file to write, e.g. JOBS=awsjobs/grid.csv" >&2; exit 2; }
+	$(PY) sweep.py $(call quote,TEMPLATE) $(foreach v,$(value GRID),'$(subst ','\'',$(v))') --type $(call quote,TYPE) \
+		$(if $(CODE),--code $(CODE)) -o $(JOBS)
 
 dry-run: $(PY)  ## check everything create needs (permissions, image, quota, network, bucket) and make nothing
 	$(DISPATCH) --dry-run
