@@ -197,17 +197,27 @@ def connection_inode(table, port, server_port):
     return None
 
 
+def newest_first(pids, last, top):
+    """Process ids, the newest first: counting back from `last`, the newest, past where the ids
+    wrapped around at `top` (on a machine up for long, a new process may have a small id)."""
+    return sorted(pids, key=lambda pid: (last - pid) % top)
+
+
 def socket_owner(port, server_port, why):
     """The process id that holds the loopback TCP connection from `port` to `server_port`; else
     None, with the reason appended to `why`. The caller is a process that just started (an
-    uploader, a worker), so the newest processes are looked at first."""
+    uploader, a worker), so the newest processes are looked at first: a few dozen system calls,
+    where a look at every process's files takes tens of thousands (and, with a hundred nodes
+    asking at once, longer than their requests wait)."""
     with open("/proc/net/tcp") as f:
         inode = connection_inode(f.read(), port, server_port)
     if inode is None:
         why.append("no connection from port %d" % port)
         return None
     target = "socket:[%s]" % inode
-    for pid in sorted((int(name) for name in os.listdir("/proc") if name.isdigit()), reverse=True):
+    with open("/proc/loadavg") as f, open("/proc/sys/kernel/pid_max") as g:
+        last, top = int(f.read().split()[4]), int(g.read())  # the newest process id; where ids wrap around
+    for pid in newest_first((int(name) for name in os.listdir("/proc") if name.isdigit()), last, top):
         try:
             if any(os.readlink("/proc/%d/fd/%s" % (pid, fd)) == target for fd in os.listdir("/proc/%d/fd" % pid)):
                 return pid

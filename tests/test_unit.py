@@ -652,6 +652,14 @@ def test_the_sandbox_finds_a_metadata_caller_past_an_old_connection_from_the_sam
     assert sandbox.connection_inode(header + old, 0xA1B2, 0x1F90) is None
 
 
+def test_the_sandbox_looks_for_a_metadata_caller_among_the_newest_processes_first_past_the_wrap_around():
+    from testbed import sandbox_imds
+    # 32768 is Linux's default pid_max: on a machine up for long, the newest ids start again from 300
+    assert sandbox_imds.newest_first([32000, 100, 32767, 301, 99, 305], 305, 32768) == [305, 301, 100, 99, 32767,
+                                                                                         32000]
+    assert sandbox_imds.newest_first([5, 7, 6], 7, 32768) == [7, 6, 5]
+
+
 def test_collect_patterns_read_as_glob_reads_them():
     import collect
     assert collect.matches("output/*.csv", "output/r.csv")
