@@ -118,7 +118,7 @@ class Sandbox:
                                "requirements-node.txt into %s)" % setting_node_venv())
         if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
             os.makedirs("/run/sshd", mode=0o755)  # what the openssh-server service would make
-        for sub in ("ssh", "bin", "nodes", "keys", "state", "aws"):
+        for sub in ("ssh", "bin", "nodes", "keys", "state", "aws", "home"):
             os.makedirs(self.path(sub), mode=0o700, exist_ok=True)
         for name, variable in (("faults.json", "AWSRUN_SANDBOX_FAULTS"), ("account.json", "AWSRUN_SANDBOX_ACCOUNT")):
             if os.environ.get(variable):
@@ -460,7 +460,8 @@ class Sandbox:
         node_env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds_url,
                     "AWS_METADATA_SERVICE_TIMEOUT": "10", "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "3",
                     "AWS_CONFIG_FILE": self.path("aws", "config"),
-                    "AWS_SHARED_CREDENTIALS_FILE": self.path("aws", "credentials"), "PATH": node_path}
+                    "AWS_SHARED_CREDENTIALS_FILE": self.path("aws", "credentials"), "PATH": node_path,
+                    "HOME": self.path("home")}
         self.sshd_log = open(self.path("sshd.log"), "ab")
         for _ in range(5):  # a port picked free may be taken before sshd binds it (another sandbox)
             self.ssh_port = free_port()
@@ -474,6 +475,10 @@ class Sandbox:
                 "SetEnv " + " ".join('%s="%s"' % kv for kv in sorted(node_env.items())), ""])
             with open(os.path.join(ssh, "sshd_config"), "w") as f:
                 f.write(config)
+        # A node's home is its own, DIR/home, as a machine's is (SetEnv overrides sshd's HOME):
+        # sshd runs every command with the login shell, and bash, seeing SSH_CLIENT, reads
+        # ~/.bashrc first; this machine's is not a node's (pyenv's init in it took seconds a
+        # session under load), nor are its Python user site-packages.
             self.sshd = subprocess.Popen([sshd, "-D", "-e", "-f", os.path.join(ssh, "sshd_config")],
                                          stdin=subprocess.DEVNULL, stdout=self.sshd_log, stderr=self.sshd_log)
             if self.wait_for_banner():

@@ -38,6 +38,19 @@ def test_nodes_run_the_images_boto3_and_act_with_their_own_roles_keys(box):
                           ("ec2:TerminateInstances", "allowed")}  # objects only: no bucket settings
 
 
+def test_a_nodes_shell_has_a_home_of_its_own_not_this_machines(box):
+    job = "strict-home"
+    # sshd runs a node's commands with the login shell, which reads ~/.bashrc: a machine's own
+    # home, not the home of whoever runs the sandbox (whose .bashrc, Python packages and keys are
+    # not a node's, and which the sandbox must not write to).
+    create_dispatch(box, job, ['echo "$HOME" > output/home.txt; python3 -c "import site; '
+                               'print(site.getusersitepackages())" >> output/home.txt'])
+    until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the upload")
+    home = os.path.join(box.env["AWSRUN_SANDBOX"], "home")
+    said = box.read(job, job + "0/output/home.txt").splitlines()
+    assert said[0] == home and said[1].startswith(home + "/")
+
+
 def test_metadata_answers_only_with_a_session_token_as_on_an_imdsv2_only_instance(box):
     """The node's metadata service is IMDSv2-only, as on an image registered for v2.0 or an
     account that made v2 its default: a GET without a valid token is 401, a token's TTL must be
