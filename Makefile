@@ -29,6 +29,10 @@ ARGS   ?=
 TIMEOUT ?= 86400
 TAG    ?=
 TEMPLATE ?=
+WITH   ?=
+INPUTS ?=
+FOLLOW ?=
+CMD    ?=
 GRID   ?=
 TYPE   ?= t3.micro
 DELETE_BUCKET ?= no
@@ -36,7 +40,8 @@ TEST_WORKERS ?= 4
 
 DISPATCH = $(PY) dispatcher.py $(AMI) $(JOB) $(JOBS) $(if $(CODE),--code $(CODE)) \
 	$(if $(POOL),--pool $(POOL)) $(if $(SLOTS),--slots $(SLOTS)) $(if $(BUDGET),--budget $(BUDGET)) \
-	$(if $(PRICES),--prices $(PRICES)) $(if $(HOURS),--hours $(HOURS)) $(if $(LIKE),--like $(LIKE)) $(ARGS)
+	$(if $(PRICES),--prices $(PRICES)) $(if $(HOURS),--hours $(HOURS)) $(if $(LIKE),--like $(LIKE)) \
+	$(foreach i,$(INPUTS),--inputs '$(i)') $(ARGS)
 # `make status` alone counts every instance; with JOB= given, one line per tag of that job.
 STATUS_JOB = $(if $(filter command line environment,$(origin JOB)),$(JOB))
 SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-server
@@ -44,7 +49,7 @@ SSHD_MISSING = make demo needs OpenSSH's server: sudo apt-get install openssh-se
 # A variable as one shell word, as typed: make expands nothing in it ($TAG stays $TAG).
 quote = '$(subst ','\'',$(value $(1)))'
 
-.PHONY: help sweep dry-run plan create dispatch status watch wait logs retry down clean report picture collect fetch demo _demo test lint bench venv node-venv
+.PHONY: help sweep dry-run plan create dispatch status watch wait logs ssh retry down clean report picture collect fetch demo _demo test lint bench venv node-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -100,9 +105,13 @@ watch: $(PY)  ## the status table of JOB, refreshed until every job has finished
 wait: $(PY)  ## wait until every machine of JOB has finished
 	$(PY) operate.py wait $(JOB) --timeout $(TIMEOUT)
 
-logs: $(PY)  ## print TAG's log (LOG=install for the install logs)
+logs: $(PY)  ## print TAG's log (LOG=install for the install logs; FOLLOW=1: as it grows, until the row ends)
 	@test -n "$(TAG)" || { echo "make logs needs TAG=, e.g. TAG=$(JOB)0" >&2; exit 2; }
-	$(PY) logs.py $(JOB) $(TAG) $(if $(filter install,$(LOG)),--install)
+	$(PY) logs.py $(JOB) $(TAG) $(if $(filter install,$(LOG)),--install) $(if $(FOLLOW),--follow)
+
+ssh: $(PY)  ## a shell on TAG's machine, in its work directory (CMD='ls output': run that instead)
+	@test -n "$(TAG)" || { echo "make ssh needs TAG=, e.g. TAG=$(JOB)0" >&2; exit 2; }
+	$(PY) logs.py $(JOB) $(TAG) --ssh $(if $(CMD),-- $(call quote,CMD))
 
 retry: $(PY)  ## run again every row of JOBS with no succeeded result
 	$(DISPATCH) --retry
@@ -122,8 +131,8 @@ picture:  ## the README's picture of the demo's report, docs/report.png (make de
 	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1180,1000 \
 		--screenshot=$(CURDIR)/docs/report.png file://$(CURDIR)/results/awsrun-demo/report.html
 
-collect: $(PY)  ## merge every row's CSV files (PATTERN='output/*.csv') into results/JOB/collected.csv (FROM=dir: a fetched folder)
-	$(PY) collect.py $(JOB) $(if $(PATTERN),--pattern '$(PATTERN)') $(if $(FROM),--from $(FROM))
+collect: $(PY)  ## merge every row's CSV files (PATTERN='output/*.csv') into results/JOB/collected.csv (FROM=dir: a fetched folder; WITH=host: where each row ran)
+	$(PY) collect.py $(JOB) $(if $(PATTERN),--pattern '$(PATTERN)') $(if $(FROM),--from $(FROM)) $(if $(WITH),--with $(WITH))
 
 fetch: $(PY)  ## download every result of BUCKET into OUT/TAG/...
 	$(PY) get_s3_files.py $(BUCKET) $(OUT)

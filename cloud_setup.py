@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -81,6 +82,18 @@ def state_dir(job):
     return path
 
 
+@functools.lru_cache(maxsize=None)
+def version():
+    """awsrun's own version, for the results' provenance: its git commit (-dirty with changes
+    not committed), or `unknown` outside a git checkout."""
+    try:
+        return subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "describe", "--always",
+                               "--dirty", "--abbrev=12"], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 SESSION_LOCK = threading.RLock()  # client() asks region() while holding it
 
 
@@ -134,12 +147,35 @@ def node_session(region_name):
     return boto3.session.Session(botocore_session=core, region_name=region_name)
 
 
-def client_with(service, attempts=None, **config):
-    """A new client from the shared session, with these botocore Config settings (and this many
-    attempts per call) on top of RETRIES."""
+def instance_metadata(*paths):
+    """This instance's answers to IMDSv2 (one session token) for paths under
+    /latest/meta-data/, {path: text}; a path with no answer is left out, and off EC2 all are."""
+    base = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://169.254.169.254").rstrip("/")
+    found = {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(
+                base + "/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}),
+                timeout=2) as answer:
+            token = answer.read().decode()
+    except OSError:
+        return found
+    for path in paths:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(
+                    base + "/latest/meta-data/" + path, headers={"X-aws-ec2-metadata-token": token}),
+                    timeout=2) as answer:
+                found[path] = answer.read().decode().strip()
+        except OSError:  # 404 (not there, as a spot notice mostly is) is an HTTPError, an OSError
+            pass
+    return found
+
+
+def client_with(service, attempts=None, region_name=None, **config):
+    """A new client from the shared session, in this region (default: the session's), with these
+    botocore Config settings (and this many attempts per call) on top of RETRIES."""
     config = RETRIES.merge(retries(attempts, **config) if attempts else Config(**config))
     with SESSION_LOCK:
-        return session().client(service, region_name=region(), config=config)
+        return session().client(service, region_name=region_name or region(), config=config)
 
 
 def file_hash(path, algorithm):
@@ -185,6 +221,12 @@ def default_job_name(source):
     if name.startswith(RESERVED_PREFIXES):
         name = "job-" + name
     return name + "-1" if name.endswith(RESERVED_SUFFIXES) else name
+
+
+def alternatives(itype):
+    """The instance types a row may run on, in order: `c5.xlarge|c5a.xlarge` lists two, tried
+    in turn when AWS has no capacity for the one before (one type: itself)."""
+    return itype.split("|")
 
 
 def tag_name(job, number):
@@ -296,11 +338,23 @@ def queue_prefix(job):
     return "awsrun-%s--" % job
 
 
-def node_policy(job, bucket):
+def node_policy(job, bucket, reads=()):
     """Everything a node may do: write objects to its job's bucket (never its settings), and only
-    while the bucket is its own account's; take rows from its job's queues (pool mode), tag and
-    terminate its job's instances, but never change the tags that say whose they are."""
-    return {"Version": "2012-10-17", "Statement": [
+    while the bucket is its own account's; read the objects under its --inputs prefixes `reads`
+    [(bucket, prefix)] and list nothing else; take rows from its job's queues (pool mode), tag
+    and terminate its job's instances, but never change the tags that say whose they are."""
+    inputs = []
+    if reads:
+        inputs.append({"Sid": "ReadInputs", "Effect": "Allow", "Action": "s3:GetObject",
+                       "Resource": sorted({"arn:aws:s3:::%s/%s*" % r for r in reads})})
+    for i, name in enumerate(sorted({b for b, _ in reads})):
+        prefixes = sorted({p for b, p in reads if b == name})
+        listing = {"Sid": "ListInputs%d" % i, "Effect": "Allow", "Action": "s3:ListBucket",
+                   "Resource": "arn:aws:s3:::" + name}
+        if "" not in prefixes:  # a whole bucket ("") is listed without a prefix
+            listing["Condition"] = {"StringLike": {"s3:prefix": [p + "*" for p in prefixes]}}
+        inputs.append(listing)
+    return {"Version": "2012-10-17", "Statement": inputs + [
         {"Sid": "WriteResults", "Effect": "Allow",
          "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
          "Resource": "arn:aws:s3:::%s/*" % bucket,
@@ -325,7 +379,7 @@ def role_name(job):
     return "awsrun-%s-node" % job
 
 
-def ensure_instance_profile(job, bucket):
+def ensure_instance_profile(job, bucket, reads=()):
     """Role and instance profile awsrun-JOB-node holding node_policy(); returns its name."""
     iam, name = client("iam"), role_name(job)
     try:
@@ -335,7 +389,7 @@ def ensure_instance_profile(job, bucket):
     except iam.exceptions.EntityAlreadyExistsException:
         pass
     iam.put_role_policy(RoleName=name, PolicyName="awsrun-node",
-                        PolicyDocument=json.dumps(node_policy(job, bucket)))
+                        PolicyDocument=json.dumps(node_policy(job, bucket, reads)))
     try:
         iam.create_instance_profile(InstanceProfileName=name)
     except iam.exceptions.EntityAlreadyExistsException:

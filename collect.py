@@ -3,9 +3,11 @@
     python collect.py JOBNAME                          # s3://BUCKET/TAG/output/*.csv -> results/JOB/collected.csv
     python collect.py JOBNAME --pattern 'output/runs/*.csv' --out all.csv
     python collect.py JOBNAME --from results/JOBNAME   # an already fetched folder (make fetch)
+    python collect.py JOBNAME --with host              # and where each row ran: type, zone, CPU, ...
 
 The table's first columns are tag, command, exit_code (from the row's manifest) and file (the
-file's path inside its tag), then the union of the files' headers, in the order first seen;
+file's path inside its tag), with --with host the row's machine (HOST_COLUMNS, from its
+manifest), then the union of the files' headers, in the order first seen;
 a file that lacks a column leaves its cells empty. A UTF-8 byte-order mark (Excel's CSV) is
 dropped; quoted fields may hold commas and line breaks. In a pattern, * and ? match within
 one folder and ** across folders. Files are read one at a time as they
@@ -30,6 +32,9 @@ import job_state
 from cloud_setup import UserError, log
 
 FIRST_COLUMNS = ["tag", "command", "exit_code", "file"]
+# --with host: where each row ran (its manifest's host, save_results.host), after the first columns
+HOST_COLUMNS = ["instance_type", "instance_id", "zone", "lifecycle", "ami", "kernel", "cpu_model", "cpus",
+                "memory_mb", "attempt", "awsrun"]
 HEADER_BYTES = 1 << 16
 
 
@@ -93,7 +98,14 @@ def read_header(data):
     return header
 
 
-def collect(source, job, pattern, out):
+def host_cells(manifest):
+    """The host columns of a row, from its manifest (one written before awsrun kept a host
+    block still knows its instance)."""
+    host = dict({k: manifest.get(k) for k in ("instance_type", "instance_id", "attempt")}, **manifest.get("host", {}))
+    return ["" if host.get(c) is None else host[c] for c in HOST_COLUMNS]
+
+
+def collect(source, job, pattern, out, with_host=False):
     """Write the merged table; returns (rows, files, tags) counts."""
     tags = sorted({k.split("/", 1)[0] for k in source.keys if "/" in k} | source.finished,
                   key=cs.tag_order)
@@ -116,22 +128,24 @@ def collect(source, job, pattern, out):
             log("stopped by the budget, left out: %s" % " ".join(cut))
             files = [k for k in files if k.split("/", 1)[0] not in cut]
         heads = list(pool.map(lambda k: attempt(read_header, source.head, k), files))
+    fixed = FIRST_COLUMNS + (HOST_COLUMNS if with_host else [])
     columns, readable = [], []
     for key, header in zip(files, heads):
         if isinstance(header, Exception):
             log("%s: its header could not be read (%s): left out" % (key, header))
             continue
         readable.append((key, header))
-        columns += [h for h in header if h not in columns and h not in FIRST_COLUMNS]
+        columns += [h for h in header if h not in columns and h not in fixed]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     count = 0
     with open(out + ".part", "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(FIRST_COLUMNS + columns)
+        writer.writerow(fixed + columns)
         for key, header in readable:
             tag, name = key.split("/", 1)
             manifest = manifests[tag]
-            first = [tag, manifest.get("command", ""), manifest.get("exit_code", ""), name]
+            first = [tag, manifest.get("command", ""), manifest.get("exit_code", ""), name] + (
+                host_cells(manifest) if with_host else [])
             rows = csv.reader(codecs.iterdecode(source.lines(key), "utf-8-sig"))
             next(rows, None)
             for row in rows:
@@ -166,13 +180,15 @@ def main(argv=None):
     p.add_argument("--pattern", default="output/*.csv", help="the files to merge, in each tag (default output/*.csv)")
     p.add_argument("--from", dest="source", metavar="DIR", help="a folder fetched with make fetch, not the bucket")
     p.add_argument("--out", help="the table to write (default results/JOB/collected.csv)")
+    p.add_argument("--with", dest="extra", action="append", choices=["host"], default=[],
+                   help="host: add where each row ran (%s)" % ", ".join(HOST_COLUMNS))
     args = p.parse_args(argv)
 
     def run():
         cs.check_job_name(args.job)
         out = args.out or os.path.join("results", args.job, "collected.csv")
         source = Folder(args.source) if args.source else Bucket(args.job)
-        rows, files, tags = collect(source, args.job, args.pattern, out)
+        rows, files, tags = collect(source, args.job, args.pattern, out, "host" in args.extra)
         log("collected %d rows from %d files of %d results into %s" % (rows, files, tags, out))
         return 0
     return cs.run_cli(run)

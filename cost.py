@@ -11,6 +11,7 @@ Machine time counts as EC2 bills a Linux machine: by the second, at least 60 s e
 from __future__ import annotations
 
 import csv
+import functools
 import heapq
 import json
 import statistics
@@ -130,20 +131,36 @@ def quantile(values, q):
     return ordered[low] + (ordered[min(low + 1, len(ordered) - 1)] - ordered[low]) * (at - low)
 
 
-def times_like(job):
-    """{type: {"run": [s], "setup": [s], "upload": [s]}} from an earlier job's manifests: each
-    succeeded row's run (started to ended) and upload (ended to uploaded), and each machine's
-    setup (launched to the end of its install)."""
+@functools.lru_cache(maxsize=None)
+def succeeded_like(job):
+    """[(manifest, its times)] of an earlier job's succeeded rows, by tag; read once a run."""
     s3, bucket = cs.client("s3"), job_state.job_bucket(job)
     finished = job_state.outcomes(job_state.list_markers(bucket))
     if not finished:
         raise UserError("--like %s: that job has no results in s3://%s to learn row times from" % (job, bucket), code=2)
-    found, machines = {}, set()
+    found = []
     for _, m in sorted(job_state.read_manifests(s3, bucket, sorted(finished)).items()):
         times = {k: cs.parse_time(m.get(k) or "") for k in ("launched", "install_ended", "started", "ended",
                                                              "uploaded")}
-        if m.get("exit_code") != 0 or None in (times["started"], times["ended"]):
-            continue
+        if m.get("exit_code") == 0 and None not in (times["started"], times["ended"]):
+            found.append((m, times))
+    return found
+
+
+def command_times(job):
+    """{command: its median run time, s} over an earlier job's succeeded rows."""
+    runs = {}
+    for m, times in succeeded_like(job):
+        runs.setdefault(m.get("command"), []).append(times["ended"] - times["started"])
+    return {command: statistics.median(seconds) for command, seconds in runs.items()}
+
+
+def times_like(job):
+    """{type: {"run": [s], "setup": [s], "upload": [s]}} from an earlier job's manifests: each
+    succeeded row's run (started to ended) and upload (ended to uploaded), and each machine's
+    setup (launched to the end of its install)."""
+    found, machines = {}, set()
+    for m, times in succeeded_like(job):
         t = found.setdefault(m.get("instance_type"), {"run": [], "setup": [], "upload": []})
         t["run"].append(times["ended"] - times["started"])
         if times["uploaded"] is not None:
@@ -198,7 +215,8 @@ def estimate(rows, machines, slots, setup, row_seconds, idle):
 def plan(args, placement, wanted):
     """What the run would cost: {"types": [one dict per instance type], "total": {...}, and the
     sources of its times and prices}. Reads AWS (instance types, quotas, prices, an earlier job's
-    manifests) and makes nothing."""
+    manifests) and makes nothing. A row's type list (a|b) is planned as its first type."""
+    wanted = {tag: (line, cs.alternatives(itype)[0], command) for tag, (line, itype, command) in wanted.items()}
     rows = {}
     for _line, itype, _command in wanted.values():
         rows[itype] = rows.get(itype, 0) + 1
@@ -339,8 +357,9 @@ class Budget:
         return cls(args.job, bucket, record)
 
     def prices_for(self, types, prices_file=None):
-        """{type: USD per hour} the budget counts, those recorded first; UserError if one has none."""
-        wanted = sorted(set(types) - set(self.record["prices"]))
+        """{type: USD per hour} the budget counts, those recorded first; UserError if one has none.
+        A type list (a|b) counts as its dearest type: the budget holds whichever one launches."""
+        wanted = sorted({a for t in types for a in cs.alternatives(t)} - set(self.record["prices"]))
         if wanted:
             now = time.time()
             found, source = price_list({(t, False): {"start": now, "end": now} for t in wanted}, prices_file)
@@ -349,7 +368,7 @@ class Budget:
                 raise UserError("--budget: no price for %s (%s): pass --prices FILE (instance_type,price_per_hour)"
                                 % (" ".join(lacking), source), code=2)
             self.record["prices"].update({t: found[(t, False)] for t in wanted})
-        return {t: self.record["prices"][t] for t in types}
+        return {t: max(self.record["prices"][a] for a in cs.alternatives(t)) for t in types}
 
     def committed(self, ended, leave_out=()):
         """USD the job's recorded machines ran, or are armed to run: from launch to their end
@@ -408,7 +427,7 @@ def launch_budget(args, placement, wanted, bucket, by_type):
     deadline = budget.deadline(machines, [None] * len(machines), ended_times(args.job), setup, args.prices)
     log("budget %s: these %s end by %s at the latest" % (money(budget.record["usd"]), plural(len(machines), "machine"),
                                                        time.strftime(cs.TIME_FORMAT, time.gmtime(deadline))))
-    return budget, deadline, budget.prices_for(set(machines))
+    return budget, deadline, budget.prices_for({a for t in machines for a in cs.alternatives(t)})
 
 
 def cover(budget, nodes, prices_file=None):

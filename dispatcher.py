@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import cloud_setup as cs
 import cost
+import get_s3_files
 import launch
 import job_state
 import pool
@@ -71,8 +72,9 @@ def read_jobs(path):
             raise bad(line, "expected 2 fields (instance_type,command), found %d: put a command "
                             "that contains commas in double quotes" % len(fields))
         itype, command = fields[0].strip(), fields[1]
-        if not INSTANCE_TYPE.fullmatch(itype):
-            raise bad(line, "instance type %r is not like t3.micro" % itype)
+        if not all(INSTANCE_TYPE.fullmatch(t) for t in cs.alternatives(itype)):
+            raise bad(line, "instance type %r is not like t3.micro (or a list tried in turn, c5.xlarge|c5a.xlarge)"
+                      % itype)
         if not command.strip():
             raise bad(line, "the command is empty")
         rows.append((line, itype, command))
@@ -102,6 +104,23 @@ def parse_inputs(specs):
     return pairs
 
 
+def parse_prefixes(specs, code):
+    """--inputs s3://BUCKET/PREFIX[=DIR] -> [(url, DIR)]; DIR (default inputs) stays in the work
+    directory and is not a folder of CODE. The last = splits: a prefix with one needs =DIR."""
+    found = []
+    for spec in specs:
+        url, sep, folder = spec.rpartition("=") if "=" in spec else (spec, "", "inputs")
+        try:
+            get_s3_files.parse_url(url)
+        except UserError:
+            raise UserError("--inputs %r must be s3://BUCKET/PREFIX[=DIR]" % spec, code=2) from None
+        folder = check_relative(folder, "--inputs DIR")
+        if code and os.path.lexists(os.path.join(code, folder)):
+            raise UserError("--inputs %s: %s is in --code %s already: give another =DIR" % (spec, folder, code), code=2)
+        found.append((url, folder))
+    return found
+
+
 def check_arguments(args, placement):
     """Every check that needs no AWS. Returns the job file's rows."""
     for name in filter(None, (args.job, args.bucket, getattr(args, "like", None))):
@@ -109,13 +128,17 @@ def check_arguments(args, placement):
     if args.tag_offset < 0:
         raise UserError("--tag_offset must be 0 or more", code=2)
     rows = read_jobs(args.jobfile)
+    for line, itype, _ in rows:
+        if placement.pooled and "|" in itype:
+            raise UserError("%s, line %d: a type list (%s) is for one machine per row: in pool mode give each row "
+                            "one type" % (args.jobfile, line, itype), code=2)
     args.max_runtime = placement.runtime_limit(args.max_runtime)
     if args.create:
         if args.code and not os.path.isdir(args.code):
             raise UserError("--code %s is not a folder" % args.code, code=2)
         if not os.path.isfile(args.install):
             raise UserError("install script %s does not exist: pass --install FILE" % args.install, code=2)
-        args.inputs = parse_inputs(args.input)
+        args.inputs, args.prefixes = parse_inputs(args.input), parse_prefixes(args.s3_inputs, args.code)
     outputs = []
     for out in args.output:
         out = check_relative(out, "-o").replace(os.sep, "/")
@@ -130,7 +153,7 @@ def check_arguments(args, placement):
 
 NODE_SCRIPTS = ("prepare.sh", "guard.sh", "start.sh", "run.sh", "row.sh")
 # Copied to .awsrun/ on every node: the uploader, its imports, and the pool worker (from node/).
-NODE_PYTHON = ("save_results.py", "cloud_setup.py", "job_state.py", "node/pool_worker.py")
+NODE_PYTHON = ("save_results.py", "cloud_setup.py", "job_state.py", "get_s3_files.py", "node/pool_worker.py")
 
 
 def make_bundle(args):
@@ -151,6 +174,7 @@ def make_bundle(args):
             tar.add(os.path.join(HERE, path), arcname=".awsrun/" + os.path.basename(path))
         for name in NODE_SCRIPTS:  # the shell that runs on the node, as it is in node/
             tar.add(os.path.join(HERE, "node", name), arcname=".awsrun/" + name)
+        add_text(tar, ".awsrun/inputs.tsv", "".join("%s\t%s\t%s\n" % p for p in getattr(args, "checked_prefixes", [])))
         add_text(tar, ".awsrun/names.sh", "".join("%s=%d\n" % kv for kv in sorted(cs.NODE_EXIT.items())) +
                  "TIME_FORMAT=%s\n" % shlex.quote(cs.TIME_FORMAT))  # what node/*.sh source
     bundle.flush()
@@ -181,7 +205,7 @@ def node_info(args, node, itype, command=None):
             "bucket": node["bucket"], "account": cs.account(), "region": cs.region(), "command": command,
             "outputs": args.output, "max_runtime": args.max_runtime or None,
             "upload_hold": getattr(args, "upload_hold", None), "spot": node.get("spot", False),
-            "launched": job_state.launch_time(node), "upload_margin": cost.upload_margin(),
+            "launched": job_state.launch_time(node), "upload_margin": cost.upload_margin(), "awsrun": cs.version(),
             "budget_end": node.get("budget_end") and time.strftime(cs.TIME_FORMAT, time.gmtime(node["budget_end"]))}
     if node.get("pool"):  # what node/pool_worker.py reads
         info.update(queue_url=node.get("queue_url"), slots=0 if args.slots == "auto" else int(args.slots),
@@ -237,20 +261,23 @@ def create(args, placement, wanted):
     types = {itype for _, itype, _ in wanted.values()}
     checked = launch.Preflight(args, placement, wanted).run(local=False)  # the first failure, before anything is made
     amis, vcpus, subnets = checked.amis, checked.vcpus, checked.subnets
+    args.checked_prefixes = [(url, region, folder) for url, folder, region in checked.prefixes]  # for the bundle
     spot = getattr(args, "spot", False)
     machines = placement.machines(wanted, vcpus, spot)
     by_type = launch.to_launch(args.job, machines)
-    launch.check_quotas({t: (len(n), vcpus[t]) for t, n in by_type.items()}, spot, pooled=placement.pooled)
+    launch.check_quotas(launch.quota_need({t: len(n) for t, n in by_type.items()}, vcpus), spot,
+                        pooled=placement.pooled)
     bucket, cidr = args.bucket or args.job, cs.caller_cidr()
     budget, deadline, prices = cost.launch_budget(args, placement, wanted, bucket, by_type)
     with open(os.path.join(cs.state_dir(args.job), "bucket"), "w") as f:
         f.write(bucket)
     extra, extra_names = placement.resources(types)
+    reads = [get_s3_files.parse_url(url) for url, _, _ in args.checked_prefixes]  # what the nodes may read
     with ThreadPoolExecutor(5) as making:  # independent resources, made at once
         made = [making.submit(cs.ensure_bucket, cs.client("s3"), bucket, cs.region()),
                 making.submit(ensure_key_pair, args.job),
                 making.submit(cs.ensure_security_group, args.job, cidr, subnets[0]["vpc"]),
-                making.submit(cs.ensure_instance_profile, args.job, bucket)] + [making.submit(m) for m in extra]
+                making.submit(cs.ensure_instance_profile, args.job, bucket, reads)] + [making.submit(m) for m in extra]
         _, key, group_id, profile = [m.result() for m in made][:4]
     connections = Connections(args.job, args.ssh_timeout)
     log("job %s: key %s, security group %s, instance profile %s, bucket %s%s"
@@ -304,10 +331,10 @@ def prepare_all(args, nodes, connections):
 def node_files(args, node, row):
     """The small archive that turns a prepared node into a running job: its row's settings
     and command (node/start.sh unpacks it)."""
-    line, itype, command = row
+    command = row[2]
     data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w") as tar:
-        add_text(tar, ".awsrun/node.json", json.dumps(node_info(args, node, itype, command), indent=1,
+    with tarfile.open(fileobj=data, mode="w") as tar:  # the type the machine has (a row may list several)
+        add_text(tar, ".awsrun/node.json", json.dumps(node_info(args, node, node["type"], command), indent=1,
                                                       ensure_ascii=False))
         add_text(tar, ".awsrun/node.env", node_env(args, node))
         if command is not None:
@@ -500,7 +527,8 @@ def parse_args(argv):
     p.add_argument("--budget", type=float, metavar="USD", help="the job's instances bill at most this, at the prices "
                    "it counts: every machine is shut down in time")
     p.add_argument("--hours", type=float, metavar="H", help="with --plan or --budget: the hours a row takes")
-    p.add_argument("--like", metavar="OLDJOB", help="with --plan or --budget: the row times of an earlier job")
+    p.add_argument("--like", metavar="OLDJOB", help="with --plan or --budget: the row times of an earlier job; "
+                   "with --pool: queue the rows longest first by them")
     p.add_argument("--prices", metavar="CSV", help="USD per hour per instance type (columns instance_type,"
                    "price_per_hour), instead of the AWS Price List API and the spot price history")
     p.add_argument("--json", action="store_true", help="with --plan: print the plan as JSON")
@@ -510,6 +538,8 @@ def parse_args(argv):
     p.add_argument("--code", help="folder copied into each node's work directory")
     p.add_argument("-i", dest="input", action="append", default=[], metavar="LOCAL=REMOTE",
                    help="an extra file or folder to copy (repeatable)")
+    p.add_argument("--inputs", dest="s3_inputs", action="append", default=[], metavar="s3://BUCKET/PREFIX[=DIR]",
+                   help="put every object under the prefix in DIR (default inputs) on each machine (repeatable)")
     p.add_argument("-o", dest="output", action="append", default=[], metavar="FILE",
                    help="an extra output file to upload, relative to the work directory (repeatable)")
     p.add_argument("--install", default=os.path.join(HERE, "INSTALL.sh"), help="node setup script")
@@ -548,8 +578,10 @@ def parse_args(argv):
         p.error("--dry-run and --plan each make nothing: give one")
     if args.hours is not None and args.like:
         p.error("--hours and --like both say how long a row takes: give one")
-    if (args.hours is not None or args.like) and not (args.plan or args.budget):
-        p.error("--hours and --like go with --plan or --budget")
+    if args.hours is not None and not (args.plan or args.budget):
+        p.error("--hours goes with --plan or --budget")
+    if args.like and not (args.plan or args.budget or args.pool):
+        p.error("--like goes with --plan, --budget or --pool (which queues the rows longest first by its times)")
     if args.json and not args.plan:
         p.error("--json goes with --plan")
     if args.budget is not None and not args.budget > 0:
@@ -558,7 +590,7 @@ def parse_args(argv):
         p.error("--hours must be more than 0")
     if not 1 <= args.max_attempts <= 1000:
         p.error("--max-attempts must be 1 to 1000 (SQS's maxReceiveCount)")
-    args.inputs = []
+    args.inputs, args.prefixes = [], []
     return args
 
 

@@ -2,6 +2,7 @@
 
     python get_s3_files.py BUCKET OUT_DIR           # OUT_DIR/TAG/... as in the bucket
     python get_s3_files.py BUCKET OUT_DIR --flat    # base names only, as the original did
+    python get_s3_files.py s3://BUCKET/PREFIX DIR   # every object under a prefix (a node's --inputs)
 
 Downloads run in parallel. An object with a hash to check (the SHA-256 in its job's manifest,
 or the MD5 of a single-part upload's ETag) is fetched with one GetObject and hashed as it
@@ -31,6 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from botocore.exceptions import ClientError
 from s3transfer.subscribers import BaseSubscriber
 from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 
@@ -303,6 +305,15 @@ def fetch(bucket, out, flat=False, full=False):
     names = local_names(objects, flat)
     hashes = expected_hashes(s3, bucket, objects, cache)
     wants = {o["Key"]: expected(o, hashes.get(o["Key"])) for o in objects}
+    todo = get_all(s3, lambda: cs.name_owner(cs.client_with("s3"), owner) if owner else cs.client_with("s3"),
+                   bucket, out, objects, names, wants, cache)
+    cache.save({"bucket": bucket, "markers": markers, "flat": flat, "names": sorted(names.values())})
+    return len(todo), len(objects) - len(todo)
+
+
+def get_all(s3, checking_client, bucket, out, objects, names, wants, cache):
+    """Download the objects not in `out` already, each checked; returns those downloaded.
+    `checking_client()` makes the client for objects with no hash of ours, which checks S3's."""
     todo = [o for o in objects if not unchanged(os.path.join(out, names[o["Key"]]), o, wants[o["Key"]], cache)]
     damaged = []
     if todo:
@@ -313,10 +324,8 @@ def fetch(bucket, out, flat=False, full=False):
         with ThreadPoolExecutor(2) as others:  # the transfer manager's objects at the same time
             started = [others.submit(download, s3, bucket, out, names, large, wants, cache, damaged, progress)]
             if unhashed:
-                checked = cs.client_with("s3")
-                started.append(others.submit(download, cs.name_owner(checked, owner) if owner else checked,
-                                             bucket, out, names, unhashed, wants, cache,
-                                             damaged, progress))
+                started.append(others.submit(download, checking_client(), bucket, out, names, unhashed, wants,
+                                             cache, damaged, progress))
             fetch_each(s3, bucket, out, names, single, wants, cache, damaged, progress)
             for future in started:
                 future.result()
@@ -324,7 +333,72 @@ def fetch(bucket, out, flat=False, full=False):
         cache.save()
         raise UserError("%s arrived damaged (their hashes differ from the manifest or ETag): fetch again"
                         % ", ".join(sorted(damaged)))
-    cache.save({"bucket": bucket, "markers": markers, "flat": flat, "names": sorted(names.values())})
+    return todo
+
+
+# ---------------------------------------------------------------------------- a prefix (--inputs)
+
+def parse_url(url):
+    """s3://BUCKET/PREFIX -> (bucket, the prefix as a folder: "" or ending in /)."""
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not url.startswith("s3://") or not bucket:
+        raise UserError("%r is not s3://BUCKET/PREFIX" % url, code=2)
+    return bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+
+def bucket_region(bucket):
+    """The region of a bucket (HeadBucket's x-amz-bucket-region, which S3 sends with a 403 and
+    a wrong region's answer too); None if no one has it."""
+    try:
+        return cs.client_with("s3").head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"][
+            "x-amz-bucket-region"]
+    except ClientError as e:
+        if cs.error_code(e) in ("404", "NoSuchBucket"):
+            return None
+        region = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+        if not region:
+            raise
+        return region
+
+
+def list_prefix(s3, bucket, prefix):
+    """The objects under the prefix (not the empty "folder" objects consoles make)."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [o for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+
+
+def check_prefix(url):
+    """What create asks of an --inputs prefix before it launches: (bucket, prefix, region,
+    objects, bytes); UserError in one line if it cannot be read or holds nothing."""
+    bucket, prefix = parse_url(url)
+    try:
+        region = bucket_region(bucket)
+        if region is None:
+            raise UserError("--inputs %s: bucket %s does not exist" % (url, bucket), code=2)
+        objects = list_prefix(cs.client_with("s3", region_name=region), bucket, prefix)
+    except ClientError as e:
+        raise UserError("--inputs %s: your credentials may not list it (%s): grant s3:ListBucket on the bucket"
+                        % (url, cs.error_code(e)), code=2) from None
+    if not objects:
+        raise UserError("--inputs %s: no object under it: check the prefix" % url, code=2)
+    return bucket, prefix, region, len(objects), sum(o["Size"] for o in objects)
+
+
+def fetch_prefix(url, out, region=None):
+    """Download every object under s3://BUCKET/PREFIX into `out`, named relative to the prefix,
+    each checked against its MD5 ETag or S3's own checksum; files there already unchanged are
+    kept. Reads nothing else of the bucket: a node's role may read only its --inputs prefixes.
+    Returns (downloaded, unchanged) counts."""
+    bucket, prefix = parse_url(url)
+    s3 = cs.client_with("s3", region_name=region, max_pool_connections=max(TRANSFER.max_request_concurrency,
+                                                                           SINGLE_CONCURRENCY))
+    objects = list_prefix(s3, bucket, prefix)
+    if not objects:
+        raise UserError("%s: no object under it" % url)
+    names = {o["Key"]: local_name(o["Key"][len(prefix):], False) for o in objects}
+    cache = Cache(out)
+    todo = get_all(s3, lambda: s3, bucket, out, objects, names, {o["Key"]: expected(o, None) for o in objects}, cache)
+    cache.save()
     return len(todo), len(objects) - len(todo)
 
 
@@ -384,15 +458,22 @@ def download(s3, bucket, out, names, objects, wants, cache, damaged, progress):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bucket")
+    p.add_argument("bucket", help="a job's bucket, or s3://BUCKET/PREFIX: every object under a prefix")
     p.add_argument("out", help="folder to download into (created if missing)")
     p.add_argument("--flat", action="store_true", help="base names only, refusing collisions")
     p.add_argument("--full", action="store_true",
                    help="list and check every object even if no node has finished since the last fetch")
+    p.add_argument("--region", help="with s3://BUCKET/PREFIX: the bucket's region (default: found with HeadBucket)")
     args = p.parse_args(argv)
+    if args.bucket.startswith("s3://") and (args.flat or args.full):
+        p.error("--flat and --full are for a job's bucket, not for s3://BUCKET/PREFIX")
 
     def run():
         os.makedirs(args.out, exist_ok=True)
+        if args.bucket.startswith("s3://"):
+            got, same = fetch_prefix(args.bucket, args.out, args.region or bucket_region(parse_url(args.bucket)[0]))
+            log("fetched %d files from %s into %s (%d already there)" % (got, args.bucket, args.out, same))
+            return 0
         got, same = fetch(args.bucket, args.out, args.flat, args.full)
         log("fetched %d files from s3://%s into %s (%d already there)" % (got, args.bucket, args.out, same))
         return 0

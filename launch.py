@@ -24,9 +24,11 @@ import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloud_setup import (BUCKET_TAG, BUDGET_TAG, JOB_TAG, POOL_TAG, ROWS_TAG, TIME_FORMAT, UserError, awsrun_env,
-                         backoff, bucket_is_ours, caller_cidr, client, client_with, error_code, error_code_in,
-                         group_filters, group_name, job_tags, log, number_of, region, retrying, role_name, terminate)
+from cloud_setup import (BUCKET_TAG, BUDGET_TAG, JOB_TAG, POOL_TAG, ROWS_TAG, TIME_FORMAT, UserError, alternatives,
+                         awsrun_env, backoff, bucket_is_ours, caller_cidr, client, client_with, error_code,
+                         error_code_in, group_filters, group_name, job_tags, log, number_of, region, retrying,
+                         role_name, terminate)
+import get_s3_files
 from job_state import LIVE, encode_rows, find_nodes, launch_batches, newest_per_tag
 
 UBUNTU_ARCH = {"x86_64": "amd64", "arm64": "arm64"}  # EC2's architecture -> Ubuntu's name for it
@@ -70,7 +72,9 @@ def instance_types(types):
 def check_image_and_types(ami, types):
     """Before any launch: every instance type exists, and has an image it can run: with `auto`,
     the current Ubuntu LTS of its own architecture (one parameter read per architecture), else
-    `ami`, which must exist and match every type. Returns ({type: AMI}, {type: its vCPUs})."""
+    `ami`, which must exist and match every type. A type list (a|b) is each of its types.
+    Returns ({type: AMI}, {type: its vCPUs}), for every type named."""
+    types = {a for t in types for a in alternatives(t)}
     known = instance_types(types)
     archs = {t: known[t].get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"]) for t in types}
     if ami == "auto":
@@ -141,6 +145,11 @@ def launch_subnets(subnet_ids=()):
              "public": bool(s.get("MapPublicIpOnLaunch"))} for s in found]
 
 
+class NoCapacity(str):
+    """Why a node was not launched, when it is that no zone had capacity for its type: the
+    row's next type, if it lists one, is tried."""
+
+
 def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket, subnets, spot=False,
            boot_guard=0, pool=False, budget=None):
     """Launch one instance type's nodes: calls of at most MAX_PER_LAUNCH instances with
@@ -171,8 +180,9 @@ def launch(job, ami, instance_type, numbers, key_name, group_id, profile, bucket
             why = "%s had %s capacity for %d of %d" % (zones[0]["zone"], instance_type, len(got), len(batch))
             zones.pop(0)
     if pending and not zones:
-        why = "AWS has no %s capacity in any of the %d zones tried (%s): try later, another type, or more " \
-              "subnets (--subnet), then `make retry`" % (instance_type, len(subnets), why)
+        why = NoCapacity("AWS has no %s capacity in any of the %d zones tried (%s): try later, another type (or a "
+                         "list, c5.xlarge|c5a.xlarge), or more subnets (--subnet), then `make retry`"
+                         % (instance_type, len(subnets), why))
     return ids, {n: why for n in pending}
 
 
@@ -277,6 +287,21 @@ def vcpu_quota(family, spot=False):
         return None
 
 
+def quota_need(counts, vcpus):
+    """{type: (machines, vCPUs each)} for check_quotas from {type or type list: machines}: a list's
+    machines are counted, in each quota family of its types, as its largest type there."""
+    need = {}
+    for itype, n in counts.items():
+        largest = {}
+        for t in alternatives(itype):
+            family = quota_family(t)
+            if family not in largest or vcpus[t] > vcpus[largest[family]]:
+                largest[family] = t
+        for t in largest.values():
+            need[t] = (need.get(t, (0, vcpus[t]))[0] + n, vcpus[t])
+    return need
+
+
 def check_quotas(need, spot=False, pooled=False):
     """Before launching: refuse a job that needs more vCPUs of a quota group than the account's
     quota allows. `need` is {instance type: (count, vCPUs each)}. A quota that cannot be read
@@ -353,7 +378,7 @@ def to_launch(job, wanted):
     UserError if a tag runs already as another type."""
     live = newest_per_tag(find_nodes(job, LIVE))
     for tag, node in live.items():
-        if tag in wanted and node["type"] != wanted[tag][1]:
+        if tag in wanted and node["type"] not in alternatives(wanted[tag][1]):
             raise UserError("%s is already running as %s, but line %d asks for %s: terminate %s first"
                             % (tag, node["type"], wanted[tag][0], wanted[tag][1], node["id"]))
     by_type = {}
@@ -370,13 +395,20 @@ def launch_all(args, placement, by_type, amis, key_name, group_id, profile, buck
     ids, missing, spot = [], {}, getattr(args, "spot", False)
     guard = args.ssh_timeout + args.install_tries * (args.install_timeout + 15) + 600
     for itype, numbers in sorted(by_type.items()):
-        got, lacking = launch(args.job, amis[itype], itype, numbers, key_name, group_id, profile, bucket, subnets,
-                              spot=spot, boot_guard=guard, pool=placement.pooled,
-                              budget=budget and (budget[0], budget[1][itype]))
-        ids += got
+        lacking = dict.fromkeys(numbers)
+        for alternative in alternatives(itype):  # the next type only for those no zone had capacity for
+            if alternative != itype.split("|")[0]:
+                log("%d of the rows of %s: trying %s" % (len(lacking), itype, alternative))
+            got, lacking = launch(args.job, amis[alternative], alternative, sorted(lacking), key_name, group_id,
+                                  profile, bucket, subnets, spot=spot, boot_guard=guard, pool=placement.pooled,
+                                  budget=budget and (budget[0], budget[1][alternative]))
+            ids += got
+            log("launched %d x %s%s%s" % (len(got), alternative, " (spot)" if spot else "", " (pool)"
+                                          if placement.pooled else "") +
+                (" (%d could not be launched)" % len(lacking) if lacking else ""))
+            if not lacking or not all(isinstance(why, NoCapacity) for why in lacking.values()):
+                break
         missing.update({placement.machine_tag(itype, n): why for n, why in lacking.items()})
-        log("launched %d x %s%s%s" % (len(got), itype, " (spot)" if spot else "", " (pool)" if placement.pooled
-                                      else "") + (" (%d could not be launched)" % len(lacking) if lacking else ""))
     if not by_type:
         log("all machines already exist")
     return ids, missing
@@ -419,6 +451,7 @@ class Preflight:
         self.spot = getattr(args, "spot", False)
         self.failed, self.skipped, self.passed = [], [], 0
         self.amis = self.vcpus = self.subnets = self.cidr = self.account = None
+        self.prefixes = []  # (url, DIR, region) of each --inputs prefix
 
     def check(self, what, work, can=True):
         """Run one check (`can`: True, or why it cannot run because an earlier one failed)."""
@@ -481,7 +514,7 @@ class Preflight:
         counts = {}
         for _, itype, _ in machines.values():
             counts[itype] = counts.get(itype, 0) + 1
-        check_quotas({t: (n, self.vcpus[t]) for t, n in counts.items()}, self.spot, pooled=self.placement.pooled)
+        check_quotas(quota_need(counts, self.vcpus), self.spot, pooled=self.placement.pooled)
         return "%s within the account's vCPU quotas" % ", ".join("%d x %s" % (n, t) for t, n in sorted(counts.items()))
 
     def bucket(self):
@@ -499,7 +532,7 @@ class Preflight:
         group = (groups["SecurityGroups"] or [{}])[0].get("GroupId")
         keys = ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [job]}])["KeyPairs"]
         profile = role_name(job) if self.role_exists() else None
-        for itype in self.types:
+        for itype in sorted(self.amis):  # every type a row may run on
             params = launch_params(job, self.amis[itype], itype, [0], job, group, profile,
                                       self.args.bucket or job, self.subnets[0], self.spot, 600, self.placement.pooled)
             if not keys:
@@ -521,7 +554,23 @@ class Preflight:
             dry_run(ec2.create_key_pair, "ec2:CreateKeyPair", KeyName=job, KeyType="rsa",
                     TagSpecifications=job_tags("key-pair", job))
             made.append("key pair")
-        return "RunInstances (%s)%s allowed" % (", ".join(self.types), "".join(", Create " + m for m in made))
+        return "RunInstances (%s)%s allowed" % (", ".join(sorted(self.amis)), "".join(", Create " + m for m in made))
+
+    def inputs(self):
+        """Every --inputs prefix readable and not empty; a line for each that is not."""
+        self.prefixes, problems, count, size = [], [], 0, 0
+        for url, folder in self.args.prefixes:
+            try:
+                _, _, region, objects, bytes_ = get_s3_files.check_prefix(url)
+            except UserError as e:
+                problems.append(str(e))
+                continue
+            self.prefixes.append((url, folder, region))
+            count, size = count + objects, size + bytes_
+        if problems:
+            raise UserError("\n".join(problems), code=2)
+        under = "1 prefix" if len(self.prefixes) == 1 else "%d prefixes" % len(self.prefixes)
+        return "%d objects, %s, under %s: each machine downloads them all" % (count, get_s3_files.human(size), under)
 
     def role_exists(self):
         """Whether the node role exists; UserError if the caller may not even read it."""
@@ -556,6 +605,8 @@ class Preflight:
         if local:
             self.check("vCPU quota", self.quota, has_images or "needs the images' vCPUs")
         self.check("bucket", self.bucket)
+        if self.args.prefixes:
+            self.check("inputs", self.inputs)
         self.check("node role", self.role)
         self.check("permissions", self.permissions, (has_images and has_network) or "needs the images and the network")
         for what, work in self.placement.checks(self.types):

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from botocore.exceptions import ClientError
 
 import cloud_setup as cs
+import cost
 import launch
 import job_state
 from cloud_setup import UserError, log
@@ -161,15 +162,22 @@ def machine_plan(job, wanted, spec, vcpus, spot=False):
     return {cs.pool_tag(job, t, k): (0, t, None) for t, n in sorted(sizes.items()) for k in range(n)}
 
 
-def enqueue(job, bucket, wanted, urls, attempts):
+def enqueue(job, bucket, wanted, urls, attempts, times=None):
     """Put rows in their type's queue, one message each, 10 a call: first the queued markers
-    (so a row's start can never seem older than its queueing), then the messages."""
+    (so a row's start can never seem older than its queueing), then the messages. In the job
+    file's order; with `times` ({command: seconds}, an earlier job's), longest first, the rows
+    of commands it does not know before them (they may be the longest)."""
     s3, sqs = cs.client("s3"), cs.client("sqs")
+    order = sorted(wanted.items(), key=lambda kv: kv[1][0])
+    if times:
+        order.sort(key=lambda kv: -times.get(kv[1][2], float("inf")))  # stable: the unknown in file order
+        log("queued longest first, by the times of %d of their %d commands in the earlier job"
+            % (len({c for _, _, c in wanted.values()} & set(times)), len({c for _, _, c in wanted.values()})))
     by_type = {}
-    for tag, (line, itype, command) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
+    for tag, (line, itype, command) in order:
         by_type.setdefault(itype, []).append((cs.number_of(job, tag), tag, line, command))
     for itype, rows in sorted(by_type.items()):
-        for numbers in job_state.launch_batches([n for n, _, _, _ in rows], limit=700):
+        for numbers in job_state.launch_batches(sorted(n for n, _, _, _ in rows), limit=700):
             s3.put_object(Bucket=bucket, Key=job_state.queued_key(itype, attempts, numbers), Body=b"")
     calls = []
     for itype, rows in sorted(by_type.items()):
@@ -265,7 +273,8 @@ class Pool:
         urls = queue_urls(self.job, {itype for _, itype, _ in wanted.values()} |
                           {n["pool"] for n in machines.values()})  # one ListQueues
         if wanted:
-            enqueue(self.job, bucket, wanted, urls, self.args.max_attempts)
+            enqueue(self.job, bucket, wanted, urls, self.args.max_attempts,
+                    self.args.like and cost.command_times(self.args.like))
         if not machines:
             raise UserError("job %s has no running pool machine: `make retry` launches the pool" % self.job)
         nodes = [dict(n, queue_url=urls[n["pool"]]) for t, n in sorted(machines.items())

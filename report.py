@@ -87,7 +87,7 @@ def build(job, objects, dispatches, manifests, live, now):
         machine = machines.setdefault(m["instance_id"], {"id": m["instance_id"], "tag": m.get("machine") or tag,
                                                          "type": m.get("instance_type"), "pool": bool(m.get("machine")),
                                                          "idle": m.get("idle")})
-        for key in ("launched", "install_started", "install_ended", "spot"):
+        for key in ("launched", "install_started", "install_ended", "spot", "slots"):
             if machine.get(key) is None and m.get(key) is not None:
                 machine[key] = m[key]
     rows = []
@@ -108,6 +108,7 @@ def build(job, objects, dispatches, manifests, live, now):
             row["outcome"] = "queued"
         else:
             row["outcome"] = "lost"
+        row["host"] = (m or {}).get("host")
         if m:
             row["attempt"] = m.get("attempt") or 1
             row["times"] = [seconds(m.get(k)) for k in ("started", "ended", "uploaded")]
@@ -242,9 +243,19 @@ def lanes(rows, machines):
 def bar_title(row, phase, start, end):
     code = "" if row["exit"] is None else ", exit %s" % row["exit"]
     attempt = ", attempt %d" % row["attempt"] if row["attempt"] > 1 else ""
-    return "%s: %s (%s%s%s)\n%s\n%s to %s (%s)" % (
+    return "%s: %s (%s%s%s)\n%s\n%s to %s (%s)%s" % (
         row["tag"], dict(PHASES)[phase], row["outcome"].replace("-", " "), code, attempt, row["command"],
-        clock(start), clock(end)[11:], job_state.elapsed(end - start))
+        clock(start), clock(end)[11:], job_state.elapsed(end - start), host_lines(row.get("host")))
+
+
+def host_lines(host):
+    """Where a row ran, from its manifest's host: machine, CPU, system."""
+    if not host:
+        return ""
+    return "\n%s (%s) in %s, %s\n%s, %s vCPUs, %.1f GiB\nkernel %s, %s, awsrun %s" % (
+        host.get("instance_type"), host.get("instance_id"), host.get("zone"), host.get("lifecycle"),
+        host.get("cpu_model") or "CPU unknown", host.get("cpus"), (host.get("memory_mb") or 0) / 1024,
+        host.get("kernel"), host.get("ami"), host.get("awsrun"))
 
 
 def timeline(rows, machines, now, deadline=None):
@@ -355,6 +366,25 @@ def summary(rows):
     return counts, times, median, slow
 
 
+def makespan(rows, machines):
+    """A pool's (makespan, its lower bound, the longest row, total row time, slots): from the
+    first row's start to the last one's end, against the best any order could do, the longest
+    row or the total row time over every machine's slots; None if no pool row has ended."""
+    ran = [r["times"][:2] for r in rows if r["machine"] and r["machine"].get("pool") and None not in r["times"][:2]]
+    slots = sum(m.get("slots") or 0 for m in machines.values() if m.get("pool"))
+    if not ran or not slots:
+        return None
+    longest, total = max(b - a for a, b in ran), sum(b - a for a, b in ran)
+    return max(b for _, b in ran) - min(a for a, _ in ran), max(longest, total / slots), longest, total, slots
+
+
+def makespan_words(found):
+    span, bound, longest, total, slots = found
+    return "makespan %s, %.2fx its lower bound %s (the longest row %s; total row time %s over %s)" % (
+        job_state.elapsed(span), span / max(bound, 1e-9), job_state.elapsed(bound), job_state.elapsed(longest),
+        job_state.elapsed(total), cost.plural(slots, "slot"))
+
+
 def counted(counts):
     return ", ".join("%d %s" % (n, o.replace("-", " ")) for o, n in counts.items() if n)
 
@@ -400,6 +430,8 @@ def page(job, bucket, rows, told, machines, used, prices, source, logs, now, bud
             histogram([t for t, _ in times])))
         out.append("<p>Stragglers (over %g&times; the median): %s</p>" % (STRAGGLER, ", ".join(
             "%s (%s)" % (html.escape(r["tag"]), job_state.elapsed(t)) for t, r in slow) or "none"))
+        if makespan(rows, machines):
+            out.append("<p>The pool: %s.</p>" % makespan_words(makespan(rows, machines)))
     else:
         out.append("<p>No row has finished yet.</p>")
     failed = [r for r in rows if r["outcome"] in ("failed", "timed-out", "stopped-by-budget", "lost")]
@@ -478,6 +510,8 @@ def report(job, out, prices_file=None):
     if median:
         print("run times: median %s; %s" % (job_state.elapsed(median), "stragglers (over %gx the median): %s" % (
             STRAGGLER, " ".join(r["tag"] for _, r in slow)) if slow else "no stragglers"))
+    if makespan(rows, machines):
+        print("pool: " + makespan_words(makespan(rows, machines)))
     for (itype, spot), u in sorted(used.items()):
         price = prices.get((itype, spot))
         print("cost: %s%s: %s, %.3f h running a row, %.3f h idle%s" % (

@@ -7,7 +7,8 @@ Runs on the node image's own boto3: Ubuntu 24.04's packaged 1.34.46 or later.
 Uploads to s3://BUCKET/TAG/: every file under output/ (relative paths kept), the extra
 output files (-o), screen_output.txt, the install logs (logs/), then manifest.json (job,
 tag, instance, command, exit code, the machine's launch and install times, the row's start,
-end and upload times, and every file with its size and SHA-256), and last a small marker
+end and upload times, every file with its size and SHA-256, and the host: type, zone, spot or
+on-demand, image, kernel, CPU, memory and awsrun's version), and last a small marker
 _awsrun/TAG/exit=N,runtime=S that status lists (it names the instance and the upload's time,
 so every upload's marker differs). Then it terminates its own instance through the EC2 API.
 It never changes the bucket's settings.
@@ -25,8 +26,11 @@ standard library and boto3, on Python 3.8 or later.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import platform
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -108,8 +112,52 @@ def make_manifest(node, root, files, missing):
                     cs.NODE_EXIT["TIMED_OUT"], cs.NODE_EXIT["KILLED"]),
                 "stopped_by": read(os.path.join(root, ".awsrun", "stopped_by")) or None}
     if node.get("attempt"):  # pool mode: which time SQS gave this row out, on which machine
-        manifest.update(attempt=node["attempt"], machine=node.get("machine"), idle=node.get("idle"))
+        manifest.update(attempt=node["attempt"], machine=node.get("machine"), idle=node.get("idle"),
+                        slots=node.get("slots"))
+    manifest["host"] = host(node)
     return manifest
+
+
+def host(node):
+    """Where the row ran, as a paper reports a timing: the machine (from the metadata service,
+    which knows it best, else node.json), its kernel, CPU and memory (this machine's own), the
+    row's attempt and the awsrun that sent it."""
+    meta = machine()
+    return {"instance_type": meta.get("instance-type") or node["instance_type"],
+            "instance_id": node["instance_id"], "zone": meta.get("placement/availability-zone"),
+            "lifecycle": meta.get("instance-life-cycle") or ("spot" if node.get("spot") else "on-demand"),
+            "ami": meta.get("ami-id"), "kernel": platform.release(), "cpu_model": meta["cpu_model"],
+            "cpus": os.cpu_count(), "memory_mb": meta["memory_mb"], "attempt": node.get("attempt") or 1,
+            "awsrun": node.get("awsrun")}
+
+
+@functools.lru_cache(maxsize=None)
+def machine():
+    """What the metadata service and /proc say of this machine: asked once (a pool worker
+    uploads many rows)."""
+    meta = cs.instance_metadata("instance-type", "placement/availability-zone", "ami-id", "instance-life-cycle")
+    return dict(meta, cpu_model=cpu_model(), memory_mb=memory_mb())
+
+
+def cpu_model():
+    """The CPU's name: /proc/cpuinfo's model name (x86), else lscpu's (Arm, whose cpuinfo has none)."""
+    for line in read("/proc/cpuinfo").splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    try:
+        listed = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((line.partition(":")[2].strip() for line in listed.splitlines() if line.startswith("Model name")),
+                None)
+
+
+def memory_mb():
+    """MemTotal of /proc/meminfo, in MiB."""
+    for line in read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return None
 
 
 def describe(path, key):

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -176,7 +175,8 @@ class Worker:
                                Key=job_state.start_key(tag, self.node["instance_id"], attempt))
             self.arm(busy=True)
             lap("mark")
-            info = dict(self.node, tag=tag, command=row["command"], attempt=attempt, machine=self.node["tag"])
+            info = dict(self.node, tag=tag, command=row["command"], attempt=attempt, machine=self.node["tag"],
+                        slots=self.slots)
             root = self.make_folder(info)
             lap("copy")
             self.run_command(root)
@@ -256,17 +256,7 @@ class Worker:
 
 def spot_interrupted():
     """Whether EC2 has scheduled this spot instance's interruption (IMDSv2)."""
-    base = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://169.254.169.254").rstrip("/")
-    try:
-        token = urllib.request.urlopen(urllib.request.Request(
-            base + "/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"}),
-            timeout=2).read().decode()
-        with urllib.request.urlopen(urllib.request.Request(
-                base + "/latest/meta-data/spot/instance-action", headers={"X-aws-ec2-metadata-token": token}),
-                timeout=2) as answer:
-            return answer.status == 200
-    except OSError:  # 404 (no notice) is an HTTPError, an OSError
-        return False
+    return "spot/instance-action" in cs.instance_metadata("spot/instance-action")
 
 
 def main():

@@ -12,6 +12,20 @@ cd "${0%/*}/.." || exit 2
 . .awsrun/node.env && . .awsrun/names.sh || exit 2
 echo "$INSTANCE_ID" > .awsrun/instance
 stamp() { TZ=UTC printf "%($TIME_FORMAT)T\n" -1 > ".awsrun/$1"; }
+# The --inputs prefixes (.awsrun/inputs.tsv: URL, region, DIR), once per machine and before
+# INSTALL.sh: each into .awsrun/inputs/N, linked from DIR (a pool's rows share it), every object
+# checked; a prefix already there is only compared. The metadata service is asked patiently.
+n=0
+while IFS=$'\t' read -r url region dir; do
+    if ! AWS_METADATA_SERVICE_NUM_ATTEMPTS=5 AWS_METADATA_SERVICE_TIMEOUT=3 "$AWSRUN_PYTHON" \
+            .awsrun/get_s3_files.py "$url" ".awsrun/inputs/$n" --region "$region" > ".awsrun/inputs.$n.log" 2>&1; then
+        echo "--inputs $url: the download failed:"
+        tail -n 5 ".awsrun/inputs.$n.log"
+        exit "$INSTALL_FAILED"
+    fi
+    mkdir -p "$(dirname "$dir")" && ln -sfn "$PWD/.awsrun/inputs/$n" "$dir" || exit "$INSTALL_FAILED"
+    n=$((n + 1))
+done < .awsrun/inputs.tsv
 if [ ! -f READY ]; then
     stamp install_started
     i=0

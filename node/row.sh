@@ -19,6 +19,7 @@ if [ -n "$BUDGET_END" ]; then
     left=$(( BUDGET_END - $(date +%s) - 60 - ${UPLOAD_MARGIN:-300} ))
     if [ "$limit" = 0 ] || [ "$left" -lt "$limit" ]; then limit=$(( left > 1 ? left : 1 )) by=budget; fi
 fi
+echo $$ > .awsrun/row.pid  # lives until the row has ended: make logs FOLLOW=1 follows the log while it does
 TZ=UTC printf "%($TIME_FORMAT)T\n" -1 > .awsrun/started
 if [ "$limit" -gt 0 ]; then
     timeout -k 60 "$limit" bash .awsrun/command.sh > screen_output.txt 2>&1 < /dev/null

@@ -117,6 +117,13 @@ def instance_role(instance_id):
     return roles[0].name if roles else None
 
 
+def instance_facts(instance_id):
+    """What an instance's metadata service tells of it, by path under /latest/meta-data/."""
+    instance = ec2_backend().get_instance(instance_id)
+    return {"instance-type": instance.instance_type, "placement/availability-zone": instance._placement.zone,
+            "ami-id": instance.image_id, "instance-life-cycle": "spot" if instance.lifecycle == "spot" else "on-demand"}
+
+
 def power_off(instance_id):
     """What an OS shutdown does to an EC2 instance: terminate it, or stop it."""
     ec2 = ec2_backend()

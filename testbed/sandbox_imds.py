@@ -25,7 +25,9 @@ import sys
 import threading
 import time
 
-CREDENTIALS = "/latest/meta-data/iam/security-credentials/"
+META = "/latest/meta-data/"
+CREDENTIALS = META + "iam/security-credentials/"
+FACTS = ("instance-type", "placement/availability-zone", "ami-id", "instance-life-cycle")  # sandbox_ec2.instance_facts
 
 
 class Metadata:
@@ -152,6 +154,8 @@ def handler(metadata):
                     return self.answer(200, json.dumps({"action": "terminate", "time": notices[instance]}),
                                        "application/json")
             known = instance and metadata.instance(instance)
+            if known and self.path[len(META):] in FACTS:
+                return self.answer(200, known[self.path[len(META):]])
             role = known and known["role"]
             if not role or not self.path.startswith(CREDENTIALS):
                 metadata.record({"metadata": self.path, "caller": instance, "role": role, "why": why[-1:]})

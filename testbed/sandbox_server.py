@@ -184,7 +184,7 @@ class Sandbox:
             environ.pop("HTTP_TRANSFER_ENCODING", None)
         request = sandbox_iam.parse(method, environ.get("PATH_INFO", ""), query, headers, body)
         request["secure"] = not environ.get("plain")
-        answer = self.authorize(request) or self.play_account(request, environ)
+        answer = self.wrong_region(request) or self.authorize(request) or self.play_account(request, environ)
         if answer is None:
             return app(environ, start_response)
         if not body:  # an upload refused here: read it first, as S3 does, or the closing socket
@@ -210,6 +210,22 @@ class Sandbox:
         if key and sandbox_ec2.key_account(key) != ACCOUNT:
             return None
         return "unknown", "unknown", []
+
+    def wrong_region(self, request):
+        """S3's answer to a request signed for another region than its bucket's: 400
+        AuthorizationHeaderMalformed, naming the right one (botocore then asks again there)."""
+        bucket = sandbox_iam.s3_target(request)[0] if request["service"] == "s3" else ""
+        found = sandbox_ec2.bucket_of(bucket) if bucket and "location" not in request["query"] else None
+        if found is None or found.region_name == request["region"]:
+            return None
+        who = self.principal(request["key"])
+        self.record({"principal": who[0] if who else "admin", "wrong_region": request["region"], "bucket": bucket})
+        status, headers, body = sandbox_iam.error_response(
+            "s3", "AuthorizationHeaderMalformed", "The authorization header is malformed; the region '%s' is wrong; "
+            "expecting '%s'" % (request["region"], found.region_name), 400)
+        body = body.replace(b"</Message>", b"</Message><Region>%s</Region>" % found.region_name.encode())
+        headers.append(("x-amz-bucket-region", found.region_name))
+        return status, headers, b"" if request["method"] == "HEAD" else body
 
     def authorize(self, request):
         """None to let the request through, or the error answer (status, headers, body)."""
@@ -392,7 +408,8 @@ class Sandbox:
             try:
                 if kind == "instance":
                     role = instance_role(instance)
-                    answer = {"role": role, "credentials": role and self.node_credentials(instance, role)}
+                    answer = dict(sandbox_ec2.instance_facts(instance), role=role,
+                                  credentials=role and self.node_credentials(instance, role))
                 elif kind == "fault":
                     arn = "arn:aws:ec2:%s:%s:instance/%s" % (REGION, ACCOUNT, instance)
                     rule = self.take_fault("node:" + instance, [("imds:GetCredentials", arn, None)], {})
@@ -457,6 +474,10 @@ class Sandbox:
         # EC2's metadata service answers in a millisecond; this one looks the caller up in /proc,
         # which with hundreds of node processes on a laptop's cores can take longer than
         # botocore's default of 1 s and one attempt.
+        # A node's home is its own, DIR/home, as a machine's is (SetEnv overrides sshd's HOME):
+        # sshd runs every command with the login shell, and bash, seeing SSH_CLIENT, reads
+        # ~/.bashrc first; this machine's is not a node's (pyenv's init in it took seconds a
+        # session under load), nor are its Python user site-packages.
         node_env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds_url,
                     "AWS_METADATA_SERVICE_TIMEOUT": "10", "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "3",
                     "AWS_CONFIG_FILE": self.path("aws", "config"),
@@ -475,10 +496,6 @@ class Sandbox:
                 "SetEnv " + " ".join('%s="%s"' % kv for kv in sorted(node_env.items())), ""])
             with open(os.path.join(ssh, "sshd_config"), "w") as f:
                 f.write(config)
-        # A node's home is its own, DIR/home, as a machine's is (SetEnv overrides sshd's HOME):
-        # sshd runs every command with the login shell, and bash, seeing SSH_CLIENT, reads
-        # ~/.bashrc first; this machine's is not a node's (pyenv's init in it took seconds a
-        # session under load), nor are its Python user site-packages.
             self.sshd = subprocess.Popen([sshd, "-D", "-e", "-f", os.path.join(ssh, "sshd_config")],
                                          stdin=subprocess.DEVNULL, stdout=self.sshd_log, stderr=self.sshd_log)
             if self.wait_for_banner():

@@ -128,7 +128,10 @@ DELIBERATE = [("user", "s3:PutBucketVersioning", "*"), ("user", "ec2:DeleteVpc",
               # another account's bucket that was not shared; a read without TLS
               ("node:*", "s3:PutObject", "arn:aws:s3:::owner-taken-*"),
               ("user", "s3:ListBucket", "arn:aws:s3:::owner-private"),
-              ("user", "s3:GetObject", "arn:aws:s3:::owner-named/*")]
+              ("user", "s3:GetObject", "arn:aws:s3:::owner-named/*"),
+              # test_inputs.py: a node reads outside its --inputs prefix
+              ("node:*", "s3:GetObject", "arn:aws:s3:::inputs-eu/data/set2/*"),
+              ("node:*", "s3:ListBucket", "arn:aws:s3:::inputs-eu")]
 
 
 def deliberate(entry):
@@ -162,8 +165,8 @@ class Sandbox:
         self.nodes_dir = env["AWSRUN_REMOTE_ROOT"]
         self.fault_mark = 0
 
-    def client(self, service):
-        return boto3.client(service, **self.kw)
+    def client(self, service, region=None):
+        return boto3.client(service, **dict(self.kw, region_name=region or self.kw["region_name"]))
 
     def other_account(self, service):
         """A client of someone else's account (sandbox_ec2.OTHER_ACCOUNT), as its administrator:

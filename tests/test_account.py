@@ -2,6 +2,7 @@
 consistency, no default VPC, subnets without public IPs, a laptop that moved, and a machine
 that never gets prepared. Each through the commands a user types, in a sandbox whose AWS
 answers as such an account does (testbed/sandbox_ec2.py, faults on demand)."""
+import json
 import os
 import pathlib
 import subprocess
@@ -193,3 +194,30 @@ def test_install_sh_waits_for_apt_locks_within_a_deadline(tmp_path):
     calls = log.read_text().splitlines()
     assert [c.split()[0] for c in calls] == ["apt-get", "sleep", "apt-get", "sleep", "apt-get", "apt-get"]
     assert calls[1:4:2] == ["sleep 5", "sleep 10"] and "install -y -q python3-boto3" in calls[-1]
+
+
+def test_a_type_list_falls_back_to_its_next_type_when_no_zone_has_capacity(box):
+    job = "busy-list"
+    box.faults([{"action": "ec2:RunInstances", "params": {"InstanceType": "t3.small"},
+                 "code": "InsufficientInstanceCapacity", "status": 500, "message": "no capacity"}])
+    jobs = jobs_file(box, job, [("t3.small|t3.micro", "echo listed > output/x.txt"), ("t3.small", "echo alone"),
+                                ("t3.micro|t3.small", "echo first")])
+    run = create_dispatch(box, job, jobs)
+    assert run.returncode == 1  # the row with one type never changes it: it waits for t3.small
+    assert "1 of the rows of t3.small|t3.micro: trying t3.micro" in run.stderr
+    assert run.stderr.strip().endswith("error: 1 rows could not be launched: busy-list1; "
+                                       "`make retry` launches them later")
+    assert sorted(i["InstanceType"] for i in box.instances(job)) == ["t3.micro", "t3.micro"]
+    until(lambda: states(box, job) == {job + "0": "succeeded", job + "2": "succeeded"}, what="the listed rows")
+    status = {r["tag"]: r["type"] for r in json.loads(box.run("operate.py", "status", job, "--json").stdout)}
+    assert status == {job + "0": "t3.micro", job + "2": "t3.micro"}
+    manifest = box.manifest(job, job + "0")
+    assert (manifest["instance_type"], manifest["host"]["instance_type"]) == ("t3.micro", "t3.micro")
+    bad = jobs_file(box, "busy-list-bad", [("t3.micro|T3", "echo x")])
+    refused = box.run("dispatcher.py", "auto", "busy-list-bad", bad, "--dry-run")
+    assert (refused.returncode, refused.stderr.splitlines()[-1]) == (2, "error: %s, line 2: instance type "
+                                                                     "'t3.micro|T3' is not like t3.micro (or a list "
+                                                                     "tried in turn, c5.xlarge|c5a.xlarge)" % bad)
+    pooled = box.run("dispatcher.py", "auto", job, jobs, "-c", "--pool", "1")
+    assert (pooled.returncode, pooled.stderr) == (2, "error: %s, line 2: a type list (t3.small|t3.micro) is for one "
+                                                     "machine per row: in pool mode give each row one type\n" % jobs)

@@ -77,3 +77,4 @@ def test_collect_says_what_is_missing_in_one_line(box, tmp_path):
     nothing = box.run("collect.py", job, "--from", str(tmp_path / "nowhere"))
     assert (nothing.returncode, nothing.stderr) == (2, "error: --from %s is not a folder: fetch the job first "
                                                        "(make fetch)\n" % (tmp_path / "nowhere"))
+

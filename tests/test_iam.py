@@ -266,3 +266,19 @@ def test_policy_variables_and_bucket_policies_are_weighed_as_iam_does():
         assert iam.decide([tls_only], "s3:GetObject", key, {"aws:SecureTransport": "true"}, principal=node) == \
             "not allowed"  # grants nothing: the user's and the node's own policies do
     assert lint(tls_only) == []
+
+
+def test_the_node_role_reads_its_inputs_prefixes_and_nothing_else():
+    node = cs.node_policy("j1", "b1", [("data", "sets/a/"), ("data", "sets/b/"), ("whole", "")])
+    assert s3_decisions(node, "GET", "/data/sets/a/x/y.mps") == ["allowed"]
+    assert s3_decisions(node, "GET", "/data/sets/b/z.mps") == ["allowed"]
+    assert s3_decisions(node, "GET", "/data/sets/c/z.mps") == ["not allowed"]
+    assert s3_decisions(node, "GET", "/data/sets/a2/z.mps") == ["not allowed"]
+    assert s3_decisions(node, "GET", "/data", "list-type=2&prefix=sets%2Fa%2F") == ["allowed"]
+    assert s3_decisions(node, "GET", "/data", "list-type=2&prefix=sets%2Fc%2F") == ["not allowed"]
+    assert s3_decisions(node, "GET", "/data", "list-type=2") == ["not allowed"]
+    assert s3_decisions(node, "HEAD", "/data") == ["not allowed"]
+    assert s3_decisions(node, "GET", "/whole", "list-type=2") == ["allowed"]
+    assert s3_decisions(node, "GET", "/whole/any/key") == ["allowed"]
+    assert s3_decisions(node, "PUT", "/data/sets/a/x") == ["not allowed"]
+    assert s3_decisions(cs.node_policy("j1", "b1"), "GET", "/b1/j10/output/x.txt") == ["not allowed"]  # as before

@@ -127,6 +127,29 @@ def test_launching_uploading_and_install_failed_states(box, tmp_path, monkeypatc
     box.ec2.terminate_instances(InstanceIds=[one["id"]])
 
 
+def test_ssh_runs_a_command_on_a_live_row_and_follow_prints_its_log_until_it_ends(box, tmp_path):
+    job, tag = "op-ssh", "op-ssh0"
+    jobs = write(tmp_path / "jobs.csv", 'instance_type,command\nt3.micro,"echo first; '
+                 'until [ -e release ]; do sleep 0.1; done; echo x > output/x.txt; echo last"\n')
+    assert box.run("dispatcher.py", "auto", job, jobs, "-c", "-d").returncode == 0
+    instance = box.instances(job)[0]["InstanceId"]
+    until(lambda: states(box, job)[tag] == "running", what="the row to run")
+    there = box.run("logs.py", job, tag, "--ssh", "--", "cat", ".awsrun/instance")
+    assert (there.returncode, there.stdout) == (0, instance + "\n"), there.stderr
+    following = subprocess.Popen([sys.executable, "logs.py", job, tag, "--follow"], cwd=ROOT, env=box.env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    until(lambda: box.run("logs.py", job, tag).stdout == "first\n", what="the row's first line")
+    assert following.poll() is None  # the row runs on: its log is followed
+    assert box.run("logs.py", job, tag, "--ssh", "--", "touch release").returncode == 0
+    out, err = following.communicate(timeout=60)
+    assert (following.returncode, out) == (0, "first\nlast\n"), err
+    until(lambda: box.states(job) == ["terminated"], what="the machine to end")
+    gone = box.run("logs.py", job, tag, "--ssh")
+    assert (gone.returncode, gone.stderr) == (1, "error: %s's machine %s is terminated: there is nothing to log in "
+                                                 "to\n" % (tag, instance))
+    assert box.run("logs.py", job, tag, "--follow").stdout == "first\nlast\n"  # ended: the whole log, from the bucket
+
+
 def test_status_watch_stops_when_every_job_has_finished(box, tmp_path):
     job = "op-watch"
     jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,echo a\nt3.small,echo b\n")

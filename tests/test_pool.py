@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+import cloud_setup as cs
 from conftest import write
 from test_operate import states, status, until, vanish
 from test_report import Page
@@ -258,3 +259,26 @@ def test_a_pool_row_whose_upload_fails_is_handed_back_and_its_machine_kept_up(bo
     assert box.states(job) == ["running"]
     box.faults([])
     assert box.run("cloud_setup.py", "down", job).returncode == 0
+
+
+def test_like_queues_a_pools_rows_longest_first_and_the_report_weighs_the_makespan(box):
+    old, job = "pool-like-old", "pool-like"
+    pool_run(box, old, ["true", "sleep 2", "sleep 4"], "--pool", "1", "--slots", "3")
+    wait(box, old)
+    commands = ["true", "sleep 2", "echo new", "sleep 4"]
+    run = pool_run(box, job, commands, "--pool", "1", "--slots", "1", "--like", old)
+    assert "queued longest first, by the times of 3 of their 4 commands in the earlier job" in run.stderr
+    wait(box, job)
+    took = {}  # what the earlier job's rows took, by their own clocks (to the second; under load, more)
+    for i in range(3):
+        m = box.manifest(old, "%s%d" % (old, i))
+        took[m["command"]] = cs.parse_time(m["ended"]) - cs.parse_time(m["started"])
+    started = sorted((box.manifest(job, "%s%d" % (job, i))["started"], commands[i]) for i in range(4))
+    assert [c for _, c in started] == ["echo new"] + sorted(took, key=lambda c: -took[c])  # the unknown first
+    report = box.run("report.py", job, "--out", str(box.folder(job) / "report.html"))
+    assert report.returncode == 0, report.stderr
+    line = next(line for line in report.stdout.splitlines() if line.startswith("pool: "))
+    assert "its lower bound" in line and "over 1 slot)" in line, line
+    without = box.run("dispatcher.py", "auto", job, jobs_file(box, job, commands), "-d", "--like", old)
+    assert without.returncode == 2 and without.stderr.endswith(
+        "error: --like goes with --plan, --budget or --pool (which queues the rows longest first by its times)\n")

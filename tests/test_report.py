@@ -4,6 +4,8 @@ List API), and one clear line when there is nothing to report."""
 import html.parser
 import json
 import os
+import platform
+import subprocess
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,8 +15,8 @@ from botocore.stub import Stubber
 import cloud_setup as cs
 import cost
 from testbed import sandbox_ec2
-from conftest import write
-from test_collect import no_bucket_then_no_results
+from conftest import ROOT, write
+from test_collect import no_bucket_then_no_results, run_job, table
 from test_operate import states, until, vanish, waits_for
 
 
@@ -202,3 +204,32 @@ def test_a_report_reads_one_listing_and_one_manifest_per_row(box, tmp_path):
     assert made.stdout.splitlines()[0] == "job %s: %d rows: %d succeeded; %d machines" % (job, count, count, count)
     running = sum(60 * (1 + i % 3) for i in range(count)) / 3600
     assert "cost: t3.micro: %d machines, %.3f h running a row" % (count, running) in made.stdout
+
+
+def test_every_manifest_says_where_its_row_ran_and_collect_and_the_report_show_it(box, tmp_path):
+    job = "collect-host"
+    run_job(box, job, ["printf 'seed,t\\n1,0.5\\n' > output/r.csv"])
+    instance = box.instances(job)[0]
+    with open("/proc/cpuinfo") as f:  # the sandbox's nodes run on this machine
+        cpu = next(line.partition(":")[2].strip() for line in f if line.startswith("model name"))
+    with open("/proc/meminfo") as f:
+        memory = next(int(line.split()[1]) // 1024 for line in f if line.startswith("MemTotal:"))
+    version = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.strip()
+    host = {"instance_type": "t3.micro", "instance_id": instance["InstanceId"],
+            "zone": instance["Placement"]["AvailabilityZone"], "lifecycle": "on-demand", "ami": instance["ImageId"],
+            "kernel": platform.release(), "cpu_model": cpu, "cpus": os.cpu_count(), "memory_mb": memory,
+            "attempt": 1, "awsrun": version}
+    assert box.manifest(job, job + "0")["host"] == host
+    out = tmp_path / "collected.csv"
+    run = box.run("collect.py", job, "--with", "host", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert table(out) == [
+        ["tag", "command", "exit_code", "file"] + list(host) + ["seed", "t"],
+        [job + "0", "printf 'seed,t\\n1,0.5\\n' > output/r.csv", "0", "output/r.csv"] + [str(v) for v in host.values()]
+        + ["1", "0.5"]]
+    page = tmp_path / "report.html"
+    assert box.run("report.py", job, "--out", str(page)).returncode == 0
+    _, title = Page(page.read_text(encoding="utf-8")).bars[(job + "0", "run")]
+    assert "t3.micro (%s) in %s, on-demand\n%s, %d vCPUs" % (host["instance_id"], host["zone"], cpu,
+                                                            os.cpu_count()) in title

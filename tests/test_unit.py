@@ -29,7 +29,8 @@ BAD_JOB_FILES = [
     ("instance_type,command\nt3.micro\n",
      "line 2: expected 2 fields (instance_type,command), found 1: put a command that contains commas in double quotes"),
     ("instance_type,command\nt3.micro,echo ok\nt3.micro,   \n", "line 3: the command is empty"),
-    ("instance_type,command\nbig,echo hi\n", "line 2: instance type 'big' is not like t3.micro"),
+    ("instance_type,command\nbig,echo hi\n", "line 2: instance type 'big' is not like t3.micro (or a list tried "
+                                              "in turn, c5.xlarge|c5a.xlarge)"),
 ]
 
 
