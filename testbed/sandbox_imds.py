@@ -201,6 +201,11 @@ def connection_inode(table, port, server_port):
     return None
 
 
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
 def newest_first(pids, last, top):
     """Process ids, the newest first: counting back from `last`, the newest, past where the ids
     wrapped around at `top` (on a machine up for long, a new process may have a small id)."""
@@ -213,15 +218,18 @@ def socket_owner(port, server_port, why):
     uploader, a worker), so the newest processes are looked at first: a few dozen system calls,
     where a look at every process's files takes tens of thousands (and, with a hundred nodes
     asking at once, longer than their requests wait)."""
-    with open("/proc/net/tcp") as f:
-        inode = connection_inode(f.read(), port, server_port)
+    inode = connection_inode(read("/proc/net/tcp"), port, server_port)
     if inode is None:
         why.append("no connection from port %d" % port)
         return None
     target = "socket:[%s]" % inode
-    with open("/proc/loadavg") as f, open("/proc/sys/kernel/pid_max") as g:
-        last, top = int(f.read().split()[4]), int(g.read())  # the newest process id; where ids wrap around
-    for pid in newest_first((int(name) for name in os.listdir("/proc") if name.isdigit()), last, top):
+    last, top = int(read("/proc/loadavg").split()[4]), int(read("/proc/sys/kernel/pid_max"))
+    for seen, pid in enumerate(newest_first((int(name) for name in os.listdir("/proc") if name.isdigit()), last, top)):
+        # A caller that gave up (its request timed out) is not looked for among every process:
+        # under load that work kept the service from answering the next ones in time.
+        if seen % 64 == 63 and connection_inode(read("/proc/net/tcp"), port, server_port) != inode:
+            why.append("the caller from port %d left" % port)
+            return None
         try:
             if any(os.readlink("/proc/%d/fd/%s" % (pid, fd)) == target for fd in os.listdir("/proc/%d/fd" % pid)):
                 return pid
