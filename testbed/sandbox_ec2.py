@@ -181,11 +181,12 @@ def leave_bucket_policies_to_the_gate():
     FakeBucket.get_permission = lambda self, action, resource: PermissionResult.NEUTRAL
 
 
-def play_ec2(authorized_keys, nodes_dir, node_path=None, account=dict):
+def play_ec2(authorized_keys, nodes_dir, node_path=None, account=dict, launched=None):
     """Make moto's instances act on this machine as EC2's do on theirs: like cloud-init, let
     an instance's key pair log in when it is launched, give every instance of a launch its
     instance profile, and run its user data; when an instance is terminated, end every process
-    of its node folder (the one whose .awsrun/instance names it)."""
+    of its node folder (the one whose .awsrun/instance names it). `launched(instances, profile)`
+    is told of every launch, before the user data runs."""
     from moto.ec2.models.instances import InstanceBackend
     moto_launch = getattr(InstanceBackend.run_instances, "awsrun_original", InstanceBackend.run_instances)
     end = getattr(InstanceBackend.terminate_instances, "awsrun_original", InstanceBackend.terminate_instances)
@@ -200,6 +201,9 @@ def play_ec2(authorized_keys, nodes_dir, node_path=None, account=dict):
                 self.associate_iam_instance_profile(
                     instance_id=instance.id, iam_instance_profile_name=kwargs.get("iam_instance_profile_name"),
                     iam_instance_profile_arn=kwargs.get("iam_instance_profile_arn"))
+        if launched:  # moto's answer associates the first instance's profile only after this
+            arn = kwargs.get("iam_instance_profile_arn") or ""
+            launched(reservation.instances, kwargs.get("iam_instance_profile_name") or arn.rpartition("/")[2] or None)
         asked = kwargs.get("associate_public_ip") or any(
             str(n.get("AssociatePublicIpAddress")).lower() == "true" for n in kwargs.get("nics") or [])
         for instance in reservation.instances:

@@ -5,9 +5,10 @@ In the sandbox's own process it shared the interpreter with the moto server; und
 nodes' uploads its threads waited so long for the interpreter lock that nodes' credential
 requests outwaited botocore's timeout. Here it has an interpreter of its own. It tells the
 calling node apart as EC2 does by its network interface: by the process that holds the
-connection (/proc), and the node folder that process works in. What only the sandbox knows (a
-node's role and its keys, the faults on demand, the power button) it asks the sandbox for, on
-a socket, one JSON line a question and one an answer; a node's role and keys are asked once.
+connection (/proc), and the node folder that process works in. What only the sandbox knows: a
+node's role, keys and facts (type, zone, image) the sandbox writes at launch to DIR/imds/; the
+faults on demand and the power button it asks the sandbox for, on a socket, one JSON line a
+question and one an answer.
 
     python testbed/sandbox_imds.py FD DIR    # FD: the socket to the sandbox; DIR: the sandbox's folder
 
@@ -47,10 +48,18 @@ class Metadata:
             return json.loads(self.reader.readline())
 
     def instance(self, instance):
+        """What the sandbox says of an instance: written at its launch (DIR/imds/ID.json), else
+        asked."""
         with self.lock:
             known = self.known.get(instance)
         if known is None:
-            known = self.ask("instance", instance)
+            try:
+                with open(os.path.join(self.dir, "imds", instance + ".json")) as f:
+                    known = json.load(f)
+            except (OSError, ValueError):
+                pass
+            if not (known or {}).get("role"):  # not written, or its profile came later
+                known = self.ask("instance", instance)
             if known["role"]:
                 with self.lock:
                     self.known[instance] = known

@@ -118,7 +118,7 @@ class Sandbox:
                                "requirements-node.txt into %s)" % setting_node_venv())
         if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
             os.makedirs("/run/sshd", mode=0o755)  # what the openssh-server service would make
-        for sub in ("ssh", "bin", "nodes", "keys", "state", "aws", "home"):
+        for sub in ("ssh", "bin", "nodes", "keys", "state", "aws", "home", "imds"):
             os.makedirs(self.path(sub), mode=0o700, exist_ok=True)
         for name, variable in (("faults.json", "AWSRUN_SANDBOX_FAULTS"), ("account.json", "AWSRUN_SANDBOX_ACCOUNT")):
             if os.environ.get(variable):
@@ -147,7 +147,8 @@ class Sandbox:
         for server in (self.moto, self.plain):
             threading.Thread(target=server.serve_forever, daemon=True).start()
         self.endpoint = "http://127.0.0.1:%d" % self.moto.server_port
-        play_ec2(self.path("ssh", "authorized_keys"), self.path("nodes"), self.node_path, self.account)
+        play_ec2(self.path("ssh", "authorized_keys"), self.path("nodes"), self.node_path, self.account,
+                 self.tell_metadata)
         sandbox_ec2.leave_bucket_policies_to_the_gate()
         self.seed_ubuntu()
 
@@ -399,6 +400,24 @@ class Sandbox:
         self.imds_port, self.imds_url = int(port), "http://127.0.0.1:%s" % port
         threading.Thread(target=self.answer_metadata, args=[ours], daemon=True).start()
 
+    def instance_answer(self, instance, role=None):
+        """What the metadata service may tell an instance: its facts, its role (that of its
+        instance profile, or `role`) and its keys."""
+        role = role or instance_role(instance)
+        return dict(sandbox_ec2.instance_facts(instance), role=role,
+                    credentials=role and self.node_credentials(instance, role))
+
+    def tell_metadata(self, instances, profile):
+        """At launch, write what the metadata service will tell each instance to DIR/imds/ID.json,
+        where it reads it without a question to this busy process (a hundred nodes that boot at
+        once asked one by one, and their credential requests timed out)."""
+        role = profile and self.world.profile_role(profile)
+        for instance in instances:
+            path = self.path("imds", instance.id + ".json")
+            with open(path + ".tmp", "w") as f:
+                json.dump(self.instance_answer(instance.id, role), f)
+            os.replace(path + ".tmp", path)
+
     def answer_metadata(self, channel):
         """Answer the metadata service's questions, a JSON line each: what it may tell an
         instance (its role and keys), a fault rule's status, a shutdown on a node."""
@@ -407,9 +426,7 @@ class Sandbox:
             kind, instance, *rest = json.loads(line)
             try:
                 if kind == "instance":
-                    role = instance_role(instance)
-                    answer = dict(sandbox_ec2.instance_facts(instance), role=role,
-                                  credentials=role and self.node_credentials(instance, role))
+                    answer = self.instance_answer(instance)
                 elif kind == "fault":
                     arn = "arn:aws:ec2:%s:%s:instance/%s" % (REGION, ACCOUNT, instance)
                     rule = self.take_fault("node:" + instance, [("imds:GetCredentials", arn, None)], {})
