@@ -32,7 +32,7 @@ import re
 import shlex
 import sys
 
-from cloud_setup import UserError, log, run_cli
+from cloud_setup import UserError, alternatives, log, run_cli
 from dispatcher import HEADER, INSTANCE_TYPE
 
 PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -116,9 +116,9 @@ def rows(template, itype, grid, max_rows=MAX_ROWS):
     for combination in itertools.product(*(found for _, found in grid)):
         chosen = dict(zip(names, combination))
         row_type = fill(itype, chosen, str)
-        if not INSTANCE_TYPE.fullmatch(row_type):
-            raise UserError("--type %s gives %r, which is not an instance type like t3.micro" % (itype, row_type),
-                            code=2)
+        if not all(INSTANCE_TYPE.fullmatch(t) for t in alternatives(row_type)):
+            raise UserError("--type %s gives %r, which is not an instance type like t3.micro (or a list, "
+                            "c5.large|c5a.large)" % (itype, row_type), code=2)
         made.append((row_type, fill(template, chosen, shlex.quote)))
     return made
 

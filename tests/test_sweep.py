@@ -43,6 +43,8 @@ def test_values_from_a_file_and_a_descending_range_with_a_step_and_the_shells_ow
     assert made.returncode == 0, made.stderr
     rows = list(csv.reader(made.stdout.splitlines()))
     assert rows[0] == ["instance_type", "command"] and {r[0] for r in rows[1:]} == {"t3.micro"}
+    listed = sweep("run {n}", "n=1", "--type", "c5.large|c5a.large", cwd=tmp_path)  # tried in turn, as in a job file
+    assert listed.stdout.splitlines()[1:] == ["c5.large|c5a.large,run 1"], listed.stderr
     assert [r[1] for r in rows[1:]] == ['run %s %d "${HOME}" %d' % (solver, n, n)
                                         for solver in ("cbc", "'high s'") for n in (10, 6, 2)]
 
@@ -61,7 +63,8 @@ def test_a_mistake_in_a_grid_is_one_line_and_writes_nothing(tmp_path):
         (["x {a}", "a=../*.mps", "--type", "t3.micro"], "a=../*.mps: a glob is of files under --code, relative to it"),
         (["x {a} {b}", "a=1..200", "b=1..100", "--type", "t3.micro"],
          "the grid has 20000 rows, more than --max-rows 10000: pass --max-rows 20000 if you mean it"),
-        (["x {a}", "a=1,2", "--type", "{a}"], "--type {a} gives '1', which is not an instance type like t3.micro"),
+        (["x {a}", "a=1,2", "--type", "{a}"], "--type {a} gives '1', which is not an instance type like t3.micro "
+                                              "(or a list, c5.large|c5a.large)"),
         (["x {a}", "a=1", "a=2", "--type", "t3.micro"], "a= is given twice: list every value in one"),
         (["x", "seed", "--type", "t3.micro"], "'seed' is not NAME=VALUES (e.g. seed=1..5)"),
     ]
