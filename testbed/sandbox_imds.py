@@ -215,37 +215,55 @@ def read(path):
         return f.read()
 
 
-def newest_first(pids, last, top):
-    """Process ids, the newest first: counting back from `last`, the newest, past where the ids
-    wrapped around at `top` (on a machine up for long, a new process may have a small id)."""
-    return sorted(pids, key=lambda pid: (last - pid) % top)
+SCAN_LOCK = threading.Lock()  # one look at every process at a time; the other callers wait for its map
+OWNERS = {}                   # socket inode -> (process id, fd), as the last look saw them
 
 
 def socket_owner(port, server_port, why):
     """The process id that holds the loopback TCP connection from `port` to `server_port`; else
-    None, with the reason appended to `why`. The caller is a process that just started (an
-    uploader, a worker), so the newest processes are looked at first: a few dozen system calls,
-    where a look at every process's files takes tens of thousands (and, with a hundred nodes
-    asking at once, longer than their requests wait)."""
+    None, with the reason appended to `why`. Every process's sockets are mapped in one look, which
+    the callers of a burst share: a look per caller, each of thousands of system calls, kept the
+    service's threads from the interpreter until a hundred booting nodes' requests timed out."""
     inode = connection_inode(read("/proc/net/tcp"), port, server_port)
     if inode is None:
         why.append("no connection from port %d" % port)
         return None
-    target = "socket:[%s]" % inode
-    last, top = int(read("/proc/loadavg").split()[4]), int(read("/proc/sys/kernel/pid_max"))
-    for seen, pid in enumerate(newest_first((int(name) for name in os.listdir("/proc") if name.isdigit()), last, top)):
-        # A caller that gave up (its request timed out) is not looked for among every process:
-        # under load that work kept the service from answering the next ones in time.
-        if seen % 64 == 63 and connection_inode(read("/proc/net/tcp"), port, server_port) != inode:
-            why.append("the caller from port %d left" % port)
-            return None
+    pid = held_by(inode)
+    if pid is None:
+        with SCAN_LOCK:
+            pid = held_by(inode)  # a look made while this caller waited may have seen it
+            if pid is None:
+                OWNERS.clear()
+                OWNERS.update(sockets())
+                pid = held_by(inode)
+    if pid is None:
+        why.append("no process holds socket %s" % inode)
+    return pid
+
+
+def held_by(inode):
+    """The process that holds the socket, if the last look saw it there and it still does."""
+    pid, fd = OWNERS.get(inode, (None, None))
+    try:
+        return pid if pid is not None and os.readlink("/proc/%d/fd/%s" % (pid, fd)) == "socket:[%s]" % inode else None
+    except OSError:
+        return None
+
+
+def sockets():
+    """{socket inode: (process id, fd)} of every process."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
         try:
-            if any(os.readlink("/proc/%d/fd/%s" % (pid, fd)) == target for fd in os.listdir("/proc/%d/fd" % pid)):
-                return pid
+            for fd in os.listdir("/proc/%s/fd" % name):
+                link = os.readlink("/proc/%s/fd/%s" % (name, fd))
+                if link.startswith("socket:["):
+                    found[link[8:-1]] = (int(name), fd)
         except OSError:
             continue
-    why.append("no process holds socket %s" % inode)
-    return None
+    return found
 
 
 def main(fd, folder):

@@ -653,12 +653,17 @@ def test_the_sandbox_finds_a_metadata_caller_past_an_old_connection_from_the_sam
     assert sandbox.connection_inode(header + old, 0xA1B2, 0x1F90) is None
 
 
-def test_the_sandbox_looks_for_a_metadata_caller_among_the_newest_processes_first_past_the_wrap_around():
+def test_the_sandbox_finds_a_metadata_callers_process_by_its_socket():
     from testbed import sandbox_imds
-    # 32768 is Linux's default pid_max: on a machine up for long, the newest ids start again from 300
-    assert sandbox_imds.newest_first([32000, 100, 32767, 301, 99, 305], 305, 32768) == [305, 301, 100, 99, 32767,
-                                                                                         32000]
-    assert sandbox_imds.newest_first([5, 7, 6], 7, 32768) == [7, 6, 5]
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()) as client:
+            port = client.getsockname()[1]
+            assert sandbox_imds.socket_owner(port, server.getsockname()[1], []) == os.getpid()
+            assert sandbox_imds.socket_owner(port, server.getsockname()[1], []) == os.getpid()  # from the map
+        why = []
+        assert sandbox_imds.socket_owner(port, server.getsockname()[1], why) is None and why
 
 
 def test_collect_patterns_read_as_glob_reads_them():
