@@ -397,7 +397,7 @@ def launch_all(args, placement, by_type, amis, key_name, group_id, profile, buck
     for itype, numbers in sorted(by_type.items()):
         lacking = dict.fromkeys(numbers)
         for alternative in alternatives(itype):  # the next type only for those no zone had capacity for
-            if alternative != itype.split("|")[0]:
+            if alternative != alternatives(itype)[0]:
                 log("%d of the rows of %s: trying %s" % (len(lacking), itype, alternative))
             got, lacking = launch(args.job, amis[alternative], alternative, sorted(lacking), key_name, group_id,
                                   profile, bucket, subnets, spot=spot, boot_guard=guard, pool=placement.pooled,

@@ -171,8 +171,9 @@ def enqueue(job, bucket, wanted, urls, attempts, times=None):
     order = sorted(wanted.items(), key=lambda kv: kv[1][0])
     if times:
         order.sort(key=lambda kv: -times.get(kv[1][2], float("inf")))  # stable: the unknown in file order
+        commands = {c for _, _, c in wanted.values()}
         log("queued longest first, by the times of %d of their %d commands in the earlier job"
-            % (len({c for _, _, c in wanted.values()} & set(times)), len({c for _, _, c in wanted.values()})))
+            % (len(commands & set(times)), len(commands)))
     by_type = {}
     for tag, (line, itype, command) in order:
         by_type.setdefault(itype, []).append((cs.number_of(job, tag), tag, line, command))
