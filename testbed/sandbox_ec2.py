@@ -136,12 +136,13 @@ def power_off(instance_id):
 
 
 def processes_under(folder):
-    """Process ids whose working directory is inside `folder` (left-over node jobs)."""
+    """Process ids whose working directory is inside `folder` (left-over node jobs), also when
+    the folder was deleted under them (Linux then reads their directory as "PATH (deleted)")."""
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                cwd = os.readlink("/proc/%s/cwd" % name)
+                cwd = os.readlink("/proc/%s/cwd" % name).removesuffix(" (deleted)")
             except OSError:
                 continue
             if cwd == folder or cwd.startswith(folder + os.sep):

@@ -666,6 +666,20 @@ def test_the_sandbox_finds_a_metadata_callers_process_by_its_socket():
         assert sandbox_imds.socket_owner(port, server.getsockname()[1], why) is None and why
 
 
+def test_a_terminated_instance_ends_the_processes_of_a_node_folder_that_was_deleted_under_them(tmp_path):
+    import subprocess
+    from testbed import sandbox_ec2
+    folder = tmp_path / "i-0123"
+    folder.mkdir()
+    process = subprocess.Popen(["sleep", "60"], cwd=folder)
+    try:
+        folder.rmdir()  # its working directory now reads "... (deleted)"
+        sandbox_ec2.kill_processes_under(str(folder))
+        assert process.wait(10) == -9
+    finally:
+        process.kill()
+
+
 def test_collect_patterns_read_as_glob_reads_them():
     import collect
     assert collect.matches("output/*.csv", "output/r.csv")
