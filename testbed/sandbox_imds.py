@@ -5,7 +5,8 @@ In the sandbox's own process it shared the interpreter with the moto server; und
 nodes' uploads its threads waited so long for the interpreter lock that nodes' credential
 requests outwaited botocore's timeout. Here it has an interpreter of its own. It tells the
 calling node apart as EC2 does by its network interface: by the process that holds the
-connection (/proc), and the node folder that process works in. What only the sandbox knows: a
+connection (/proc), and the node folder that process works in, once per session token (a token
+is its instance's, as on EC2); the power stand-ins name their node folder. What only the sandbox knows: a
 node's role, keys and facts (type, zone, image) the sandbox writes at launch to DIR/imds/; the
 faults on demand and the power button it asks the sandbox for, on a socket, one JSON line a
 question and one an answer.
@@ -38,7 +39,7 @@ class Metadata:
         self.sandbox, self.dir = sandbox, folder
         self.reader = sandbox.makefile("r", encoding="utf-8")
         self.ask_lock, self.lock = threading.Lock(), threading.Lock()
-        self.tokens = {}   # IMDSv2 session token -> when it expires (monotonic)
+        self.tokens = {}   # IMDSv2 session token -> (when it expires (monotonic), the instance it was made on)
         self.known = {}    # instance id -> {"role": ..., "credentials": ...}, once it has a role
 
     def ask(self, *question):
@@ -65,16 +66,17 @@ class Metadata:
                     self.known[instance] = known
         return known
 
-    def fault(self, instance):
-        """The status of a fault rule for imds:GetCredentials, or None. The sandbox is asked only
-        while there are fault rules at all."""
+    def fault(self, instance, action):
+        """The fault rule {"status": ..., "delay": seconds} for the pseudo-action imds:GetToken or
+        imds:GetCredentials of `instance` (None: a node not told apart), or None. The sandbox is
+        asked only while there are fault rules at all."""
         try:
             with open(os.path.join(self.dir, "faults.json")) as f:
                 if not json.load(f):
                     return None
         except (OSError, ValueError):
             return None
-        return self.ask("fault", instance)
+        return self.ask("fault", instance, action)
 
     def record(self, entry):
         with self.lock, open(os.path.join(self.dir, "iam.jsonl"), "a") as f:
@@ -92,12 +94,21 @@ class Metadata:
     def token(self, ttl):
         token = secrets.token_urlsafe(32)
         with self.lock:
-            self.tokens[token] = time.monotonic() + ttl
+            self.tokens[token] = (time.monotonic() + ttl, None)
         return token
 
-    def valid(self, token):
+    def session(self, token):
+        """(valid, instance) of a session token; the instance once a request with it was told apart."""
         with self.lock:
-            return self.tokens.get(token, 0) > time.monotonic()
+            expires, instance = self.tokens.get(token, (0, None))
+        return expires > time.monotonic(), instance
+
+    def bind(self, token, instance):
+        """As on EC2 a token belongs to the instance it was made on (EC2 User Guide, "How
+        Instance Metadata Service Version 2 works"): the later requests that carry it need no
+        search for their caller. (The token request itself is answered at once, as EC2's is.)"""
+        with self.lock:
+            self.tokens[token] = (self.tokens[token][0], instance)
 
     def caller_instance(self, port, server_port, why):
         """The instance whose node folder holds the process that connected from `port`; else
@@ -110,10 +121,14 @@ class Metadata:
         except OSError:
             why.append("process %d ended" % pid)
             return None
+        return self.instance_in(cwd, why, "process %d" % pid)
+
+    def instance_in(self, cwd, why, who):
+        """The instance whose node folder holds the folder `cwd`; else None, with the reason."""
         nodes = os.path.join(self.dir, "nodes")
         relative = os.path.relpath(cwd, nodes)
         if relative.startswith(".."):
-            why.append("process %d is not a node's: %s" % (pid, cwd))
+            why.append("%s is not a node's: %s" % (who, cwd))
             return None
         try:
             with open(os.path.join(nodes, relative.split(os.sep)[0], ".awsrun", "instance")) as f:
@@ -145,16 +160,26 @@ def handler(metadata):
             ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
             if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
                 return self.answer(400, "")
+            rule = metadata.fault(None, "imds:GetToken")  # a busy service, slower than the SDK waits
+            if rule:
+                time.sleep(rule.get("delay") or 0)
+                if rule.get("status"):
+                    return self.answer(rule["status"], "")
             self.answer(200, metadata.token(int(ttl)))
 
         def do_GET(self):
             # IMDSv2 only, as on an image registered for v2.0 or an account whose default it
             # is (and as awsrun launches with HttpTokens=required): no valid token, no answer.
-            if not metadata.valid(self.headers.get("X-aws-ec2-metadata-token", "")):
+            token = self.headers.get("X-aws-ec2-metadata-token", "")
+            valid, instance = metadata.session(token)
+            if not valid:
                 metadata.record({"metadata": self.path, "refused": "no valid IMDSv2 token"})
                 return self.answer(401, "")
             why = []
-            instance = self.caller(why)
+            if instance is None:
+                instance = self.caller(why)
+                if instance:
+                    metadata.bind(token, instance)
             if self.path == "/latest/meta-data/instance-id" and instance:
                 return self.answer(200, instance)
             if self.path == "/latest/meta-data/spot/instance-action":
@@ -174,14 +199,16 @@ def handler(metadata):
             if self.path == CREDENTIALS + role:
                 # A fault rule for the pseudo-action imds:GetCredentials answers with its
                 # status instead, as a busy metadata service may answer a moment after boot.
-                status = metadata.fault(instance)
-                if status:
-                    return self.answer(status, "")
+                rule = metadata.fault(instance, "imds:GetCredentials")
+                if rule:
+                    return self.answer(rule.get("status") or 500, "")
                 return self.answer(200, json.dumps(known["credentials"]), "application/json")
             self.answer(404, "")
 
         def do_POST(self):  # from the power stand-ins: now, +M (minutes) or cancel
-            instance = self.caller([])
+            # The stand-in is the node's own OS: it names the folder it runs in, as a machine
+            # knows itself, so the service need not search every process for it.
+            instance = metadata.instance_in(self.headers.get("X-Sandbox-Cwd", ""), [], "the power button")
             when = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
             if instance:
                 metadata.ask("power", instance, when, time.time())
@@ -191,7 +218,9 @@ def handler(metadata):
 
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 128  # socketserver's 5 would turn away the connections of many booting nodes
+    # socketserver's 5, and even 128, turned away connections of a hundred booting nodes (the
+    # kernel's ListenOverflows counted them) and their retries outwaited botocore's timeout.
+    request_queue_size = 1024
 
     def handle_error(self, request, client_address):
         if not isinstance(sys.exc_info()[1], ConnectionError):  # a caller ended with its node
@@ -257,12 +286,16 @@ def sockets():
         if not name.isdigit():
             continue
         try:
-            for fd in os.listdir("/proc/%s/fd" % name):
-                link = os.readlink("/proc/%s/fd/%s" % (name, fd))
-                if link.startswith("socket:["):
-                    found[link[8:-1]] = (int(name), fd)
-        except OSError:
+            fds = os.listdir("/proc/%s/fd" % name)
+        except OSError:  # it ended
             continue
+        for fd in fds:
+            try:
+                link = os.readlink("/proc/%s/fd/%s" % (name, fd))
+            except OSError:  # that file was closed meanwhile: the process's others still count
+                continue
+            if link.startswith("socket:["):
+                found[link[8:-1]] = (int(name), fd)
     return found
 
 

@@ -427,10 +427,10 @@ class Sandbox:
             try:
                 if kind == "instance":
                     answer = self.instance_answer(instance)
-                elif kind == "fault":
-                    arn = "arn:aws:ec2:%s:%s:instance/%s" % (REGION, ACCOUNT, instance)
-                    rule = self.take_fault("node:" + instance, [("imds:GetCredentials", arn, None)], {})
-                    answer = rule and int(rule.get("status", 500))
+                elif kind == "fault":  # imds:GetToken comes before the caller is told apart
+                    arn = "arn:aws:ec2:%s:%s:instance/%s" % (REGION, ACCOUNT, instance or "*")
+                    rule = self.take_fault("node:" + (instance or "*"), [(rest[0], arn, None)], {})
+                    answer = rule and {"status": rule.get("status"), "delay": rule.get("delay")}
                 else:
                     answer = self.schedule_power(instance, *rest)
             except Exception as e:  # the service must get its answer; the sandbox's log says why

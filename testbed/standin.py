@@ -36,9 +36,10 @@ if name == "reboot":
     sys.exit(0)
 when = "now" if name != "shutdown" else "cancel" if "-c" in args else next(
     (a for a in args if a == "now" or a.startswith("+")), "+1")
-try:  # tell the sandbox, which knows the caller's instance by its process
+try:  # tell the sandbox, which knows the instance by the node folder this runs in
     with socket.create_connection(("127.0.0.1", settings["port"]), timeout=10) as s:
-        s.sendall(("POST /sandbox/power HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(when), when)).encode())
+        s.sendall(("POST /sandbox/power HTTP/1.0\r\nX-Sandbox-Cwd: %s\r\nContent-Length: %d\r\n\r\n%s" % (
+            os.getcwd(), len(when), when)).encode())
         s.recv(64)
 except OSError as e:
     print("sandbox: %s: %s" % (name, e), file=sys.stderr)
