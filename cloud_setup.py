@@ -138,12 +138,18 @@ def name_owner(s3, owner):
     return s3
 
 
-def node_session(region_name):
-    """A boto3 session for code on a node: it asks the metadata service for its credentials up to
-    5 times, 3 s each (botocore: once, 1 s), so that a slow answer cannot fail an upload."""
+def node_session(region_name, patience=120):
+    """A boto3 session for code on a node, with its credentials from the metadata service: each
+    request up to 5 times, 3 s each (botocore: once, 1 s), and the whole lookup again with backoff
+    for up to `patience` seconds, so that a slow answer cannot fail an upload and hold the machine
+    up for a day. (botocore gives up at once on a token request that timed out, and asks without
+    a token instead, which a node launched with HttpTokens=required is refused.)"""
     core = botocore.session.get_session()
     core.set_config_variable("metadata_service_num_attempts", 5)
     core.set_config_variable("metadata_service_timeout", 3)
+    for delay in backoff(time.monotonic() + patience, first=1, cap=10):
+        if delay is None or core.get_credentials() is not None:  # None is not kept: asked again
+            break
     return boto3.session.Session(botocore_session=core, region_name=region_name)
 
 

@@ -126,6 +126,20 @@ def test_a_node_asks_the_metadata_service_again_when_its_credentials_do_not_come
     until(lambda: box.states(job) == ["terminated"], what="the machine to end")
 
 
+def test_a_node_asks_for_its_credentials_again_when_the_metadata_service_is_slower_than_botocore_waits(box):
+    job = "strict-token"
+    # The metadata service answers the first requests for a session token after 4 s, as one busy
+    # with a hundred booting machines may: botocore waits 3 s (as node_session sets), then asks
+    # without a token, which an instance launched with HttpTokens=required is refused. The
+    # upload would fail for want of credentials and hold the machine up for a day.
+    box.faults([{"action": "imds:GetToken", "principal": "node*", "delay": 4, "times": 6}])
+    create_dispatch(box, job, ["echo x > output/a.txt"])
+    until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the upload", timeout=120)
+    assert box.read(job, job + "0/output/a.txt") == "x\n"
+    assert sum(e.get("action") == "imds:GetToken" for e in box.decisions()[box.fault_mark:]) == 6
+    until(lambda: box.states(job) == ["terminated"], what="the machine to end")
+
+
 def test_a_crashing_uploader_still_ends_its_machine(box):
     job = "strict-crash"
     # The row leaves a boto3 that cannot be imported where the uploader looks first, as an
