@@ -86,6 +86,10 @@ class MotoWorld(sandbox_iam.World):
         return any(r.path == "/aws-service-role/spot.amazonaws.com/"
                    for r in iam_backend().roles.values())
 
+    def role_boundary(self, name):
+        role = next((r for r in iam_backend().roles.values() if r.name == name), None)
+        return role.permissions_boundary_arn if role else None
+
     def make_spot_role(self):
         if not self.has_spot_role():
             iam_backend().create_service_linked_role("spot.amazonaws.com", "", "")
@@ -379,3 +383,29 @@ def policy_size_answer(params, operation):
         return sandbox_iam.error_response("iam", "LimitExceeded", "Maximum policy size of %d bytes exceeded for %s %s"
                                           % (limit, kind, name), 409)
     return None
+
+
+def managed_policy(arn):
+    """The document (a dict) of a managed policy's default version, or None if there is none."""
+    policy = iam_backend().managed_policies.get(arn)
+    if policy is None:
+        return None
+    version = next(v for v in policy.versions if v.is_default)
+    return json.loads(version.document)
+
+
+def make_boundary(path):
+    """The permissions boundary an admin makes once at set-up (docs/aws-setup.md), from its file."""
+    with open(path) as f:
+        iam_backend().create_policy("awsrun nodes' permissions boundary", "/", f.read(),
+                                    os.path.basename(path)[:-len(".json")], [])
+
+
+def boundary_answer(params, operation):
+    """IAM's answer to a role given a permissions boundary that is not a managed policy of the
+    account (moto takes any well-formed ARN), or None."""
+    arn = params.get("PermissionsBoundary")
+    if operation not in ("CreateRole", "PutRolePermissionsBoundary") or not arn or managed_policy(arn) is not None:
+        return None
+    return sandbox_iam.error_response("iam", "NoSuchEntity", "Scope ARN: %s does not exist or is not attachable." % arn,
+                                      404)

@@ -132,6 +132,14 @@ def names_principal(named, arn):
     return any(n in ("*", account, arn, "arn:aws:iam::%s:root" % account) for n in listed)
 
 
+def within(identity, boundary):
+    """The verdict of identity policies under a permissions boundary: the request is allowed only
+    if both allow it; an explicit Deny in either wins (IAM User Guide, policy evaluation logic)."""
+    if "denied" in (identity, boundary):
+        return "denied"
+    return "allowed" if identity == boundary == "allowed" else "not allowed"
+
+
 def combine(identity, resource, same_account):
     """The verdict of an identity policy and a resource policy together: an explicit Deny in
     either wins; within one account an Allow in either suffices; across accounts both must allow."""
@@ -248,6 +256,10 @@ class World:
         """Whether the account has the spot service-linked role yet."""
         return True
 
+    def role_boundary(self, name):
+        """The ARN of a role's permissions boundary, or None."""
+        return None
+
     def bucket_owner(self, bucket):
         """The account that owns a bucket, or None if it does not exist."""
         return self.account
@@ -350,15 +362,25 @@ def needs(request, world):
 
         def profile(name):
             return "arn:aws:iam::%s:instance-profile/%s" % (account, name)
+
+        def with_boundary(arn):  # iam:PermissionsBoundary: the boundary asked for, or the role's
+            return {"iam:PermissionsBoundary": arn} if arn else {}
         if op == "CreateRole":
             tags = _tags(p, "Tags.member")
-            checks = [(action, role(p["RoleName"]), _tag_context(tags))]
+            context = dict(_tag_context(tags), **with_boundary(p.get("PermissionsBoundary")))
+            checks = [(action, role(p["RoleName"]), context)]
             if tags:
                 checks.append(("iam:TagRole", role(p["RoleName"]), _tag_context(tags)))
             return checks
+        if op == "PutRolePermissionsBoundary":
+            return [(action, role(p["RoleName"]), with_boundary(p.get("PermissionsBoundary")))]
         if op in ("GetRole", "PutRolePolicy", "ListRolePolicies", "DeleteRolePolicy", "DeleteRole", "TagRole"):
-            return [(action, role(p["RoleName"]), {"aws:ResourceTag/" + k: v
-                                                   for k, v in world.tags("role", p["RoleName"]).items()})]
+            context = {"aws:ResourceTag/" + k: v for k, v in world.tags("role", p["RoleName"]).items()}
+            if op in ("PutRolePolicy", "DeleteRolePolicy"):
+                context.update(with_boundary(world.role_boundary(p["RoleName"])))
+            return [(action, role(p["RoleName"]), context)]
+        if op == "GetPolicy":
+            return [(action, p["PolicyArn"], {})]
         if op in ("CreateInstanceProfile", "GetInstanceProfile", "DeleteInstanceProfile",
                   "RemoveRoleFromInstanceProfile"):
             return [(action, profile(p["InstanceProfileName"]), {})]

@@ -128,6 +128,8 @@ class Sandbox:
                                    "/usr/local/bin", "/usr/bin", "/bin"])
         self.start_moto()
         sandbox_ec2.shape_network(self.account())
+        if self.account().get("boundary", True):  # as the admin made it at set-up, unless the account says not yet
+            sandbox_ec2.make_boundary(BOUNDARY_POLICY)
         self.start_imds()
         self.start_sshd(sshd)
         return self
@@ -196,21 +198,25 @@ class Sandbox:
         return [payload]
 
     def principal(self, key):
-        """(name, ARN, policies) of the signer of a request; None for the tests' own key, and for
-        the keys of another account (OTHER_ACCOUNT's, made by assuming a role there): that
-        account's own administrator, whose policies are not awsrun's."""
+        """(name, ARN, policies, boundary) of the signer of a request (boundary: the documents of
+        its permissions boundary, or None); None for the tests' own key, and for the keys of
+        another account (OTHER_ACCOUNT's, made by assuming a role there): that account's own
+        administrator, whose policies are not awsrun's."""
         if key == ADMIN_KEY:
             return None
         if key == USER_KEY:
-            return "user", USER_ARN, [user_policy(os.path.getmtime(USER_POLICY))]
+            return "user", USER_ARN, [user_policy(os.path.getmtime(USER_POLICY))], None
         if key in self.node_keys:
             instance, role = self.node_keys[key]
-            found = sandbox_ec2.iam_backend().roles.values()
-            policies = [json.loads(p) for r in found if r.name == role for p in r.policies.values()]
-            return "node:" + instance, "arn:aws:sts::%s:assumed-role/%s/%s" % (ACCOUNT, role, instance), policies
+            found = [r for r in sandbox_ec2.iam_backend().roles.values() if r.name == role]
+            policies = [json.loads(p) for r in found for p in r.policies.values()]
+            bounds = [r.permissions_boundary_arn for r in found if r.permissions_boundary_arn]
+            boundary = [sandbox_ec2.managed_policy(arn) or {} for arn in bounds] if bounds else None
+            return ("node:" + instance, "arn:aws:sts::%s:assumed-role/%s/%s" % (ACCOUNT, role, instance), policies,
+                    boundary)
         if key and sandbox_ec2.key_account(key) != ACCOUNT:
             return None
-        return "unknown", "unknown", []
+        return "unknown", "unknown", [], None
 
     def wrong_region(self, request):
         """S3's answer to a request signed for another region than its bucket's: 400
@@ -233,7 +239,7 @@ class Sandbox:
         who = self.principal(request["key"])
         if who is None:
             return None
-        name, arn, policies = who
+        name, arn, policies, boundary = who
         try:
             checks = sandbox_iam.needs(request, self.world)
         except (sandbox_iam.Unmapped, KeyError, ValueError) as e:
@@ -248,6 +254,8 @@ class Sandbox:
         for action, resource, context in checks:
             context = dict(context, **given)
             decision = sandbox_iam.decide(policies, action, resource, context)
+            if boundary is not None:  # a role's permissions boundary caps what its policies allow
+                decision = sandbox_iam.within(decision, sandbox_iam.decide(boundary, action, resource, context))
             if owner:  # S3 weighs the bucket's policy too: another account's must allow this caller itself
                 decision = sandbox_iam.combine(decision, sandbox_iam.decide(bucket_policy, action, resource, context,
                                                                             principal=arn), owner == ACCOUNT)
@@ -283,7 +291,8 @@ class Sandbox:
         if request["service"] == "s3":
             return self.bucket_owner_answer(request)
         if request["service"] == "iam" and request.get("operation"):
-            refused = sandbox_ec2.policy_size_answer(request.get("params", {}), request["operation"])
+            refused = sandbox_ec2.policy_size_answer(request.get("params", {}), request["operation"]) or \
+                sandbox_ec2.boundary_answer(request.get("params", {}), request["operation"])
             if refused:
                 return refused
         if request["service"] == "servicequotas" and request.get("operation") == "GetServiceQuota":
@@ -592,6 +601,7 @@ class Sandbox:
 
 
 USER_POLICY = os.path.join(HERE, "awsrun-user-policy.json")
+BOUNDARY_POLICY = os.path.join(HERE, "awsrun-node-boundary.json")
 
 
 @functools.lru_cache(maxsize=4)
