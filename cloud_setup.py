@@ -385,15 +385,25 @@ def role_name(job):
     return "awsrun-%s-node" % job
 
 
+BOUNDARY = "awsrun-node-boundary"  # the managed policy an admin makes once from awsrun-node-boundary.json
+
+
+def boundary_arn():
+    """The permissions boundary of every node role: the most any node may do, whatever policy
+    its role is given (the user policy lets awsrun make and change node roles only with it)."""
+    return "arn:aws:iam::%s:policy/%s" % (account(), BOUNDARY)
+
+
 def ensure_instance_profile(job, bucket, reads=()):
-    """Role and instance profile awsrun-JOB-node holding node_policy(); returns its name."""
+    """Role and instance profile awsrun-JOB-node holding node_policy(), within the permissions
+    boundary; returns its name."""
     iam, name = client("iam"), role_name(job)
     try:
         iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(EC2_TRUST),
-                        Description="awsrun nodes of job " + job,
+                        Description="awsrun nodes of job " + job, PermissionsBoundary=boundary_arn(),
                         Tags=[{"Key": JOB_TAG, "Value": job}])
-    except iam.exceptions.EntityAlreadyExistsException:
-        pass
+    except iam.exceptions.EntityAlreadyExistsException:  # (made by an awsrun before the boundary: set it)
+        iam.put_role_permissions_boundary(RoleName=name, PermissionsBoundary=boundary_arn())
     iam.put_role_policy(RoleName=name, PolicyName="awsrun-node",
                         PolicyDocument=json.dumps(node_policy(job, bucket, reads)))
     try:

@@ -24,10 +24,10 @@ import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloud_setup import (BUCKET_TAG, BUDGET_TAG, JOB_TAG, POOL_TAG, ROWS_TAG, TIME_FORMAT, UserError, alternatives,
-                         awsrun_env, backoff, bucket_is_ours, caller_cidr, client, client_with, error_code,
-                         error_code_in, group_filters, group_name, job_tags, log, number_of, region, retrying,
-                         role_name, terminate)
+from cloud_setup import (BOUNDARY, BUCKET_TAG, BUDGET_TAG, JOB_TAG, POOL_TAG, ROWS_TAG, TIME_FORMAT, UserError,
+                         account, alternatives, awsrun_env, backoff, boundary_arn, bucket_is_ours, caller_cidr, client,
+                         client_with, error_code, error_code_in, group_filters, group_name, job_tags, log, number_of,
+                         region, retrying, role_name, terminate)
 import get_s3_files
 from job_state import LIVE, encode_rows, find_nodes, launch_batches, newest_per_tag
 
@@ -587,8 +587,20 @@ class Preflight:
 
     def role(self):
         name = role_name(self.args.job)
-        return "%s exists: create updates its policy" % name if self.role_exists() else \
-            "%s is free: create makes it" % name
+        iam = client("iam")
+        try:
+            iam.get_policy(PolicyArn=boundary_arn())
+        except iam.exceptions.NoSuchEntityException:
+            raise UserError("the permissions boundary %s is not in account %s: an admin makes it once from "
+                            "awsrun-node-boundary.json (docs/aws-setup.md, step 2)" % (BOUNDARY, account()),
+                            code=2) from None
+        except ClientError as e:
+            if error_code(e) in DENIED:
+                raise denied(e, "iam:GetPolicy") from None
+            raise
+        within = ", within %s" % BOUNDARY
+        return ("%s exists: create updates its policy" % name if self.role_exists() else
+                "%s is free: create makes it" % name) + within
 
     def run(self, local=True):
         """Every check in order; a check that needs an earlier one's facts is skipped when that

@@ -131,7 +131,10 @@ DELIBERATE = [("user", "s3:PutBucketVersioning", "*"), ("user", "ec2:DeleteVpc",
               ("user", "s3:GetObject", "arn:aws:s3:::owner-named/*"),
               # test_inputs.py: a node reads outside its --inputs prefix
               ("node:*", "s3:GetObject", "arn:aws:s3:::inputs-eu/data/set2/*"),
-              ("node:*", "s3:ListBucket", "arn:aws:s3:::inputs-eu")]
+              ("node:*", "s3:ListBucket", "arn:aws:s3:::inputs-eu"),
+              # test_boundary.py: a node role given every permission, and node roles without the boundary
+              ("node:*", "iam:CreateRole", "arn:aws:iam::*:role/bound-escalated"),
+              ("user", "iam:*", "arn:aws:iam::*:role/awsrun-bound-free-node")]
 
 
 def deliberate(entry):

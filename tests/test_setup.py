@@ -33,7 +33,8 @@ def aws_cli(box, script):
                           text=True, timeout=120)
 
 
-def test_the_readmes_policy_setup_runs_as_written_and_the_inline_one_is_refused(box):
+def test_the_readmes_policy_setup_runs_as_written_and_the_inline_one_is_refused(account):
+    box = account(boundary=False)  # an account set up from nothing: the block makes the boundary
     iam = box.client("iam")
     iam.create_user(UserName="setup-user")
     iam.create_role(RoleName="setup-role", AssumeRolePolicyDocument=json.dumps(cs.EC2_TRUST))
@@ -52,6 +53,11 @@ def test_the_readmes_policy_setup_runs_as_written_and_the_inline_one_is_refused(
     document = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
     with open(os.path.join(ROOT, "awsrun-user-policy.json")) as f:
         assert document == json.load(f)
+    boundary = sandbox_ec2.ACCOUNT.join(("arn:aws:iam::", ":policy/awsrun-node-boundary"))
+    version = iam.get_policy(PolicyArn=boundary)["Policy"]["DefaultVersionId"]
+    with open(os.path.join(ROOT, "awsrun-node-boundary.json")) as f:
+        assert iam.get_policy_version(PolicyArn=boundary, VersionId=version)["PolicyVersion"]["Document"] == \
+            json.load(f)
 
 
 def test_a_managed_policy_over_6144_characters_is_refused_as_iam_refuses_it(box):
