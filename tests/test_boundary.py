@@ -29,8 +29,8 @@ def test_a_node_role_given_every_permission_still_cannot_make_a_role_of_its_own(
     # The row makes a role that it could then have anything assumed with: beyond the user's own
     # rights (the user may make only awsrun-*-node roles, and only within the boundary).
     code = box.folder(job) / "code"
-    write(code / "escalate.py", "import json, boto3\nboto3.client('iam', region_name='us-east-1').create_role(RoleName='bound-escalated', "
-          "AssumeRolePolicyDocument=json.dumps(%r))\n" % cs.EC2_TRUST)
+    write(code / "escalate.py", "import json, boto3\nboto3.client('iam', region_name='us-east-1').create_role("
+          "RoleName='bound-escalated', AssumeRolePolicyDocument=json.dumps(%r))\n" % cs.EC2_TRUST)
     jobs = write(box.folder(job) / "jobs.csv", "instance_type,command\nt3.micro,python3 escalate.py\n")
     try:
         made = box.run("dispatcher.py", "auto", job, jobs, "-c", "--code", str(code))
