@@ -6,21 +6,26 @@ until the queue has been empty for a while; then ends the machine. Started by ru
 Runs on the node image's own boto3 (Ubuntu 24.04's 1.34.46 or later) and the standard library.
 
 For each row it gets (a message {tag, line, command}, long-polled):
-- marks the start in the bucket, _awsrun/TAG/start=INSTANCE,attempt=K;
+- marks the start in the bucket, _awsrun/TAG/start=INSTANCE,attempt=K, beside the command;
 - runs the command as one-machine-per-row mode does: bash, with TAG set, stopped at
   MAX_RUNTIME, in .awsrun/rows/TAG: a copy of the prepared work directory (copy-on-write
   where the file system can), so rows that run at once never share output/;
 - keeps the message invisible to other machines while the row runs (a heartbeat of
   ChangeMessageVisibility every LEASE/3 seconds), so that a lost machine's row comes back
   to the queue within LEASE seconds;
+- frees its slot as soon as the command ends: the next row starts while this one's results
+  upload beside it (at most SLOTS uploads at once; no new row is taken while a finished row
+  waits for one of them);
 - uploads the results with save_results.py's code, and deletes the message only once the
   manifest and the outcome marker are in the bucket; then removes the row's folder.
 
 A row whose upload failed is handed back to the queue and its files are kept: the worker takes
 no new row, and exits UPLOAD_FAILED (run.sh then keeps the machine up for the upload hold). On a spot
-machine, the interruption notice hands every running row back at once (their results here are
-not uploaded: another machine runs them again). Settings come from
-.awsrun/node.json, written by the dispatcher: queue_url, slots (0: one per CPU), lease, idle.
+machine, the interruption notice hands every row whose command runs back at once (their results
+here are not uploaded: another machine runs them again); rows whose commands have ended still
+upload, their messages kept, and the machine ends only when every upload in flight has ended.
+Settings come from .awsrun/node.json, written by the dispatcher: queue_url, slots (0: one per
+CPU), lease, idle.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -52,8 +58,12 @@ class Worker:
         session = cs.node_session(node["region"])
         self.sqs = session.client("sqs", config=cs.retries(10, max_pool_connections=max(10, self.slots + 4)))
         self.s3, self.ec2 = save_results.clients(node)
+        self.uploads = self.slots  # uploads at once, and rows waiting to upload, at most
         self.lock = threading.Condition()
-        self.running = {}         # message id -> (what it is, for messages; its receipt handle)
+        self.running = {}         # message id -> [tag, receipt handle, phase]: "run", "upload" or "handed back"
+        self.in_flight = threading.BoundedSemaphore(self.uploads)
+        self.markers = ThreadPoolExecutor(self.slots)  # start markers, written beside the commands
+        self.done = []            # (command start, end) of every row, by time.time(): the summary
         self.stopping = threading.Event()  # take no more rows
         self.finished = threading.Event()  # no row runs any more: the heartbeat stops
         self.upload_failed = False
@@ -71,9 +81,9 @@ class Worker:
         threads, idle_since = [], time.monotonic()
         while not self.stopping.is_set():
             with self.lock:
-                while len(self.running) >= self.slots and not self.stopping.is_set():
+                while self.free() <= 0 and not self.stopping.is_set():
                     self.lock.wait(1.0)
-                free = self.slots - len(self.running)
+                free = self.free()
             if self.stopping.is_set():
                 break
             if self.out_of_budget():
@@ -86,7 +96,8 @@ class Worker:
             threads = [t for t in threads if t.is_alive()]
             for message in messages:
                 with self.lock:  # counted in its slot before the next receive
-                    self.running[message["MessageId"]] = (message.get("Body", "")[:80], message["ReceiptHandle"])
+                    self.running[message["MessageId"]] = [message.get("Body", "")[:80], message["ReceiptHandle"],
+                                                          "run"]
                 thread = threading.Thread(target=self.run_row, args=(message,))
                 thread.start()
                 threads.append(thread)
@@ -98,10 +109,32 @@ class Worker:
                 break
             else:
                 self.arm(busy=False)
-        for thread in threads:
+        for thread in threads:  # every row, and every upload in flight, ends before the machine does
             thread.join()
         self.finished.set()
+        self.markers.shutdown()
+        self.summary()
         return save_results.UPLOAD_FAILED if self.upload_failed else 0
+
+    def free(self):
+        """Slots free for new rows (call with the lock held): none while a finished row waits
+        for one of the `uploads` in flight, so that finished rows do not pile up."""
+        phases = [r[2] for r in self.running.values()]
+        if phases.count("upload") > self.uploads:
+            return 0
+        return self.slots - phases.count("run")
+
+    def summary(self):
+        """One line for the machine's log: when its rows' commands ran, and its slots' time per
+        row beyond them (what awsrun costs a row; make bench reads it)."""
+        if not self.done:
+            return
+        first, last = min(s for s, _ in self.done), max(e for _, e in self.done)
+        commands = sum(e - s for s, e in self.done) / len(self.done)
+        print("%d rows on %d slots, their commands from %.3f to %.3f (%.1f s): %.0f ms of slot time per row beyond "
+              "its command (%.0f ms)" % (len(self.done), self.slots, first, last, last - first,
+                                         (self.slots * (last - first) / len(self.done) - commands) * 1000,
+                                         commands * 1000), flush=True)
 
     def arm(self, busy):
         """Move the machine's OS shutdown (node/guard.sh): while rows run, to the row runtime's
@@ -134,19 +167,27 @@ class Worker:
         them all back at once and take no more rows."""
         last = time.monotonic()
         while not self.finished.wait(min(TICK, self.lease / 3)):
-            if self.node.get("spot") and spot_interrupted():
+            if self.node.get("spot") and not self.interrupted and spot_interrupted():
                 print("spot interruption notice: handing back every running row", file=sys.stderr)
                 self.interrupted = True
                 self.stopping.set()
-                self.change_all(0)
-                return
+                self.hand_back_running()
             if time.monotonic() - last >= self.lease / 3:
                 last = time.monotonic()
                 self.change_all(self.lease)
 
+    def hand_back_running(self):
+        """The rows whose commands run go back to the queue at once; uploads go on."""
+        with self.lock:
+            back = [r for r in self.running.values() if r[2] == "run"]
+            for r in back:
+                r[2] = "handed back"
+        for _, handle, _ in back:
+            self.release(handle)
+
     def change_all(self, seconds):
         with self.lock:
-            handles = list(self.running.values())
+            handles = [r[:2] for r in self.running.values() if r[2] != "handed back"]
         for tag, handle in handles:
             try:
                 self.sqs.change_message_visibility(QueueUrl=self.node["queue_url"], ReceiptHandle=handle,
@@ -170,25 +211,36 @@ class Worker:
             row = json.loads(message["Body"])
             tag = row["tag"]
             with self.lock:
-                self.running[message["MessageId"]] = (tag, handle)
-            self.s3.put_object(Bucket=self.node["bucket"], Body=b"",
-                               Key=job_state.start_key(tag, self.node["instance_id"], attempt))
+                self.running[message["MessageId"]][0] = tag
+            marked = self.markers.submit(self.s3.put_object, Bucket=self.node["bucket"], Body=b"",
+                                         Key=job_state.start_key(tag, self.node["instance_id"], attempt))
             self.arm(busy=True)
-            lap("mark")
             info = dict(self.node, tag=tag, command=row["command"], attempt=attempt, machine=self.node["tag"],
                         slots=self.slots)
             root = self.make_folder(info)
             lap("copy")
+            began = time.time()
             self.run_command(root)
+            ended = time.time()
             lap("run")
-            if self.interrupted:  # another machine runs it now; this one is about to end
-                return
-            code = save_results.save(info, root, (self.s3, self.ec2), end_node=False)
-            lap("upload")
+            with self.lock:  # the slot is free; the results upload beside the next row
+                entry = self.running[message["MessageId"]]
+                if entry[2] == "handed back":  # another machine runs it now; this one is about to end
+                    return
+                entry[2] = "upload"
+                self.lock.notify_all()
+            with self.in_flight:
+                lap("wait")
+                marked.result()
+                lap("mark")
+                code = save_results.save(info, root, (self.s3, self.ec2), end_node=False)
+                lap("upload")
             if code == 0:
                 self.sqs.delete_message(QueueUrl=self.node["queue_url"], ReceiptHandle=handle)
                 shutil.rmtree(root, ignore_errors=True)
                 lap("delete")
+                with self.lock:
+                    self.done.append((began, ended))
                 print("%s attempt %d: %s (ms)" % (tag, attempt, ", ".join(times)), flush=True)
             else:
                 self.upload_failed = True
@@ -196,7 +248,10 @@ class Worker:
                 self.release(handle)
         except Exception as e:  # this row's failure never stops the others: it goes back to the queue
             print("%s: %s: %s" % (tag, type(e).__name__, e), file=sys.stderr)
-            self.release(handle)
+            with self.lock:
+                handed_back = self.running[message["MessageId"]][2] == "handed back"
+            if not handed_back:
+                self.release(handle)
         finally:
             with self.lock:
                 self.running.pop(message["MessageId"], None)

@@ -355,10 +355,14 @@ class Sandbox:
                         and sandbox_iam.like(rule.get("resource", "*"), r) for a, r, _ in checks))
 
     def fault(self, service, name, checks, request, dry_run=False):
-        """The AWS error of the first fault rule that matches the request, or None."""
+        """The AWS error of the first fault rule that matches the request, or None; a rule's
+        "delay" answers that many seconds late (with its error, or the call's own answer)."""
         rule = self.take_fault(name, checks, request.get("params", {}), dry_run)
-        return rule and sandbox_iam.error_response(service, rule["code"], rule.get("message", "sandbox fault"),
-                                                   int(rule.get("status", 400)), sandbox_iam.speaks_json(request))
+        if rule and rule.get("delay"):
+            time.sleep(rule["delay"])
+        return rule and "code" in rule and sandbox_iam.error_response(
+            service, rule["code"], rule.get("message", "sandbox fault"), int(rule.get("status", 400)),
+            sandbox_iam.speaks_json(request)) or None
 
     def take_fault(self, name, checks, params, dry_run=False):
         """The first fault rule of DIR/faults.json that matches, while it has times left (for an

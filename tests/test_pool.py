@@ -10,7 +10,7 @@ import pytest
 
 import cloud_setup as cs
 from conftest import write
-from test_operate import states, status, until, vanish
+from test_operate import release, states, status, until, vanish, waits_for
 from test_report import Page
 
 # The sandbox's rows come back to the queue 4 s after their machine is lost, and a machine
@@ -242,6 +242,37 @@ def test_a_spot_interruption_notice_hands_the_row_back_at_once(box, tmp_path):
     manifest = box.manifest(job, tag)
     assert manifest["attempt"] == 2 and manifest["instance_id"] != doomed
     assert sum(1 for k in box.objects(job) if k.startswith("_awsrun/%s/exit=" % tag)) == 1  # uploaded once
+
+
+@pytest.mark.slow
+def test_a_slot_takes_the_next_row_while_the_last_uploads_and_a_machine_lost_then_loses_no_row(box, tmp_path):
+    job = "pool-inflight"
+    # Row 0's manifest is answered 20 s late (and then with a 503): its upload is in flight.
+    box.faults([{"action": "s3:PutObject", "resource": "arn:aws:s3:::%s/%s0/manifest.json" % (job, job),
+                 "delay": 20, "code": "SlowDown", "status": 503, "times": 1}])
+    commands = ["echo a > output/a.txt", waits_for(tmp_path, "go") + "; echo b > output/b.txt"]
+    pool_run(box, job, commands, "--pool", "1", "--slots", "1", env={"AWSRUN_POOL_IDLE": "60"})
+    first, second = job + "0", job + "1"
+
+    def next_row_runs_beside_the_upload():
+        rows = rows_of(box, job)
+        return rows[second]["state"] == "running" and rows[first]["state"] == "running" and rows
+    rows = until(next_row_runs_beside_the_upload, what="the one slot to take row 1 while row 0 uploads")
+    lost_on = rows[first]["instance"]
+    assert rows[second]["instance"] == lost_on
+    assert not any(k.startswith("_awsrun/%s/exit=" % first) for k in box.objects(job))
+    box.ec2.terminate_instances(InstanceIds=[lost_on])  # lost with an upload in flight and a row running
+    until(lambda: {r["state"] for r in rows_of(box, job).values()} == {"queued"}, what="both rows back in the queue")
+    release(tmp_path, "go")
+    retry = box.run("dispatcher.py", "auto", job, jobs_file(box, job, commands), "--retry", "--pool", "1", env=FAST)
+    assert retry.returncode == 0, retry.stderr
+    wait(box, job)
+    assert {t: r["state"] for t, r in rows_of(box, job).items()} == {first: "succeeded", second: "succeeded"}
+    for tag, name, text in ((first, "a.txt", "a\n"), (second, "b.txt", "b\n")):
+        manifest = box.manifest(job, tag)
+        assert manifest["attempt"] == 2 and manifest["instance_id"] != lost_on
+        assert box.read(job, "%s/output/%s" % (tag, name)) == text
+        assert sum(1 for k in box.objects(job) if k.startswith("_awsrun/%s/exit=" % tag)) == 1
 
 
 def test_a_pool_row_whose_upload_fails_is_handed_back_and_its_machine_kept_up(box):
