@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -64,6 +65,9 @@ class Worker:
         self.in_flight = threading.BoundedSemaphore(self.uploads)
         self.markers = ThreadPoolExecutor(self.slots)  # start markers, written beside the commands
         self.done = []            # (command start, end) of every row, by time.time(): the summary
+        self.unused = list(range(self.slots))  # the slots free for a row, and when each was freed
+        self.freed = [time.time()] * self.slots
+        self.gaps = []            # each row's slot: (free without a row, taking it until its command starts), s
         self.stopping = threading.Event()  # take no more rows
         self.finished = threading.Event()  # no row runs any more: the heartbeat stops
         self.upload_failed = False
@@ -95,10 +99,11 @@ class Worker:
                 print("received %d rows in %.0f ms" % (len(messages), (time.perf_counter() - asked) * 1000), flush=True)
             threads = [t for t in threads if t.is_alive()]
             for message in messages:
-                with self.lock:  # counted in its slot before the next receive
+                with self.lock:  # in its slot before the next receive
                     self.running[message["MessageId"]] = [message.get("Body", "")[:80], message["ReceiptHandle"],
                                                           "run"]
-                thread = threading.Thread(target=self.run_row, args=(message,))
+                    slot = self.unused.pop()
+                thread = threading.Thread(target=self.run_row, args=(message, slot, time.time()))
                 thread.start()
                 threads.append(thread)
             with self.lock:
@@ -119,22 +124,26 @@ class Worker:
     def free(self):
         """Slots free for new rows (call with the lock held): none while a finished row waits
         for one of the `uploads` in flight, so that finished rows do not pile up."""
-        phases = [r[2] for r in self.running.values()]
-        if phases.count("upload") > self.uploads:
+        if [r[2] for r in self.running.values()].count("upload") > self.uploads:
             return 0
-        return self.slots - phases.count("run")
+        return len(self.unused)
 
     def summary(self):
-        """One line for the machine's log: when its rows' commands ran, and its slots' time per
-        row beyond them (what awsrun costs a row; make bench reads it)."""
+        """One line for the machine's log: when its rows' commands ran, its slots' time per row
+        beyond them (what awsrun costs a row), and the median time a slot went from one command
+        to the next: free without a row (receiving it, or waiting for an upload to end) and
+        taking it (its folder, its start). make bench reads it."""
         if not self.done:
             return
         first, last = min(s for s, _ in self.done), max(e for _, e in self.done)
         commands = sum(e - s for s, e in self.done) / len(self.done)
         print("%d rows on %d slots, their commands from %.3f to %.3f (%.1f s): %.0f ms of slot time per row beyond "
-              "its command (%.0f ms)" % (len(self.done), self.slots, first, last, last - first,
-                                         (self.slots * (last - first) / len(self.done) - commands) * 1000,
-                                         commands * 1000), flush=True)
+              "its command (%.0f ms); between commands a slot was free without a row %.0f ms and took the next one "
+              "%.0f ms (medians)" % (
+                  len(self.done), self.slots, first, last, last - first,
+                  (self.slots * (last - first) / len(self.done) - commands) * 1000, commands * 1000,
+                  statistics.median(w for w, _ in self.gaps) * 1000, statistics.median(t for _, t in self.gaps) * 1000),
+              flush=True)
 
     def arm(self, busy):
         """Move the machine's OS shutdown (node/guard.sh): while rows run, to the row runtime's
@@ -197,8 +206,8 @@ class Worker:
 
     # -- one row
 
-    def run_row(self, message):
-        handle = message["ReceiptHandle"]
+    def run_row(self, message, slot, received):
+        handle, held = message["ReceiptHandle"], True
         attempt = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
         tag, times, last = message.get("MessageId"), [], time.perf_counter()
 
@@ -224,11 +233,12 @@ class Worker:
             ended = time.time()
             lap("run")
             with self.lock:  # the slot is free; the results upload beside the next row
+                self.gaps.append((received - self.freed[slot], began - received))
+                held = self.free_slot(slot, ended)
                 entry = self.running[message["MessageId"]]
                 if entry[2] == "handed back":  # another machine runs it now; this one is about to end
                     return
                 entry[2] = "upload"
-                self.lock.notify_all()
             with self.in_flight:
                 lap("wait")
                 marked.result()
@@ -254,8 +264,18 @@ class Worker:
                 self.release(handle)
         finally:
             with self.lock:
+                if held:
+                    self.free_slot(slot, time.time())
                 self.running.pop(message["MessageId"], None)
                 self.lock.notify_all()
+
+    def free_slot(self, slot, when):
+        """The row's command has ended (or never started): its slot takes the next row. With
+        the lock held."""
+        self.unused.append(slot)
+        self.freed[slot] = when
+        self.lock.notify_all()
+        return False
 
     def release(self, handle):
         try:

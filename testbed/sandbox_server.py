@@ -152,6 +152,7 @@ class Sandbox:
         play_ec2(self.path("ssh", "authorized_keys"), self.path("nodes"), self.node_path, self.account,
                  self.tell_metadata)
         sandbox_ec2.leave_bucket_policies_to_the_gate()
+        sandbox_ec2.queues_that_do_not_slow_down()
         self.seed_ubuntu()
 
     def seed_ubuntu(self):
