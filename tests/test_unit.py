@@ -800,3 +800,22 @@ def test_every_page_the_readme_and_docs_link_to_exists():
         for target in re.findall(r"\]\(([^)#]+?)(?:#[^)]*)?\)", text):
             if "://" not in target:
                 assert os.path.exists(os.path.join(ROOT, os.path.dirname(page), target)), (page, target)
+
+
+@pytest.mark.parametrize("text", ["2026-12-01T23:57:32.000Z", "2026-12-01T23:57:32Z", "2026-12-01T23:57:32+01:00",
+                                  "Tue, 01 Dec 2026 23:57:32 GMT", "2026-12-01T23:57:32", "1764633452",
+                                  "Tue, 01 Dec 2026 23:57:32 -0000"])
+def test_aws_times_are_read_as_botocore_reads_them(text):
+    import botocore.utils
+    ours, theirs = cs.aws_time(text), botocore.utils.parse_timestamp(text)
+    assert (ours, ours.utcoffset(), ours.isoformat()) == (theirs, theirs.utcoffset(), theirs.isoformat())
+
+
+def test_the_sessions_clients_read_times_with_aws_time(aws):
+    import datetime
+    s3 = cs.client("s3")
+    s3.create_bucket(Bucket="times")
+    s3.put_object(Bucket="times", Key="k", Body=b"")
+    listed = s3.list_objects_v2(Bucket="times")["Contents"][0]["LastModified"]
+    header = s3.head_object(Bucket="times", Key="k")["LastModified"]
+    assert listed.tzinfo is header.tzinfo is datetime.timezone.utc  # the standard library's, not dateutil's
