@@ -192,7 +192,8 @@ def queues_that_do_not_slow_down():
     each message it takes in or hands out: sending or receiving one row of a queue of 2,000
     cost the server 0.2 s of CPU, so that queueing 2,000 rows took 100 s, and pool mode's
     benchmark measured moto. SQS does not slow down with its queue's length. Here a queue is
-    counted at one instant, with the same outcome, and the retention period is read directly."""
+    counted at one instant, with the same outcome, and the retention period is read directly;
+    the received messages' groups are read from a copy."""
     from moto.core.utils import unix_time, unix_time_millis
     from moto.sqs.models import Queue, SQSBackend
 
@@ -212,6 +213,11 @@ def queues_that_do_not_slow_down():
         period = int(self.get_queue(queue_name).message_retention_period)
         return period + message.sent_timestamp / 1000 > unix_time()
     Queue.messages = property(ready)
+    # moto takes no lock: a receive read the set of received messages while a delete on another
+    # of the server's threads changed it ("Set changed size during iteration", a 500). A copy
+    # of a set is made in one step.
+    Queue.pending_message_groups = property(
+        lambda queue: {m.group_id for m in list(queue._pending_messages) if m.group_id is not None})
     Queue.approximate_number_of_messages = property(lambda queue: len(ready(queue)))
     Queue.approximate_number_of_messages_delayed = property(delayed)
     Queue.approximate_number_of_messages_not_visible = property(not_visible)
