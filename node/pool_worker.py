@@ -59,7 +59,7 @@ class Worker:
         session = cs.node_session(node["region"])
         self.sqs = session.client("sqs", config=cs.retries(10, max_pool_connections=max(10, self.slots + 4)))
         self.s3, self.ec2 = save_results.clients(node)
-        self.uploads = self.slots  # uploads at once, and rows waiting to upload, at most
+        self.uploads = self.slots  # uploads at once; no new row while more finished rows than this wait
         self.lock = threading.Condition()
         self.running = {}         # message id -> [tag, receipt handle, phase]: "run", "upload" or "handed back"
         self.in_flight = threading.BoundedSemaphore(self.uploads)
@@ -71,7 +71,7 @@ class Worker:
         self.stopping = threading.Event()  # take no more rows
         self.finished = threading.Event()  # no row runs any more: the heartbeat stops
         self.upload_failed = False
-        self.interrupted = False  # the rows were handed back: their results are not uploaded
+        self.interrupted = False  # the spot notice came: the rows then running were handed back
         self.armed = None         # the shutdown that guard.sh last scheduled: busy or idle
         self.armed_at = 0.0
         self.budget_end = cs.parse_time(node.get("budget_end") or "")  # under --budget: the machine's end
@@ -172,8 +172,8 @@ class Worker:
             return []
 
     def heartbeat(self):
-        """Keep every running row's message invisible; on a spot interruption notice, hand
-        them all back at once and take no more rows."""
+        """Keep the message of every row held here (running or uploading) invisible; on a spot
+        interruption notice, hand back at once the rows whose commands run, and take no more."""
         last = time.monotonic()
         while not self.finished.wait(min(TICK, self.lease / 3)):
             if self.node.get("spot") and not self.interrupted and spot_interrupted():
@@ -234,7 +234,8 @@ class Worker:
             lap("run")
             with self.lock:  # the slot is free; the results upload beside the next row
                 self.gaps.append((received - self.freed[slot], began - received))
-                held = self.free_slot(slot, ended)
+                self.free_slot(slot, ended)
+                held = False
                 entry = self.running[message["MessageId"]]
                 if entry[2] == "handed back":  # another machine runs it now; this one is about to end
                     return
@@ -275,7 +276,6 @@ class Worker:
         self.unused.append(slot)
         self.freed[slot] = when
         self.lock.notify_all()
-        return False
 
     def release(self, handle):
         try:
