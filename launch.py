@@ -421,9 +421,11 @@ DENIED = ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "403
 POLICY_HINT = "attach awsrun-user-policy.json to your user or role (docs/aws-setup.md, step 2)"
 
 
-def denied(e, action):
-    """The one line for a call the caller's policy does not allow."""
-    return UserError("your credentials may not call %s (%s): %s" % (action, error_code(e), POLICY_HINT))
+def raise_if_denied(e, action):
+    """The one line for a call the caller's policy does not allow, raised if `e` is a refusal;
+    else nothing: the caller goes on with its own handling of `e`."""
+    if error_code(e) in DENIED:
+        raise UserError("your credentials may not call %s (%s): %s" % (action, error_code(e), POLICY_HINT)) from None
 
 
 def dry_run(call, action, **params):
@@ -434,8 +436,7 @@ def dry_run(call, action, **params):
     except ClientError as e:
         if error_code(e) == "DryRunOperation":
             return "allowed"
-        if error_code(e) in DENIED:
-            raise denied(e, action) from None
+        raise_if_denied(e, action)
         raise UserError("%s would fail: %s" % (action, e.response.get("Error", {}).get("Message", e))) from None
     raise UserError("%s answered a DryRun request without DryRunOperation" % action)
 
@@ -581,8 +582,7 @@ class Preflight:
         except iam.exceptions.NoSuchEntityException:
             return False
         except ClientError as e:
-            if error_code(e) in DENIED:
-                raise denied(e, "iam:GetRole") from None
+            raise_if_denied(e, "iam:GetRole")
             raise
 
     def role(self):
@@ -595,8 +595,7 @@ class Preflight:
                             "awsrun-node-boundary.json (docs/aws-setup.md, step 2)" % (BOUNDARY, account()),
                             code=2) from None
         except ClientError as e:
-            if error_code(e) in DENIED:
-                raise denied(e, "iam:GetPolicy") from None
+            raise_if_denied(e, "iam:GetPolicy")
             raise
         within = ", within %s" % BOUNDARY
         return ("%s exists: create updates its policy" % name if self.role_exists() else

@@ -254,8 +254,7 @@ class Pool:
                 sqs.get_queue_url(QueueName=queue_name(self.job, itype))
                 found.append(itype)
             except ClientError as e:
-                if cs.error_code(e) in launch.DENIED:
-                    raise launch.denied(e, "sqs:GetQueueUrl") from None
+                launch.raise_if_denied(e, "sqs:GetQueueUrl")
                 if cs.error_code(e) not in NO_QUEUE:
                     raise
         return "%d of %d queues exist already" % (len(found), len(types))
