@@ -66,7 +66,7 @@ NODE_VENV = os.path.join(HERE, ".venv-node")
 UBUNTU_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-%s-server-sandbox"
 POWER = ("shutdown", "poweroff", "reboot", "halt")
 STANDINS = POWER + ("apt-get", "apt", "sudo")
-STANDIN = os.path.join(HERE, "testbed", "standin.py")        # each stand-in is a link to it
+STANDIN = os.path.join(HERE, "testbed", "standin.sh")        # each stand-in is a link to it
 IMDS = os.path.join(HERE, "testbed", "sandbox_imds.py")      # the metadata service's process
 NODE_SHELL = os.path.join(HERE, "testbed", "node-shell.sh")  # sshd's ForceCommand
 
@@ -496,11 +496,13 @@ class Sandbox:
         if not os.path.exists(host_key):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host_key], check=True)
         open(os.path.join(ssh, "authorized_keys"), "a").close()
-        with open(self.path("bin", "standin.json"), "w") as f:
-            json.dump({"log": self.path("standins.log"), "port": self.imds_port, "power": POWER}, f)
+        with open(self.path("bin", "standin.env"), "w") as f:
+            f.write("LOG=%s PORT=%d POWER=%s\n" % (shlex.quote(self.path("standins.log")), self.imds_port,
+                                                 shlex.quote(" ".join(POWER))))
         for name in STANDINS:
-            if not os.path.lexists(self.path("bin", name)):
-                os.symlink(STANDIN, self.path("bin", name))
+            if os.path.lexists(self.path("bin", name)):
+                os.remove(self.path("bin", name))  # a sandbox folder made before may link another file
+            os.symlink(STANDIN, self.path("bin", name))
         node_path = self.node_path
         # EC2's metadata service answers in a millisecond; this one looks the caller up in /proc,
         # which with hundreds of node processes on a laptop's cores can take longer than
