@@ -256,8 +256,9 @@ def create(args, placement, wanted):
     """Key pair, security group, instance profile, bucket (and what the placement needs: the
     pool's queues), instances; then prepare every node. `wanted` are the rows; the placement
     says which machines they need. Returns the job's SSH connections (ssh.Connections), kept open for
-    a dispatch in the same run, and {tag: why} for the machines that could not be launched
-    (the others go on)."""
+    a dispatch in the same run, {tag: why} for the machines that could not be launched (the
+    others go on), and the job's instances as they stand now (each prepared one "ready"), so
+    that a dispatch in the same run need not ask EC2 again."""
     types = {itype for _, itype, _ in wanted.values()}
     checked = launch.Preflight(args, placement, wanted).run(local=False)  # the first failure, before anything is made
     amis, vcpus, subnets = checked.amis, checked.vcpus, checked.subnets
@@ -287,8 +288,7 @@ def create(args, placement, wanted):
     try:
         ids, missing = launch.launch_all(args, placement, by_type, amis, args.job, group_id, profile, bucket, subnets,
                                          budget=deadline and (deadline, prices))
-        running, failed = launch.wait_running(ids, timeout=args.ssh_timeout)
-        found = job_state.find_nodes(args.job)  # one DescribeInstances: the live ones, and those that failed
+        found, failed = launch.wait_running(args.job, ids, timeout=args.ssh_timeout)  # the live ones, and the rest
         if deadline:
             budget.add([n for n in found if n["id"] in ids], deadline)
         live = job_state.newest_per_tag([n for n in found if n["state"] in job_state.LIVE])
@@ -302,7 +302,7 @@ def create(args, placement, wanted):
         pause(args, "prepare the machines over SSH")
         if nodes:
             prepare_all(args, nodes, connections)
-        return connections, missing
+        return connections, missing, found
     except KeyboardInterrupt:
         raise UserError("interrupted: every machine launched so far is tagged awsrun:job=%s; "
                         "`make status JOB=%s` shows them and `make down JOB=%s` removes them"
@@ -323,7 +323,10 @@ def prepare_all(args, nodes, connections):
         results = for_each_node(nodes, lambda n: prepare(n, args, bundle, connections, progress), args.parallel)
     job_state.set_status([n["id"] for n in nodes if not isinstance(results[n["tag"]], NodeError)], "ready")
     job_state.set_status([n["id"] for n in nodes if isinstance(results[n["tag"]], NodeError)], "install-failed")
-    return say_results(nodes, results, "ready", terminate_failed=not args.keep_failed)
+    code = say_results(nodes, results, "ready", terminate_failed=not args.keep_failed)  # raises if any failed
+    for n in nodes:
+        n["status"] = "ready"
+    return code
 
 
 # ---------------------------------------------------------------------------- dispatch
@@ -356,13 +359,15 @@ def start(node, args, row, connections):
     return "started"
 
 
-def dispatch(args, placement, wanted, connections=None, requeue=False):
+def dispatch(args, placement, wanted, connections=None, requeue=False, found=None):
     """Start the rows as the placement says: each on its prepared machine, or the pool's workers
-    on theirs (the rows queued first); detached, in parallel."""
+    on theirs (the rows queued first); detached, in parallel. `found`: the job's instances as
+    create left them a moment ago, in the same run (else they are asked of EC2)."""
     if connections is None:  # a later run: the caller may be on another network since create
         cs.refresh_ssh_rule(args.job)
     connections = connections or Connections(args.job, args.ssh_timeout)
-    found = job_state.find_nodes(args.job, ("running",))
+    found = [n for n in found if n["state"] == "running"] if found is not None else \
+        job_state.find_nodes(args.job, ("running",))
     bucket = job_state.job_bucket(args.job, found)
     nodes, rows, queued, tags, unstarted = placement.to_start(found, wanted, requeue)
     cost.cover(cost.Budget.of(args, bucket), nodes, args.prices)
@@ -615,11 +620,12 @@ def main(argv=None):
             wanted, waiting = retry_plan(placement, wanted)
             if not wanted and not waiting:
                 return 0
-        connections, missing = create(args, placement, dict(waiting, **wanted)) if args.create else (None, {})
+        connections, missing, found = create(args, placement, dict(waiting, **wanted)) if args.create \
+            else (None, {}, None)
         rows = placement.launched(wanted, missing)
-        try:  # dispatch reuses create's connections; it starts what did launch
+        try:  # dispatch reuses create's connections and its view of the machines; it starts what did launch
             if args.dispatch and (rows or waiting):
-                dispatch(args, placement, rows, connections, requeue=args.retry)
+                dispatch(args, placement, rows, connections, requeue=args.retry, found=found)
         finally:
             if connections is not None:
                 connections.close_all()

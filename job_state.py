@@ -81,8 +81,8 @@ def node_from_instance(instance):
     job, pool_type = tags.get(cs.JOB_TAG, ""), tags.get(cs.POOL_TAG, "")
     number = numbers[index] if index < len(numbers) else None
     tag = None if number is None else cs.pool_tag(job, pool_type, number) if pool_type else cs.tag_name(job, number)
-    return {"id": instance["InstanceId"], "type": instance["InstanceType"],
-            "state": instance["State"]["Name"], "job": job, "pool": pool_type, "tag": tag,
+    return {"id": instance["InstanceId"], "type": instance["InstanceType"], "state": instance["State"]["Name"],
+            "reason": instance.get("StateReason", {}).get("Message", ""), "job": job, "pool": pool_type, "tag": tag,
             "bucket": tags.get(cs.BUCKET_TAG, job), "status": tags.get(cs.STATUS_TAG, ""),
             "error": tags.get(cs.ERROR_TAG, ""), "launched": instance["LaunchTime"],
             "spot": instance.get("InstanceLifecycle") == "spot",

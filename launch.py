@@ -343,34 +343,29 @@ def launch_error(e, instance_type, ami):
     return e
 
 
-def wait_running(ids, timeout=600):
-    """Wait until every instance is running or has ended. Returns (the running ids, {id: why}
-    for those that ended or were still pending at the deadline, which are terminated)."""
-    ids, states = list(ids), {}
+def wait_running(job, ids, timeout=600):
+    """Wait until every instance launched (`ids`) is running or has ended. Returns (every
+    instance of the job from the last look, as find_nodes gives them: create needs no other;
+    {id: why} for those launched that ended or were still pending at the deadline, which are
+    terminated). A new instance may be missing from the job's list for a moment: it is waited for."""
+    ids, seen, found = list(ids), {}, []
     for delay in backoff(time.monotonic() + timeout, first=1.0, cap=10.0):
-        try:
-            pages = client("ec2").get_paginator("describe_instances").paginate(InstanceIds=ids)
-            states = {i["InstanceId"]: i for p in pages for r in p["Reservations"] for i in r["Instances"]}
-        except ClientError as e:
-            if error_code(e) != "InvalidInstanceID.NotFound":  # new ids take a moment to be seen
-                raise
-        if len(states) == len(ids) and all(i["State"]["Name"] != "pending" for i in states.values()):
+        found = find_nodes(job)
+        seen = {n["id"]: n for n in found}
+        if all(i in seen and seen[i]["state"] != "pending" for i in ids) or delay is None:
             break
-        if delay is None:
-            break
-    running, failed, late = [], {}, []
+    failed, late = {}, []
     for i in ids:
-        state = states.get(i, {}).get("State", {}).get("Name", "not seen")
-        reason = states.get(i, {}).get("StateReason", {}).get("Message", "")
+        state = seen[i]["state"] if i in seen else "not seen"
         if state == "running":
-            running.append(i)
             continue
         if state in ("pending", "not seen"):
             late.append(i)
             state += " after %d s" % timeout
+        reason = seen[i]["reason"] if i in seen else ""
         failed[i] = state + (": " + reason if reason else "")
     terminate(late)
-    return running, failed
+    return found, failed
 
 
 def to_launch(job, wanted):

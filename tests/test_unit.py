@@ -468,10 +468,12 @@ def test_a_large_launch_is_split_into_calls_of_at_most_250(aws):
 
 def test_an_instance_that_ends_while_starting_is_reported_not_waited_for(aws):
     ami = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    ids = [i["InstanceId"] for i in aws.run_instances(ImageId=ami, MinCount=2, MaxCount=2)["Instances"]]
+    ids = [i["InstanceId"] for i in aws.run_instances(ImageId=ami, MinCount=2, MaxCount=2, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": cs.JOB_TAG, "Value": "job-w"}]}])["Instances"]]
     aws.terminate_instances(InstanceIds=ids[1:])
-    running, failed = launch.wait_running(ids, timeout=30)
-    assert running == ids[:1] and list(failed) == ids[1:] and failed[ids[1]].startswith("terminated")
+    found, failed = launch.wait_running("job-w", ids, timeout=30)
+    assert {n["id"]: n["state"] for n in found} == {ids[0]: "running", ids[1]: "terminated"}
+    assert list(failed) == ids[1:] and failed[ids[1]].startswith("terminated")
 
 
 def test_ctrl_c_while_a_node_connects_leaves_no_connection_open(monkeypatch):
