@@ -16,6 +16,7 @@ import calendar
 import datetime
 import email.utils
 import functools
+import gc
 import getpass
 import hashlib
 import json
@@ -651,6 +652,15 @@ def run_cli(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def leave(code):
+    """End a command's process with its exit code. Its objects are frozen first: else the
+    interpreter's exit walks every one still alive looking for cycles to free (botocore's
+    service models among them: 180,000 objects after create+dispatch of 64 machines, 0.8 s of
+    CPU), which the end of the process frees anyway."""
+    gc.freeze()
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # the documented script form runs operate.py, the command line, as a script

@@ -23,7 +23,6 @@ import io
 import json
 import os
 import re
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import cloud_setup as cs
@@ -195,4 +194,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cs.leave(main())

@@ -28,7 +28,6 @@ import argparse
 import html
 import os
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -543,4 +542,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cs.leave(main())

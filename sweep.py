@@ -32,7 +32,7 @@ import re
 import shlex
 import sys
 
-from cloud_setup import UserError, alternatives, log, run_cli
+from cloud_setup import UserError, alternatives, leave, log, run_cli
 from dispatcher import HEADER, INSTANCE_TYPE
 
 PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -155,4 +155,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())
