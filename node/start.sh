@@ -22,7 +22,7 @@ else
     bash .awsrun/guard.sh runtime "$MAX_RUNTIME"
 fi
 setsid -f bash .awsrun/run.sh > .awsrun/runner.log 2>&1 < /dev/null
-started= ended=
+started='' ended=''
 read -r started 2> /dev/null < .awsrun/install_started
 read -r ended 2> /dev/null < .awsrun/install_ended
 echo "started $started $ended"
