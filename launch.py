@@ -21,6 +21,7 @@ import re
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -599,21 +600,25 @@ class Preflight:
     def run(self, local=True):
         """Every check in order; a check that needs an earlier one's facts is skipped when that
         failed. create (local=False) leaves out this machine's checks and the quota: it checks
-        the quota itself, for the machines still missing only."""
+        the quota itself, for the machines still missing only. The checks that need no other's
+        facts ask AWS at once, each in a thread of its own; their results are taken in order."""
         if local:
             self.check("python", self.python)
             self.check("ssh client", self.ssh_client)
-        self.check("credentials", self.identity)
-        has_images = self.check("images", self.images)
-        has_network = self.check("network", self.network)
-        if local:
-            self.check("SSH from", self.address)
-        if local:
-            self.check("vCPU quota", self.quota, has_images or "needs the images' vCPUs")
-        self.check("bucket", self.bucket)
-        if self.args.prefixes:
-            self.check("inputs", self.inputs)
-        self.check("node role", self.role)
+        alone = [("credentials", self.identity), ("images", self.images), ("network", self.network),
+                 ("bucket", self.bucket)] + [("inputs", self.inputs)] * bool(self.args.prefixes)
+        alone.append(("node role", self.role))
+        with ThreadPoolExecutor(len(alone)) as asking:
+            answers = {what: asking.submit(work) for what, work in alone}
+            self.check("credentials", answers["credentials"].result)
+            has_images = self.check("images", answers["images"].result)
+            has_network = self.check("network", answers["network"].result)
+            if local:
+                self.check("SSH from", self.address)
+            if local:
+                self.check("vCPU quota", self.quota, has_images or "needs the images' vCPUs")
+            for what in [w for w, _ in alone][3:]:
+                self.check(what, answers[what].result)
         self.check("permissions", self.permissions, (has_images and has_network) or "needs the images and the network")
         for what, work in self.placement.checks(self.types):
             self.check(what, work)
