@@ -10,7 +10,9 @@
 #   guard.sh end         the row is done, or its uploader failed: shut down now
 #   guard.sh hold S      the upload failed: shut down in S seconds, keeping the results till then
 #
-# Each call first cancels what an earlier one scheduled, and the launch's boot-time guard.
+# Each call first ends an earlier call's watchdog. The OS shutdown it schedules replaces the one
+# an earlier call, or the launch's boot-time guard, scheduled (systemd-logind keeps one pending
+# shutdown, and a new schedule overwrites it); a call that schedules none cancels it.
 # Under a budget (BUDGET_END in node.env, seconds since the epoch), no shutdown is ever
 # scheduled later than BUDGET_END: each is rounded down to the minute before it.
 cd "${0%/*}/.." || exit 1
@@ -23,7 +25,6 @@ if [ -s .awsrun/watchdog.pid ]; then
     kill -- -"$pid" 2>/dev/null
     : > .awsrun/watchdog.pid
 fi
-as_root shutdown -c 2>/dev/null
 : > .awsrun/shutdown
 hash shutdown 2>/dev/null
 TZ=UTC printf "%($TIME_FORMAT)T guard %s (shutdown is %s)\n" -1 "$*" "${BASH_CMDS[shutdown]}" >> .awsrun/guard.log
@@ -48,7 +49,8 @@ case "$1" in
     echo $! > .awsrun/watchdog.pid
     later $(( $2 + 300 )) ;;
   runtime)
-    if [ "$2" -gt 0 ]; then later $(( $2 + 3600 )); elif [ -n "$BUDGET_END" ]; then later "$BUDGET_END"; fi ;;
+    if [ "$2" -gt 0 ]; then later $(( $2 + 3600 )); elif [ -n "$BUDGET_END" ]; then later "$BUDGET_END"
+    else as_root shutdown -c 2>/dev/null; fi ;;
   hold)
     later "$2" ;;
   end)
