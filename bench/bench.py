@@ -311,24 +311,20 @@ with ThreadPoolExecutor(int(parallel)) as pool:
     list(pool.map(node, range(n)))
 '''
 
+# dispatcher.py, counting every request it sends: each client awsrun makes comes from its one
+# session, so a handler there sees them all (RunInstances' own client and the waits too).
 COUNTED = '''
-import functools, json, os, sys
+import json, os, sys
 from collections import Counter
 sys.path.insert(0, os.environ["AWSRUN_HOME"])
 import cloud_setup as cs, dispatcher
 calls = Counter()
-make = cs.client.__wrapped__
-
-@functools.lru_cache(maxsize=None)
-def counted(service):
-    client = make(service)
-    client.meta.events.register("before-call", lambda model, **kw: calls.update(["%s:%s" % (service, model.name)]))
-    return client
-cs.client = counted
+cs.session().events.register("before-call", lambda model, **kw: calls.update(
+    ["%s:%s" % (model.service_model.service_name, model.name)]))
 code = dispatcher.main(sys.argv[1:])
 with open(os.environ["BENCH_CALLS"], "w") as f:
     json.dump(calls, f)
-sys.exit(code)
+cs.leave(code)  # as dispatcher.py ends
 '''
 
 
