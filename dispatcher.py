@@ -265,7 +265,7 @@ def create(args, placement, wanted):
     args.checked_prefixes = [(url, region, folder) for url, folder, region in checked.prefixes]  # for the bundle
     spot = getattr(args, "spot", False)
     machines = placement.machines(wanted, vcpus, spot)
-    by_type = launch.to_launch(args.job, machines)
+    by_type, live_before = launch.to_launch(args.job, machines)
     launch.check_quotas(launch.quota_need({t: len(n) for t, n in by_type.items()}, vcpus), spot,
                         pooled=placement.pooled)
     bucket, cidr = args.bucket or args.job, cs.caller_cidr()
@@ -288,7 +288,8 @@ def create(args, placement, wanted):
     try:
         ids, missing = launch.launch_all(args, placement, by_type, amis, args.job, group_id, profile, bucket, subnets,
                                          budget=deadline and (deadline, prices))
-        found, failed = launch.wait_running(args.job, ids, timeout=args.ssh_timeout)  # the live ones, and the rest
+        new, failed = launch.wait_running(ids, timeout=args.ssh_timeout)
+        found = [n for n in live_before if n["id"] not in ids] + new  # the job's machines now: no other look
         if deadline:
             budget.add([n for n in found if n["id"] in ids], deadline)
         live = job_state.newest_per_tag([n for n in found if n["state"] in job_state.LIVE])

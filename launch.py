@@ -30,7 +30,7 @@ from cloud_setup import (BOUNDARY, BUCKET_TAG, BUDGET_TAG, JOB_TAG, POOL_TAG, RO
                          client_with, error_code, error_code_in, group_filters, group_name, job_tags, log, number_of,
                          region, retrying, role_name, terminate)
 import get_s3_files
-from job_state import LIVE, encode_rows, find_nodes, launch_batches, newest_per_tag
+from job_state import LIVE, encode_rows, find_nodes, launch_batches, newest_per_tag, node_from_instance
 
 UBUNTU_ARCH = {"x86_64": "amd64", "arm64": "arm64"}  # EC2's architecture -> Ubuntu's name for it
 
@@ -344,15 +344,19 @@ def launch_error(e, instance_type, ami):
     return e
 
 
-def wait_running(job, ids, timeout=600):
-    """Wait until every instance launched (`ids`) is running or has ended. Returns (every
-    instance of the job from the last look, as find_nodes gives them: create needs no other;
-    {id: why} for those launched that ended or were still pending at the deadline, which are
-    terminated). A new instance may be missing from the job's list for a moment: it is waited for."""
-    ids, seen, found = list(ids), {}, []
+def wait_running(ids, timeout=600):
+    """Wait until every instance launched (`ids`) is running or has ended. Returns (each of them
+    as find_nodes gives it, from the last look; {id: why} for those that ended or were still
+    pending at the deadline, which are terminated). New ids may be unknown for a moment."""
+    ids, seen = list(ids), {}
     for delay in backoff(time.monotonic() + timeout, first=1.0, cap=10.0):
-        found = find_nodes(job)
-        seen = {n["id"]: n for n in found}
+        try:
+            pages = client("ec2").get_paginator("describe_instances").paginate(InstanceIds=ids)
+            seen = {i["InstanceId"]: node_from_instance(i) for p in pages for r in p["Reservations"]
+                    for i in r["Instances"]}
+        except ClientError as e:
+            if error_code(e) != "InvalidInstanceID.NotFound":  # new ids take a moment to be seen
+                raise
         if all(i in seen and seen[i]["state"] != "pending" for i in ids) or delay is None:
             break
     failed, late = {}, []
@@ -366,13 +370,14 @@ def wait_running(job, ids, timeout=600):
         reason = seen[i]["reason"] if i in seen else ""
         failed[i] = state + (": " + reason if reason else "")
     terminate(late)
-    return found, failed
+    return list(seen.values()), failed
 
 
 def to_launch(job, wanted):
-    """instance type -> the node numbers of the wanted tags that have no live instance.
-    UserError if a tag runs already as another type."""
-    live = newest_per_tag(find_nodes(job, LIVE))
+    """(instance type -> the node numbers of the wanted tags that have no live instance, the
+    job's live instances). UserError if a tag runs already as another type."""
+    found = find_nodes(job, LIVE)
+    live = newest_per_tag(found)
     for tag, node in live.items():
         if tag in wanted and node["type"] not in alternatives(wanted[tag][1]):
             raise UserError("%s is already running as %s, but line %d asks for %s: terminate %s first"
@@ -381,7 +386,7 @@ def to_launch(job, wanted):
     for tag, (_line, itype, _command) in sorted(wanted.items(), key=lambda kv: (kv[1][0], kv[0])):
         if tag not in live:
             by_type.setdefault(itype, []).append(number_of(job, tag))
-    return by_type
+    return by_type, found
 
 
 def launch_all(args, placement, by_type, amis, key_name, group_id, profile, bucket, subnets, budget=None):

@@ -256,7 +256,7 @@ def launch_setup(aws, job, rows):
     args.spot, args.ssh_timeout, args.install_tries, args.install_timeout = False, 600, 3, 1800
     subnets = launch.launch_subnets()
     amis = {itype: ami for _, itype, _ in rows}
-    return lambda: launch.launch_all(args, dispatcher.OnePerRow(args), launch.to_launch(job, wanted), amis,
+    return lambda: launch.launch_all(args, dispatcher.OnePerRow(args), launch.to_launch(job, wanted)[0], amis,
                                      os.path.basename(key)[:-4], group, profile, job, subnets), calls
 
 
@@ -468,10 +468,9 @@ def test_a_large_launch_is_split_into_calls_of_at_most_250(aws):
 
 def test_an_instance_that_ends_while_starting_is_reported_not_waited_for(aws):
     ami = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    ids = [i["InstanceId"] for i in aws.run_instances(ImageId=ami, MinCount=2, MaxCount=2, TagSpecifications=[
-        {"ResourceType": "instance", "Tags": [{"Key": cs.JOB_TAG, "Value": "job-w"}]}])["Instances"]]
+    ids = [i["InstanceId"] for i in aws.run_instances(ImageId=ami, MinCount=2, MaxCount=2)["Instances"]]
     aws.terminate_instances(InstanceIds=ids[1:])
-    found, failed = launch.wait_running("job-w", ids, timeout=30)
+    found, failed = launch.wait_running(ids, timeout=30)
     assert {n["id"]: n["state"] for n in found} == {ids[0]: "running", ids[1]: "terminated"}
     assert list(failed) == ids[1:] and failed[ids[1]].startswith("terminated")
 
