@@ -347,8 +347,11 @@ def launch_error(e, instance_type, ami):
 def wait_running(ids, timeout=600):
     """Wait until every instance launched (`ids`) is running or has ended. Returns (each of them
     as find_nodes gives it, from the last look; {id: why} for those that ended or were still
-    pending at the deadline, which are terminated). New ids may be unknown for a moment."""
+    pending at the deadline, which are terminated). New ids may be unknown for a moment. With
+    none, nothing is asked (DescribeInstances without ids lists every instance of the account)."""
     ids, seen = list(ids), {}
+    if not ids:
+        return [], {}
     for delay in backoff(time.monotonic() + timeout, first=1.0, cap=10.0):
         try:
             pages = client("ec2").get_paginator("describe_instances").paginate(InstanceIds=ids)

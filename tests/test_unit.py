@@ -475,6 +475,17 @@ def test_an_instance_that_ends_while_starting_is_reported_not_waited_for(aws):
     assert list(failed) == ids[1:] and failed[ids[1]].startswith("terminated")
 
 
+def test_with_nothing_launched_create_waits_for_nothing(aws):
+    """A create whose machines all run already launches nothing: the wait must ask EC2 nothing
+    (DescribeInstances with no ids lists the whole account) and find no instance of its own."""
+    ami = aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    aws.run_instances(ImageId=ami, MinCount=1, MaxCount=1)  # another job's machine
+    asked = []
+    cs.session().events.register("before-call.ec2.DescribeInstances", lambda **kw: asked.append(1))
+    assert launch.wait_running([], timeout=5) == ([], {})
+    assert asked == []
+
+
 def test_ctrl_c_while_a_node_connects_leaves_no_connection_open(monkeypatch):
     """Ctrl-C closes every open SSH connection; one being made at that moment must not be
     made after it (its row would hold create up for the 30 s of a read timeout)."""
