@@ -625,7 +625,7 @@ class Preflight:
                 self.check("SSH from", self.address)
             if local:
                 self.check("vCPU quota", self.quota, has_images or "needs the images' vCPUs")
-            for what in [w for w, _ in alone][3:]:
+            for what, _ in alone[3:]:  # the bucket, the inputs, the node role
                 self.check(what, answers[what].result)
         self.check("permissions", self.permissions, (has_images and has_network) or "needs the images and the network")
         for what, work in self.placement.checks(self.types):
