@@ -407,13 +407,18 @@ SUMMARY = re.compile(r"^(\d+) rows on (\d+) slots, their commands from ([\d.]+) 
                      r".* without a row (\d+) ms and took the next one (\d+) ms")
 
 
+def pool_log_files(nodes_dir, job):
+    """The runner.log of every pool machine of the job."""
+    return glob.glob(os.path.join(nodes_dir, job + "-pool-*", ".awsrun", "runner.log"))
+
+
 def pool_logs(nodes_dir, job):
     """The worker's own timing of each row's stages, in ms ({stage: [ms, ...]}), its machine's
     summary ({rows, slots, first command's start, last one's end; ms: per command, and a
     slot's medians free without a row and taking the next}), from the runner.log of every pool
     machine of the job."""
     stages, machines = {}, []
-    for log_file in glob.glob(os.path.join(nodes_dir, job + "-pool-*", ".awsrun", "runner.log")):
+    for log_file in pool_log_files(nodes_dir, job):
         with open(log_file) as f:
             for line in f:
                 found, summary = STAGE.search(line), SUMMARY.match(line.strip())
@@ -431,7 +436,7 @@ def rows_logged(nodes_dir, job):
     (Parsing every line of every log twice a second ran in this process, the sandbox's, and took
     a twentieth of its server's time.)"""
     count = 0
-    for log_file in glob.glob(os.path.join(nodes_dir, job + "-pool-*", ".awsrun", "runner.log")):
+    for log_file in pool_log_files(nodes_dir, job):
         with open(log_file, "rb") as f:
             count += f.read().count(b" (ms)\n")
     return count
