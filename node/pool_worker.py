@@ -9,7 +9,10 @@ For each row it gets (a message {tag, line, command}, long-polled):
 - marks the start in the bucket, _awsrun/TAG/start=INSTANCE,attempt=K, beside the command;
 - runs the command as one-machine-per-row mode does: bash, with TAG set, stopped at
   MAX_RUNTIME, in .awsrun/rows/TAG: a copy of the prepared work directory (copy-on-write
-  where the file system can), so rows that run at once never share output/;
+  where the file system can), so rows that run at once never share output/; the copy is made
+  ahead, beside the rows, so that a row takes one that is ready (renamed) rather than wait for
+  it (no row is received ahead, though: a row waiting on a machine that is lost would count
+  an attempt toward --max-attempts without having run);
 - keeps the message invisible to other machines while the row runs (a heartbeat of
   ChangeMessageVisibility every LEASE/3 seconds), so that a lost machine's row comes back
   to the queue within LEASE seconds;
@@ -64,6 +67,9 @@ class Worker:
         self.running = {}         # message id -> [tag, receipt handle, phase]: "run", "upload" or "handed back"
         self.in_flight = threading.BoundedSemaphore(self.uploads)
         self.markers = ThreadPoolExecutor(self.slots)  # start markers, written beside the commands
+        self.copier = ThreadPoolExecutor(1)  # the spare copy of the work directory, made beside the rows
+        self.spares_made = 0
+        self.spare = self.copier.submit(self.copy_work_directory)
         self.done = []            # (command start, end) of every row, by time.time(): the summary
         self.unused = list(range(self.slots))  # the slots free for a row, and when each was freed
         self.freed = [time.time()] * self.slots
@@ -118,6 +124,9 @@ class Worker:
             thread.join()
         self.finished.set()
         self.markers.shutdown()
+        self.copier.shutdown()
+        if self.spare.exception() is None:
+            shutil.rmtree(self.spare.result(), ignore_errors=True)
         self.summary()
         return save_results.UPLOAD_FAILED if self.upload_failed else 0
 
@@ -286,21 +295,41 @@ class Worker:
 
     def make_folder(self, info):
         """.awsrun/rows/TAG: a copy of the prepared work directory, its .awsrun/ holding the
-        row's settings (`info`), command and the machine's install logs and times."""
+        row's settings (`info`) and command and the machine's install logs and times. The spare
+        copy is taken if it is ready (and the next one started), else one made now."""
         root = os.path.join(ROWS, info["tag"])
         shutil.rmtree(root, ignore_errors=True)
-        os.makedirs(os.path.join(root, ".awsrun"))
-        entries = [e for e in sorted(os.listdir(".")) if e not in (".awsrun", "output", "screen_output.txt")]
-        if entries:
-            subprocess.run(["cp", "-a", "--reflink=auto", "-t", root] + entries, check=True)
-        for name in os.listdir(".awsrun"):  # install.N.log, install_started, install_ended
-            if name.startswith("install"):
-                shutil.copy(os.path.join(".awsrun", name), os.path.join(root, ".awsrun", name))
-        shutil.copy(os.path.join(".awsrun", "cloud_setup.py"), os.path.join(root, ".awsrun"))  # update_tags.py's
+        with self.lock:
+            spare = self.spare if self.spare.done() and self.spare.exception() is None else None
+            if spare is not None:
+                self.spare = self.copier.submit(self.copy_work_directory)
+        if spare is not None:
+            os.rename(spare.result(), root)
+        else:
+            self.copy_work_directory(root)
         with open(os.path.join(root, ".awsrun", "node.json"), "w", encoding="utf-8") as f:
             json.dump(info, f, ensure_ascii=False)
         with open(os.path.join(root, ".awsrun", "command.sh"), "w", encoding="utf-8") as f:
             f.write(info["command"] + "\n")
+        return root
+
+    def copy_work_directory(self, root=None):
+        """A copy of the work directory for a row, at `root` or at a new spare name: its files
+        but for its own .awsrun/ and output/, an .awsrun/ with the machine's install logs and
+        times (install.N.log, install_started, install_ended) and cloud_setup.py (update_tags.py's),
+        and an empty output/. Returns its path."""
+        if root is None:
+            self.spares_made += 1
+            root = os.path.join(ROWS, ".spare-%d" % self.spares_made)
+            shutil.rmtree(root, ignore_errors=True)
+        os.makedirs(os.path.join(root, ".awsrun"))
+        entries = [e for e in sorted(os.listdir(".")) if e not in (".awsrun", "output", "screen_output.txt")]
+        if entries:
+            subprocess.run(["cp", "-a", "--reflink=auto", "-t", root] + entries, check=True)
+        for name in os.listdir(".awsrun"):
+            if name.startswith("install"):
+                shutil.copy(os.path.join(".awsrun", name), os.path.join(root, ".awsrun", name))
+        shutil.copy(os.path.join(".awsrun", "cloud_setup.py"), os.path.join(root, ".awsrun"))
         os.makedirs(os.path.join(root, "output"), exist_ok=True)
         return root
 

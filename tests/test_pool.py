@@ -4,6 +4,7 @@ and what status costs."""
 import csv
 import io
 import json
+import os
 import time
 
 import pytest
@@ -311,6 +312,24 @@ def test_a_spot_notice_hands_back_the_running_row_and_lets_the_upload_in_flight_
     assert manifest["attempt"] == 2 and manifest["instance_id"] != doomed
     for tag in (first, second):
         assert sum(1 for k in box.objects(job) if k.startswith("_awsrun/%s/exit=" % tag)) == 1  # uploaded once
+
+
+def test_each_row_of_a_slot_gets_a_fresh_copy_of_the_work_directory(box, tmp_path):
+    job = "pool-copies"
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "data.txt").write_text("the data\n")
+    # Each row counts what it finds in output/ before writing there, and leaves a file in the
+    # work directory's copy: the next row on the slot must find neither (its copy is made ahead).
+    row = "ls -A output | wc -l > n; cat data.txt n > output/seen.txt; echo $TAG > left.txt; touch output/left"
+    pool_run(box, job, [row] * 4, "--pool", "1", "--slots", "1", "--code", str(code))
+    wait(box, job)
+    for i in range(4):
+        tag = "%s%d" % (job, i)
+        assert box.read(job, tag + "/output/seen.txt") == "the data\n0\n"
+    machine = "%s/%s-pool-t3.micro-0" % (box.nodes_dir, job)
+    assert not os.path.exists(os.path.join(machine, "left.txt"))  # rows never write to the work directory itself
+    assert os.listdir(os.path.join(machine, ".awsrun", "rows")) == []  # no spare copy is left behind
 
 
 def test_a_pool_row_whose_upload_fails_is_handed_back_and_its_machine_kept_up(box):
