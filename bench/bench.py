@@ -442,23 +442,23 @@ def rows_logged(nodes_dir, job):
     return count
 
 
-def bench_pool(box, work, rows=2000, machines=4, slots=4):
+def bench_pool(box, work, rows=2000, machines=4, slots=4, uneven=True):
     """Pool mode at scale: `rows` trivial rows on machines x slots. Their rate from dispatch to
     every result in the bucket; the slots' time per row beyond its command and the worker's
     stages (the workers' own clocks); the makespan against its lower bound (the commands' time
-    over every slot)."""
+    over every slot); and (uneven) the makespan of rows of uneven length."""
     env = dict(box.child_environment(), AWSRUN_POOL_IDLE="5")  # the summaries come when the machines end
     s3 = box_client(box, "s3")
     install = os.path.join(work, "trivial-install.sh")
     with open(install, "w") as f:
         f.write("touch READY\n")
-    job, jobs = "bench-pool", os.path.join(work, "pool.csv")
+    job, jobs = "bench-pool-%dx%d" % (machines, slots), os.path.join(work, "pool.csv")
     with open(jobs, "w") as f:
         f.write("instance_type,command\n" + "t3.micro,echo $TAG > output/tag.txt\n" * rows)
     base = [PY, os.path.join(HERE, "dispatcher.py"), "auto", job, jobs, "--install", install,
             "--pool", str(machines), "--slots", str(slots)]
     subprocess.run(base + ["-c"], env=env, check=True, capture_output=True)
-    started = time.perf_counter()
+    started, cpu, server = time.perf_counter(), machine_cpu(), sum(os.times()[:2])
     subprocess.run(base + ["-d"], env=env, check=True, capture_output=True)
     deadline = time.monotonic() + 900
     while rows_logged(box.path("nodes"), job) < rows:  # the logs, not the bucket: no request to the sandbox
@@ -466,6 +466,7 @@ def bench_pool(box, work, rows=2000, machines=4, slots=4):
             raise SystemExit("the pool benchmark: not every row of %s finished in time" % job)
         time.sleep(0.5)
     wall = time.perf_counter() - started
+    cpu, server = machine_cpu() - cpu, sum(os.times()[:2]) - server
     results_in(s3, job, job, rows, time.monotonic() + 60)  # a worker logs a row once its marker is in
     subprocess.run([PY, os.path.join(HERE, "cloud_setup.py"), "wait", job, "--timeout", "120"], env=env, check=True,
                    capture_output=True)
@@ -481,15 +482,26 @@ def bench_pool(box, work, rows=2000, machines=4, slots=4):
               "free": statistics.median(m["free"] for m in summaries),
               "take": statistics.median(m["take"] for m in summaries),
               "makespan": max(m["last"] for m in summaries) - min(m["first"] for m in summaries),
-              "bound": command_s / (machines * slots)}
+              "bound": command_s / (machines * slots), "cpu": cpu / rows * 1000, "server": server / rows * 1000,
+              "busy": cpu / wall / os.cpu_count()}
     log("pool: %d rows in %.2f s (%.1f rows/s), %.0f ms of slot time per row beyond its command, a slot free "
         "without a row %.0f ms and taking one %.0f ms; stages %s" % (
             rows, wall, rows / wall, result["overhead"], result["free"], result["take"], result["stages"]))
-    result["uneven"] = pool_makespan(box, work, env, install, s3)
+    if uneven:
+        result["uneven"] = pool_makespan(box, work, env, install, s3)
     return result
 
 
+SLOT_ROWS = 200  # trivial rows on one machine with one slot: what a slot costs a row when the CPU is not the limit
 UNEVEN = [6, 6, 5, 4, 3, 3, 2, 2, 2, 1, 1, 1]  # seconds: 12 rows of uneven length
+
+
+def machine_cpu():
+    """Seconds of CPU this machine has spent so far, every process's (user, nice and system: the
+    nodes run at nice 19), from /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system = f.readline().split()[1:4]
+    return (int(user) + int(nice) + int(system)) / os.sysconf("SC_CLK_TCK")
 
 
 def pool_makespan(box, work, env, install, s3):
@@ -560,11 +572,20 @@ def table(fetched, upload, setup, calls, pooled=None):
                   "the bucket, %.1f rows/s. Between two commands a slot was free without a row %.0f ms and took "
                   "the next one %.0f ms (medians; goal: under 100 ms together); in all, %.0f ms of a slot's time per "
                   "row beyond its command. The worker's stages (median ms): %s. Makespan by the rows' own clocks "
-                  "%.1f s, against its lower bound %.1f s (the commands' time over every slot)." % (
+                  "%.1f s, against its lower bound %.1f s (the commands' time over every slot). The run is "
+                  "CPU-bound: the machine's %d cores were %.0f%% busy, %.0f ms of CPU per row in all (the sandbox's "
+                  "server %.0f ms of it), and %d slots share them." % (
                       pooled["rows"], pooled["machines"], pooled["slots"], pooled["wall"],
                       pooled["rows"] / pooled["wall"], pooled["free"], pooled["take"], pooled["overhead"],
                       ", ".join("%s %.0f" % kv for kv in pooled["stages"].items()), pooled["makespan"],
-                      pooled["bound"]),
+                      pooled["bound"], os.cpu_count(), pooled["busy"] * 100, pooled["cpu"], pooled["server"],
+                      pooled["machines"] * pooled["slots"]),
+                  "", "The same rows, %d of them, on 1 machine x 1 slot (the sandbox's CPU then has room for the "
+                  "slot's work): between two commands the slot was free without a row %.0f ms and took the next one "
+                  "%.0f ms (goal: under 100 ms together); %.1f rows/s; stages %s." % (
+                      pooled["alone"]["rows"], pooled["alone"]["free"], pooled["alone"]["take"],
+                      pooled["alone"]["rows"] / pooled["alone"]["wall"],
+                      ", ".join("%s %.0f" % kv for kv in pooled["alone"]["stages"].items())),
                   "", "12 rows of 1-6 s on 2 machines x 2 slots: makespan %.2f s, best possible %.2f s (%.2fx; "
                   "goal <= 1.2x)." % (pooled["uneven"] + (pooled["uneven"][0] / pooled["uneven"][1],))]
     if calls:
@@ -608,6 +629,7 @@ def main(argv=None):
             setup, calls = bench_setup(box, work, size["setup"], reps)
         if "pool" in parts:
             pooled = bench_pool(box, work, rows=size["pool"])
+            pooled["alone"] = bench_pool(box, work, rows=SLOT_ROWS, machines=1, slots=1, uneven=False)
     finally:
         box.stop()
         shutil.rmtree(work, ignore_errors=True)
