@@ -169,6 +169,9 @@ def make_bundle(args):
         for local, remote in args.inputs:
             tar.add(local, arcname=remote)
         tar.add(args.install, arcname="INSTALL.sh")
+        output = tarfile.TarInfo("output")  # the row's results go there (row.sh makes it if it is missing)
+        output.type, output.mode, output.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+        tar.addfile(output)
         tar.add(os.path.join(HERE, "node", "update_tags.py"), arcname="update_tags.py")
         for path in NODE_PYTHON:
             tar.add(os.path.join(HERE, path), arcname=".awsrun/" + os.path.basename(path))
@@ -216,10 +219,12 @@ def node_info(args, node, itype, command=None):
 
 def install_command(node, info, env, tries, seconds, idle):
     """The one line run on a node at create: unpack the bundle into its work directory (a fresh
-    one if the folder there belongs to another instance), write its settings, and run
-    node/prepare.sh (INSTALL.sh until READY, then the idle guard)."""
+    one if the folder there belongs to another instance: emptied, unless it is empty already, as
+    on a new machine), write its settings, and run node/prepare.sh (INSTALL.sh until READY, then
+    the idle guard)."""
     return ("mkdir -p {d} && cd {d} || exit {bad}; owner=; read -r owner < .awsrun/instance 2>/dev/null; "
-            "[ \"$owner\" = {id} ] || find . -mindepth 1 -delete; tar -xzf - "
+            "shopt -s dotglob nullglob; set -- *; [ \"$owner\" = {id} ] || [ $# = 0 ] || find . -mindepth 1 -delete; "
+            "tar -xzf - "
             "&& printf '%s' {info} > .awsrun/node.json && printf '%s' {env} > .awsrun/node.env || exit {bad}; "
             "exec bash .awsrun/prepare.sh {tries} {s} {idle}").format(
         d=remote_dir(node["tag"]), bad=cs.NODE_EXIT["BAD_BUNDLE"], id=shlex.quote(node["id"]),
