@@ -572,9 +572,9 @@ def table(fetched, upload, setup, calls, pooled=None):
                   "the bucket, %.1f rows/s. Between two commands a slot was free without a row %.0f ms and took "
                   "the next one %.0f ms (medians; goal: under 100 ms together); in all, %.0f ms of a slot's time per "
                   "row beyond its command. The worker's stages (median ms): %s. Makespan by the rows' own clocks "
-                  "%.1f s, against its lower bound %.1f s (the commands' time over every slot). The run is "
-                  "CPU-bound: the machine's %d cores were %.0f%% busy, %.0f ms of CPU per row in all (the sandbox's "
-                  "server %.0f ms of it), and %d slots share them." % (
+                  "%.1f s, against its lower bound %.1f s (the commands' time over every slot). The machine's %d "
+                  "cores were %.0f%% busy, %.0f ms of CPU per row in all (the sandbox's server %.0f ms of it), and "
+                  "%d slots share them." % (
                       pooled["rows"], pooled["machines"], pooled["slots"], pooled["wall"],
                       pooled["rows"] / pooled["wall"], pooled["free"], pooled["take"], pooled["overhead"],
                       ", ".join("%s %.0f" % kv for kv in pooled["stages"].items()), pooled["makespan"],
