@@ -14,7 +14,8 @@
 # an earlier call, or the launch's boot-time guard, scheduled (systemd-logind keeps one pending
 # shutdown, and a new schedule overwrites it); a call that schedules none cancels it.
 # Under a budget (BUDGET_END in node.env, seconds since the epoch), no shutdown is ever
-# scheduled later than BUDGET_END: each is rounded down to the minute before it.
+# scheduled later than BUDGET_END: each is rounded down to the minute before it, counted from
+# the moment shutdown itself reads the clock.
 cd "${0%/*}/.." || exit 1
 # shellcheck source=/dev/null
 . .awsrun/node.env && . .awsrun/names.sh || exit 1
@@ -29,17 +30,25 @@ fi
 hash shutdown 2>/dev/null
 TZ=UTC printf "%($TIME_FORMAT)T guard %s (shutdown is %s)\n" -1 "$*" "${BASH_CMDS[shutdown]}" >> .awsrun/guard.log
 
+by_budget() {  # true if a shutdown $1 minutes from now, read a second late, still comes by BUDGET_END
+    local now
+    printf -v now '%(%s)T' -1
+    [ -z "$BUDGET_END" ] || [ $(( now + 1 + $1 * 60 )) -le "$BUDGET_END" ]
+}
 later() {  # shut down in $1 seconds, rounded up to minutes; never after BUDGET_END
-    local minutes=$(( ($1 + 59) / 60 )) left
-    if [ -n "$BUDGET_END" ]; then
-        left=$(( (BUDGET_END - $(date +%s)) / 60 ))
-        if [ "$left" -lt "$minutes" ]; then minutes=$(( left > 0 ? left : 0 )); fi
-    fi
-    if [ "$minutes" = 0 ]; then
-        as_root shutdown -h now >> .awsrun/guard.log 2>&1
-    else
-        as_root shutdown -h +"$minutes" >> .awsrun/guard.log 2>&1 && echo "$1" > .awsrun/shutdown
-    fi
+    local minutes=$(( ($1 + 59) / 60 )) now
+    # shutdown counts its minutes from its own reading of the clock, after ours: so the minutes
+    # are checked again once it has armed them, and fewer are armed if a second has turned since.
+    while [ "$minutes" -gt 0 ]; do
+        if ! by_budget "$minutes"; then
+            printf -v now '%(%s)T' -1
+            minutes=$(( (BUDGET_END - now - 1) / 60 ))
+            continue
+        fi
+        as_root shutdown -h +"$minutes" >> .awsrun/guard.log 2>&1 || return
+        by_budget "$minutes" && { echo "$1" > .awsrun/shutdown; return; }
+    done
+    as_root shutdown -h now >> .awsrun/guard.log 2>&1
 }
 case "$1" in
   idle)

@@ -6,6 +6,8 @@ when it cannot end in time, spot machines launched with their MaxPrice, and a ro
 the budget: uploaded, and named so."""
 import calendar
 import json
+import os
+import subprocess
 import time
 
 import cloud_setup as cs
@@ -81,6 +83,27 @@ def test_a_budget_arms_every_shutdown_by_its_deadline_and_nothing_moves_it_later
           what="the retried row")
     retried = [i for i, m in book["machines"].items() if m is latest][0]
     assert max(shutdowns(box, retried)) <= latest["deadline"]
+
+
+def test_a_shutdown_armed_as_a_second_turns_still_comes_by_the_deadline(box):
+    # shutdown counts its minutes from its own reading of the clock, after the guard's: a deadline
+    # two whole minutes from the guard's second was armed a fraction of a second past it.
+    job = "budget-second"
+    assert box.run("dispatcher.py", "auto", job, jobs_file(box, job, "echo a"), "-c", "--budget", "0.5",
+                   "--prices", prices(box, job)).returncode == 0
+    node = os.path.join(box.nodes_dir, job + "0")
+    instance = box.instances(job)[0]["InstanceId"]
+    env = dict(box.env, PATH=os.path.join(box.env["AWSRUN_SANDBOX"], "bin") + os.pathsep + os.environ["PATH"])
+    time.sleep(1.02 - time.time() % 1)  # the start of a second
+    deadline = int(time.time()) + 120
+    with open(os.path.join(node, ".awsrun", "node.env"), "a") as f:
+        f.write("BUDGET_END=%d\n" % deadline)
+    before = len(box.decisions())
+    subprocess.run(["bash", ".awsrun/guard.sh", "hold", "600"], cwd=node, env=env, check=True, timeout=60)
+    armed = [e["at"] for e in box.decisions()[before:] if e.get("power") == instance]
+    assert armed and deadline - 120 < max(armed) <= deadline, (armed, deadline)
+    subprocess.run(["bash", ".awsrun/guard.sh", "end"], cwd=node, env=env, check=True, timeout=60)
+    until(lambda: box.states(job) == ["terminated"], what="the machine to end")
 
 
 def test_a_budget_too_small_or_without_prices_is_refused_before_anything_is_made(box):
