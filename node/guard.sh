@@ -12,7 +12,8 @@
 #
 # Each call first ends an earlier call's watchdog. The OS shutdown it schedules replaces the one
 # an earlier call, or the launch's boot-time guard, scheduled (systemd-logind keeps one pending
-# shutdown, and a new schedule overwrites it); a call that schedules none cancels it.
+# shutdown, and a new schedule overwrites it); a call that schedules none cancels it. The first
+# to schedule one waits until cloud-init has run the boot-time guard (`cloud-init status --wait`).
 # Under a budget (BUDGET_END in node.env, seconds since the epoch), no shutdown is ever
 # scheduled later than BUDGET_END: each is rounded down to the minute before it, counted from
 # the moment shutdown itself reads the clock.
@@ -35,8 +36,16 @@ by_budget() {  # true if a shutdown $1 minutes from now, read a second late, sti
     printf -v now '%(%s)T' -1
     [ -z "$BUDGET_END" ] || [ $(( now + 1 + $1 * 60 )) -le "$BUDGET_END" ]
 }
+after_boot() {  # once the user data's boot-time guard has armed its shutdown, which this one replaces
+    # cloud-init runs the user data in its final stage, after sshd has started: a shutdown armed
+    # before that was replaced by the boot-time guard's (a row could end at its minutes).
+    [ -e .awsrun/booted ] && return
+    if command -v cloud-init > /dev/null; then timeout 600 cloud-init status --wait > /dev/null 2>&1; fi
+    : > .awsrun/booted
+}
 later() {  # shut down in $1 seconds, rounded up to minutes; never after BUDGET_END
     local minutes=$(( ($1 + 59) / 60 )) now
+    after_boot
     # shutdown counts its minutes from its own reading of the clock, after ours: so the minutes
     # are checked again once it has armed them, and fewer are armed if a second has turned since.
     while [ "$minutes" -gt 0 ]; do
@@ -59,7 +68,7 @@ case "$1" in
     later $(( $2 + 300 )) ;;
   runtime)
     if [ "$2" -gt 0 ]; then later $(( $2 + 3600 )); elif [ -n "$BUDGET_END" ]; then later "$BUDGET_END"
-    else as_root shutdown -c 2>/dev/null; fi ;;
+    else after_boot; as_root shutdown -c 2>/dev/null; fi ;;
   hold)
     later "$2" ;;
   end)

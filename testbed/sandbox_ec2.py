@@ -6,9 +6,12 @@ that map no public IP. Used by sandbox_server.py on the user's machine only.
 
 The account's settings come from AWSRUN_SANDBOX_ACCOUNT (JSON) when the sandbox starts, or from
 DIR/account.json at any time:
-    {"vcpu_quota": 8, "instance_quota": 20, "default_vpc": false, "public_ips": false}
+    {"vcpu_quota": 8, "instance_quota": 20, "default_vpc": false, "public_ips": false,
+     "user_data_after": 10}
 vcpu_quota caps the running vCPUs of each quota family (Running On-Demand Standard instances
 and the others, as Service Quotas names them); instance_quota caps running instances.
+user_data_after delays the user data that many seconds past the launch (cloud-init's final
+stage runs it after sshd has started); by default it runs at once.
 """
 from __future__ import annotations
 
@@ -282,7 +285,7 @@ def play_ec2(authorized_keys, nodes_dir, node_path=None, account=dict, launched=
             if account().get("public_ips", True) is False and not asked:
                 instance.nics[0].public_ip = None  # its subnet maps no public IP, and none was asked for
             run_user_data(instance, args[2] if len(args) > 2 else kwargs.get("user_data"), nodes_dir,
-                          node_path or os.environ["PATH"])
+                          node_path or os.environ["PATH"], account().get("user_data_after", 0))
         pair = self.key_pairs.get(kwargs.get("key_name") or "")
         if pair is not None:
             line = pair.public_key.strip()
@@ -406,9 +409,12 @@ def shape_network(account):
             ec2.delete_vpc(vpc.id)
 
 
-def run_user_data(instance, user_data, nodes_dir, path):
+def run_user_data(instance, user_data, nodes_dir, path, after=0):
     """Like cloud-init: run an instance's user data script at boot, in a folder of its own
-    (nodes/.boot-ID, whose .awsrun/instance names it), with the sandbox's PATH."""
+    (nodes/.boot-ID, whose .awsrun/instance names it), with the sandbox's PATH, then write
+    boot-finished there (cloud-init's last act, /var/lib/cloud/instance/boot-finished, which the
+    nodes' `cloud-init status --wait` stand-in waits for). cloud-init runs it in its final stage,
+    after sshd has started (on Ubuntu, after multi-user.target): `after` seconds from the launch."""
     if user_data is None:
         return
     script = user_data.decode() if hasattr(user_data, "decode") else str(user_data)
@@ -418,9 +424,10 @@ def run_user_data(instance, user_data, nodes_dir, path):
         f.write(instance.id + "\n")
     with open(os.path.join(folder, "user-data"), "w") as f:
         f.write(script)
+    final = 'sleep "$1"; bash user-data; : > boot-finished' if after else "bash user-data; : > boot-finished"
     with open(os.path.join(folder, "cloud-init.log"), "ab") as log:
-        subprocess.Popen(["/bin/bash", "user-data"], cwd=folder, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                         env=dict(os.environ, PATH=path), start_new_session=True)
+        subprocess.Popen(["/bin/bash", "-c", final, "cloud-final", str(after)], cwd=folder, stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=log, env=dict(os.environ, PATH=path), start_new_session=True)
 
 
 # IAM's character limits on policies, white space not counted (IAM and AWS STS quotas): all the

@@ -1,9 +1,10 @@
 #!/bin/bash
-# awsrun sandbox stand-in for shutdown, poweroff, reboot, halt, apt-get, apt and sudo on the
-# nodes' PATH (each a link to this file, in the sandbox's bin/): nothing in the sandbox may
-# change this machine. Every call is logged. The power commands (also through sudo) act on the
-# calling node's instance as on EC2: shutdown ends it (now, +M minutes, or -c to cancel).
-# Everything else is refused. A shell script, not Python: it costs a millisecond, as the real
+# awsrun sandbox stand-in for shutdown, poweroff, reboot, halt, apt-get, apt, sudo and
+# cloud-init on the nodes' PATH (each a link to this file, in the sandbox's bin/): nothing in
+# the sandbox may change this machine. Every call is logged. The power commands (also through
+# sudo) act on the calling node's instance as on EC2: shutdown ends it (now, +M minutes, or -c
+# to cancel). `cloud-init status [--wait]` answers for the node's instance, whose user data the
+# sandbox runs in ../.boot-ID (testbed/sandbox_ec2.py). Everything else is refused. A shell script, not Python: it costs a millisecond, as the real
 # commands do (a Python stand-in's start was 40 ms of CPU, five times for each node). Its
 # settings (the log, the sandbox's port, the power commands: sandbox_server.py's POWER) are in
 # standin.env beside the link.
@@ -17,6 +18,19 @@ if [ "$name" = sudo ]; then
     name=${1##*/}
     shift
     echo "$name${*:+ $*}" >> "$LOG"
+fi
+if [ "$name" = cloud-init ] && [ "$1" = status ]; then
+    id=
+    [ -r .awsrun/instance ] && read -r id < .awsrun/instance
+    boot=../.boot-$id
+    if [ -n "$id" ] && [ -d "$boot" ]; then
+        case " $* " in *" --wait "*)
+            until [ -e "$boot/boot-finished" ] || [ "$SECONDS" -ge 600 ]; do sleep 0.1; done ;;
+        esac
+        [ -e "$boot/boot-finished" ] || { echo "status: running"; exit 0; }
+    fi
+    echo "status: done"  # or an instance launched without user data: nothing to run
+    exit 0
 fi
 case " $POWER " in
     *" $name "*) ;;

@@ -88,7 +88,7 @@ def test_demo_flow_end_to_end(box, tmp_path):
     assert not (tmp_path / "flat").exists() or not any((tmp_path / "flat").iterdir())
 
     with open(os.path.join(box.env["AWSRUN_SANDBOX"], "standins.log")) as f:  # only the cost guard's
-        assert {line.split()[0] for line in f} == {"shutdown"}                  # stand-in ran: no apt-get
+        assert {line.split()[0] for line in f} == {"shutdown", "cloud-init"}    # stand-ins ran: no apt-get
 
     rerun = box.run("dispatcher.py", "auto", job, jobs, "-c", "--code", os.path.join(ROOT, "awsjobs", "demo"))
     assert "launched" in rerun.stderr  # the finished nodes terminated, so create launches them again

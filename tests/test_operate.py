@@ -327,6 +327,24 @@ def test_idle_node_terminates_itself_and_dispatch_cancels_the_timer(box, tmp_pat
     assert "shutdown -h +6" in calls  # the OS backstop: 2 s + 5 min, in minutes, rounded up
 
 
+def test_the_boot_time_guard_run_after_create_and_dispatch_does_not_replace_their_shutdown(account, tmp_path):
+    # On EC2 cloud-init runs the user data, and so the boot-time guard, in its final stage, after
+    # sshd has started: create and dispatch can reach the machine first. The boot-time guard's
+    # shutdown, armed last, then replaced the row's (the row would end at its minutes).
+    box = account(user_data_after=6)
+    job = "op-boot"
+    jobs = write(tmp_path / "jobs.csv", "instance_type,command\nt3.micro,sleep 12\n")
+    run = box.run("dispatcher.py", "auto", job, jobs, "-c", "-d", "--max-runtime", "10m")
+    assert run.returncode == 0, run.stderr
+    instance = box.instances(job)[0]["InstanceId"]
+    until(lambda: os.path.exists(os.path.join(box.nodes_dir, ".boot-" + instance, "boot-finished")),
+          what="cloud-init to run the user data")
+    armed = [e["when"] for e in box.decisions() if e.get("power") == instance]
+    assert [w for w in armed if w != "now"][-1] == "+70", armed  # the row's: 10 min and an hour for its upload
+    until(lambda: states(box, job) == {job + "0": "succeeded"}, what="the row")
+    until(lambda: box.states(job) == ["terminated"], what="the machine to end")
+
+
 def signal_masks(pid):
     """A process's signal masks (/proc/PID/status): {SigBlk, SigIgn, SigCgt: bit mask}."""
     with open("/proc/%d/status" % pid) as f:
