@@ -112,9 +112,21 @@ def check_image_and_types(ami, types):
 MAX_PER_LAUNCH = 250  # RunInstances' resource bucket holds 1,000 instances and refills at 2 a second
 CAPACITY_ERRORS = ("InsufficientInstanceCapacity", "InsufficientHostCapacity", "Unsupported")
 BOOT_GUARD = """#!/bin/bash
-# awsrun: a machine that is never prepared ends by itself. awsrun's guard cancels this when
-# the machine is ready, and arms its own.
-shutdown -h +%d
+# awsrun: a machine that is never prepared ends by itself, %(minutes)d minutes after cloud-init runs
+# this at boot, and under a budget by its deadline, end= (seconds since the epoch; 0: none). The
+# clock is read again once shutdown has armed: it counts from its own reading, a moment later.
+# awsrun's guard (node/guard.sh) replaces this shutdown with its own when it prepares the machine.
+minutes=%(minutes)d end=%(end)d
+while [ "$minutes" -gt 0 ]; do
+    printf -v now '%%(%%s)T' -1
+    if [ "$end" = 0 ] || [ $(( now + 1 + minutes * 60 )) -le "$end" ]; then
+        shutdown -h +"$minutes"
+        printf -v now '%%(%%s)T' -1
+        { [ "$end" = 0 ] || [ $(( now + 1 + minutes * 60 )) -le "$end" ]; } && exit 0
+    fi
+    minutes=$(( (end - now - 1) / 60 ))
+done
+shutdown -h now
 """
 
 
@@ -199,10 +211,8 @@ def launch_params(job, ami, instance_type, numbers, key_name, group_id, profile,
             {"Key": ROWS_TAG, "Value": encode_rows(numbers)}, {"Key": BUCKET_TAG, "Value": bucket}]
     if pool:
         tags.append({"Key": POOL_TAG, "Value": instance_type})
-    minutes = max(1, (boot_guard + 59) // 60)
     if budget:
         tags.append({"Key": BUDGET_TAG, "Value": time.strftime(TIME_FORMAT, time.gmtime(budget[0]))})
-        minutes = min(minutes, int(budget[0] - time.time()) // 60)  # rounded down: never after the deadline
     params = dict(ImageId=ami, InstanceType=instance_type, MinCount=1, MaxCount=len(numbers),
                   KeyName=key_name, IamInstanceProfile={"Name": profile},
                   InstanceInitiatedShutdownBehavior="terminate",
@@ -212,7 +222,9 @@ def launch_params(job, ami, instance_type, numbers, key_name, group_id, profile,
                   TagSpecifications=[{"ResourceType": "instance", "Tags": tags},
                                      {"ResourceType": "volume", "Tags": tags[:2]}])
     if boot_guard:
-        params["UserData"] = BOOT_GUARD % max(0, minutes)
+        # The deadline is counted on the machine: cloud-init runs the script a while after the launch.
+        params["UserData"] = BOOT_GUARD % {"minutes": max(1, (boot_guard + 59) // 60),
+                                           "end": int(budget[0]) if budget else 0}
     if subnet["public"] or awsrun_env("SSH_ADDRESS", "public") == "private":
         params.update(SubnetId=subnet["id"], SecurityGroupIds=[group_id])
     else:  # a subnet that maps no public IP: ask for one, or the node cannot be reached

@@ -106,6 +106,24 @@ def test_a_shutdown_armed_as_a_second_turns_still_comes_by_the_deadline(box):
     until(lambda: box.states(job) == ["terminated"], what="the machine to end")
 
 
+def test_a_boot_time_guard_run_a_minute_after_the_launch_still_arms_its_shutdown_by_the_deadline(account):
+    # cloud-init runs the user data at boot, a while after the launch (here 61 s): minutes counted
+    # at the launch, from then, ended the machine past the deadline.
+    box = account(user_data_after=61)
+    job = "budget-boot"
+    run = box.run("dispatcher.py", "auto", job, jobs_file(box, job, "echo a"), "-c", "--budget", "0.5",
+                  "--prices", prices(box, job))
+    assert run.returncode == 0, run.stderr
+    instance = box.instances(job)[0]["InstanceId"]
+    deadline = record(box, job)["machines"][instance]["deadline"]
+    finished = os.path.getmtime(os.path.join(box.nodes_dir, ".boot-" + instance, "boot-finished"))
+    armed = [e for e in box.decisions() if e.get("power") == instance]
+    boot = [e["at"] for e in armed  # the one asked for as the user data ended
+            if e["when"] != "now" and finished - 5 <= e["at"] - 60 * int(e["when"]) <= finished + 1]
+    assert boot and max(boot) <= deadline, (armed, deadline, finished)
+    assert box.run("operate.py", "down", job).returncode == 0
+
+
 def test_a_budget_too_small_or_without_prices_is_refused_before_anything_is_made(box):
     job = "budget-small"
     jobs = jobs_file(box, job, "echo a", "echo b")
