@@ -4,10 +4,10 @@
 # the sandbox may change this machine. Every call is logged. The power commands (also through
 # sudo) act on the calling node's instance as on EC2: shutdown ends it (now, +M minutes, or -c
 # to cancel). `cloud-init status [--wait]` answers for the node's instance, whose user data the
-# sandbox runs in ../.boot-ID (testbed/sandbox_ec2.py). Everything else is refused. A shell script, not Python: it costs a millisecond, as the real
-# commands do (a Python stand-in's start was 40 ms of CPU, five times for each node). Its
-# settings (the log, the sandbox's port, the power commands: sandbox_server.py's POWER) are in
-# standin.env beside the link.
+# sandbox runs in ../.boot-ID (testbed/sandbox_ec2.py). Everything else is refused. A shell
+# script, not Python: it costs a millisecond, as the real commands do (a Python stand-in's start
+# was 40 ms of CPU, five times for each node). Its settings (the log, the sandbox's port, the
+# power commands: sandbox_server.py's POWER) are in standin.env beside the link.
 # shellcheck source=/dev/null
 . "${0%/*}/standin.env" || exit 1
 name=${0##*/}
