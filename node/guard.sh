@@ -49,13 +49,12 @@ later() {  # shut down in $1 seconds, rounded up to minutes; never after BUDGET_
     # shutdown counts its minutes from its own reading of the clock, after ours: so the minutes
     # are checked again once it has armed them, and fewer are armed if a second has turned since.
     while [ "$minutes" -gt 0 ]; do
-        if ! by_budget "$minutes"; then
-            printf -v now '%(%s)T' -1
-            minutes=$(( (BUDGET_END - now - 1) / 60 ))
-            continue
+        if by_budget "$minutes"; then
+            as_root shutdown -h +"$minutes" >> .awsrun/guard.log 2>&1 || return
+            by_budget "$minutes" && { echo "$1" > .awsrun/shutdown; return; }
         fi
-        as_root shutdown -h +"$minutes" >> .awsrun/guard.log 2>&1 || return
-        by_budget "$minutes" && { echo "$1" > .awsrun/shutdown; return; }
+        printf -v now '%(%s)T' -1  # past BUDGET_END (set, then): the whole minutes left before it
+        minutes=$(( (BUDGET_END - now - 1) / 60 ))
     done
     as_root shutdown -h now >> .awsrun/guard.log 2>&1
 }
